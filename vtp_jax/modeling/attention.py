@@ -1,0 +1,130 @@
+"""Multi-head self-attention (MHA and GQA) with an optional KV cache and attention-row probes.
+
+The output always goes through ``jax.nn.dot_product_attention`` (the fused path; cuDNN on GPU where it applies).
+Pruning methods need the softmax probabilities of a few query rows only; ``probe_rows`` computes exactly those rows
+with an einsum, never the full T×T map unless every row is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vtp_jax.modeling.layers import linear
+from vtp_jax.modeling.rope import apply_rope
+
+
+class LayerCache(NamedTuple):
+    """One decoder layer's KV cache.
+
+    k, v:  [B, S, num_kv_heads, head_dim] — S static slots (prompt length of this layer + max new tokens).
+    valid: [B, S] bool — slot holds a real (non-padding, already written) key.
+    end:   int32 scalar — the next slot to write (the same for every row: prompts are left-padded).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    end: jax.Array
+
+    @staticmethod
+    def from_prefill(k: jax.Array, v: jax.Array, key_valid: jax.Array, extra: int) -> "LayerCache":
+        """Cache with the T prompt keys in slots [0, T) and ``extra`` empty slots after them."""
+        pad = [(0, 0), (0, extra), (0, 0), (0, 0)]
+        return LayerCache(
+            jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(key_valid, [(0, 0), (0, extra)]), jnp.int32(k.shape[1])
+        )
+
+    def append(self, k: jax.Array, v: jax.Array) -> "LayerCache":
+        """Writes one step's keys/values [B, 1, K, D] at slot ``end``."""
+        idx = (0, self.end, 0, 0)
+        return LayerCache(
+            jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), idx),
+            jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), idx),
+            jax.lax.dynamic_update_slice(self.valid, jnp.ones((k.shape[0], 1), bool), (0, self.end)),
+            self.end + 1,
+        )
+
+
+def attention_rows(
+    q: jax.Array, k: jax.Array, rows: jax.Array, mask: jax.Array, scale: float
+) -> jax.Array:
+    """Softmax attention probabilities for selected query rows, float32 [B, heads, R, S].
+
+    q: [B, T, H, D] (after RoPE); k: [B, S, K, D] with H a multiple of K (GQA); rows: int [B, R] query indices;
+    mask: bool [B, 1 or H, T, S] — the same mask the fused attention uses. Masked keys get probability 0.
+    """
+    b, _, h, d = q.shape
+    kv = k.shape[2]
+    q_rows = jnp.take_along_axis(q, rows[:, :, None, None], axis=1)  # [B, R, H, D]
+    q_rows = q_rows.reshape(b, rows.shape[1], kv, h // kv, d)
+    logits = jnp.einsum("brkgd,bskd->bkgrs", q_rows.astype(jnp.float32), k.astype(jnp.float32)) * scale
+    logits = logits.reshape(b, h, rows.shape[1], k.shape[1])
+    row_mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)  # [B, 1|H, R, S]
+    logits = jnp.where(row_mask, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(row_mask, probs, 0.0)
+
+
+class Attention(nnx.Module):
+    """Self-attention with projections ``q_proj, k_proj, v_proj, o_proj`` (CLIP/SigLIP's ``out_proj`` maps to
+    ``o_proj`` in the converter). RoPE is applied when ``cos``/``sin`` are given (decoders), not otherwise (ViTs).
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        qkv_bias: bool,
+        out_bias: bool,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.q_proj = linear(hidden, num_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = linear(hidden, num_kv_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.v_proj = linear(hidden, num_kv_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = linear(num_heads * head_dim, hidden, bias=out_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        cos: jax.Array | None = None,
+        sin: jax.Array | None = None,
+        cache: LayerCache | None = None,
+        probe_rows: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | LayerCache, jax.Array | None]:
+        """x [B, T, hidden] → (out [B, T, hidden], new keys/values or updated cache, probe probabilities).
+
+        Without a cache: keys are this call's own T tokens, ``mask`` bool [B, 1, T, T] (or None: all visible);
+        returns ``(k, v)`` [B, T, K, D] for the caller to cache. With a cache (decode, T = 1): the step's key is
+        appended at ``cache.end`` and the query attends to every valid slot; returns the updated cache.
+        ``probe_rows`` int [B, R] (no-cache mode only) → probabilities float32 [B, H, R, T], else None.
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        scale = self.head_dim**-0.5
+        if cache is not None:
+            cache = cache.append(k, v)
+            keys, values, mask = cache.k, cache.v, cache.valid[:, None, None, :]
+            new_kv = cache
+        else:
+            keys, values, new_kv = k, v, (k, v)
+        out = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask, scale=scale)
+        probs = None
+        if probe_rows is not None:
+            full = jnp.ones((b, 1, t, t), bool) if mask is None else mask
+            probs = attention_rows(q, keys, probe_rows, full, scale)
+        return self.o_proj(out.reshape(b, t, -1)), new_kv, probs

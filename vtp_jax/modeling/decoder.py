@@ -1,0 +1,159 @@
+"""The one decoder used by both families: Llama (causal) and LLaDA (bidirectional, ``TextConfig.causal=False``).
+
+Llama and LLaDA differ in the attention mask and the sampler, not in the block (MODELS.md). The layer loop lives in
+:meth:`Decoder.__call__`, which also hosts the two hooks pruning needs: probes of attention rows at chosen layers,
+and a compaction of the sequence before a chosen layer (FastV-style in-LLM pruning).
+
+Source: transformers ``LlamaDecoderLayer`` / ``LlamaModel`` (pre-norm residual blocks, SwiGLU MLP).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vtp_jax.config import TextConfig
+from vtp_jax.modeling.attention import Attention, LayerCache
+from vtp_jax.modeling.layers import RMSNorm, linear
+from vtp_jax.modeling.rope import inv_frequencies, rope_angles
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = linear(d, f, bias=bias, dtype=dtype, rngs=rngs)
+        self.up_proj = linear(d, f, bias=bias, dtype=dtype, rngs=rngs)
+        self.down_proj = linear(f, d, bias=bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm block: ``h + attn(norm(h))``, then ``h + mlp(norm(h))``."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.self_attn = Attention(
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            qkv_bias=cfg.attention_bias,
+            out_bias=cfg.attention_bias,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, h, *, cos, sin, mask=None, cache=None, probe_rows=None):
+        """h [B, T, D] → (h, new kv or cache, probe probabilities or None); see :class:`Attention`."""
+        a, kv, probs = self.self_attn(
+            self.input_layernorm(h), mask=mask, cos=cos, sin=sin, cache=cache, probe_rows=probe_rows
+        )
+        h = h + a
+        h = h + self.mlp(self.post_attention_layernorm(h))
+        return h, kv, probs
+
+
+def attention_mask(key_valid: jax.Array, causal: bool) -> jax.Array:
+    """bool [B, 1, T, T]: key j is visible to query i iff it is valid (and j ≤ i when causal)."""
+    t = key_valid.shape[1]
+    mask = key_valid[:, None, None, :]
+    if causal:
+        mask = mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
+    return mask
+
+
+class SequenceState(NamedTuple):
+    """What flows between layers: hidden states [B, T, D], positions int32 [B, T], key_valid bool [B, T]."""
+
+    h: jax.Array
+    positions: jax.Array
+    key_valid: jax.Array
+
+
+# (mean probe probabilities float32 [B, R, T], state) -> (shorter state, aux)
+CompactFn = Callable[[jax.Array, SequenceState], tuple[SequenceState, dict]]
+
+
+class DecoderOutput(NamedTuple):
+    h: jax.Array  # [B, T', D] final-normed hidden states
+    state: SequenceState  # after any compaction
+    caches: list | None  # one LayerCache per layer when ``cache_extra`` was given
+    probe: jax.Array | None  # mean over heads and probed layers, float32 [B, R, T_probe]
+    aux: dict  # whatever the compaction returned (e.g. kept indices)
+
+
+class Decoder(nnx.Module):
+    """Token embedding, ``num_hidden_layers`` blocks and the final norm (transformers ``LlamaModel``)."""
+
+    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+
+    def angles(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        # Frequencies are recomputed from the (static) config rather than stored as an array attribute: an array
+        # attribute would be module state, which ``nnx.eval_shape`` turns into a ShapeDtypeStruct (abstract load).
+        return rope_angles(positions, inv_frequencies(self.cfg.head_dim, self.cfg.rope), dtype)
+
+    def __call__(
+        self,
+        state: SequenceState,
+        *,
+        cache_extra: int | None = None,
+        probe_rows: jax.Array | None = None,
+        probe_layers: tuple[int, ...] = (),
+        compact_at: int | None = None,
+        compact_fn: CompactFn | None = None,
+    ) -> DecoderOutput:
+        """Runs every layer over the whole sequence (prefill, or one denoising step).
+
+        Args:
+          state: hidden states, positions and key validity of the T tokens.
+          cache_extra: if given, build a :class:`LayerCache` per layer with this many free slots (decode room).
+          probe_rows: int [B, R] query rows whose attention probabilities are averaged over heads and over
+            ``probe_layers`` (attention of layer i is its softmax over keys, before the output projection).
+          compact_at, compact_fn: before layer ``compact_at`` call ``compact_fn(probe, state)`` to shorten the
+            sequence (the probe then holds the layers before it). Layers ≥ ``compact_at`` run on the shorter
+            sequence; their caches are built from it.
+        """
+        cfg = self.cfg
+        caches = [] if cache_extra is not None else None
+        probe_sum, n_probe, aux = None, 0, {}
+        probe_mean = None
+        for i, layer in enumerate(self.layers):
+            if i == compact_at:
+                probe_mean = probe_sum / n_probe
+                state, aux = compact_fn(probe_mean, state)
+            if i == 0 or i == compact_at:
+                cos, sin = self.angles(state.positions, state.h.dtype)
+                mask = attention_mask(state.key_valid, cfg.causal)
+            rows = probe_rows if i in probe_layers else None
+            h, (k, v), probs = layer(state.h, cos=cos, sin=sin, mask=mask, probe_rows=rows)
+            state = state._replace(h=h)
+            if probs is not None:
+                p = probs.mean(axis=1)
+                probe_sum, n_probe = (p if probe_sum is None else probe_sum + p), n_probe + 1
+            if caches is not None:
+                caches.append(LayerCache.from_prefill(k, v, state.key_valid, cache_extra))
+        if probe_mean is None and probe_sum is not None:
+            probe_mean = probe_sum / n_probe
+        return DecoderOutput(self.norm(state.h), state, caches, probe_mean, aux)
+
+    def decode_step(self, h: jax.Array, positions: jax.Array, caches: list) -> tuple[jax.Array, list]:
+        """One autoregressive step: h [B, 1, D], positions int32 [B, 1] → (normed h [B, 1, D], updated caches)."""
+        cos, sin = self.angles(positions, h.dtype)
+        new = []
+        for layer, cache in zip(self.layers, caches):
+            h, cache, _ = layer(h, cos=cos, sin=sin, cache=cache)
+            new.append(cache)
+        return self.norm(h), new

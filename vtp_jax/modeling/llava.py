@@ -1,0 +1,75 @@
+"""LLaVA-1.5: CLIP vision tower → ``mlp2x_gelu`` projector → Llama decoder → LM head.
+
+Source: transformers ``LlavaForConditionalGeneration`` (5.x): image features replace the embeddings of the image
+placeholder tokens, in order. Here the merge has static shapes: every sample carries exactly ``num_visual_tokens``
+placeholders (one image per sample), found with a cumulative sum rather than a data-dependent scatter.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vtp_jax.config import LlavaConfig
+from vtp_jax.modeling.decoder import Decoder, DecoderOutput, SequenceState
+from vtp_jax.modeling.layers import linear
+from vtp_jax.modeling.projector import Projector
+from vtp_jax.modeling.vision import VisionTower
+
+
+def merge_visual_tokens(text_emb: jax.Array, visual: jax.Array, visual_mask: jax.Array) -> jax.Array:
+    """Places visual embeddings [B, N_v, D] at the True positions of ``visual_mask`` bool [B, T] (in order).
+
+    Each row must hold exactly N_v True entries (checked on the host by the processing code).
+    """
+    idx = jnp.clip(jnp.cumsum(visual_mask, axis=1) - 1, 0, visual.shape[1] - 1)
+    gathered = jnp.take_along_axis(visual, idx[:, :, None], axis=1)
+    return jnp.where(visual_mask[:, :, None], gathered.astype(text_emb.dtype), text_emb)
+
+
+class Llava(nnx.Module):
+    """The LLaVA model. Parameter tree: ``vision_tower``, ``multi_modal_projector``, ``language_model``,
+    ``lm_head`` (kernel [D, V])."""
+
+    def __init__(self, cfg: LlavaConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.vision_tower = VisionTower(cfg.vision, dtype=dtype, rngs=rngs)
+        d_in = cfg.vision.hidden_size * len(cfg.vision_feature_layer)
+        self.multi_modal_projector = Projector(
+            d_in, cfg.text.hidden_size, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
+        )
+        self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
+        self.lm_head = linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+
+    def image_features(self, pixel_values: jax.Array) -> jax.Array:
+        """pixel_values float [B, 3, H, W] → projector outputs [B, N_v, D_text] (class token dropped for "default")."""
+        feats = self.vision_tower.features(pixel_values, self.cfg.vision_feature_layer)
+        if self.cfg.vision_feature_select_strategy == "default" and self.cfg.vision.kind == "clip":
+            feats = feats[:, 1:]
+        return self.multi_modal_projector(feats)
+
+    def embed(self, input_ids: jax.Array, visual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """input_ids int [B, T], visual [B, N_v, D] → (embeddings [B, T, D], visual_mask bool [B, T])."""
+        visual_mask = input_ids == self.cfg.image_token_id
+        text = self.language_model.embed_tokens(jnp.where(visual_mask, 0, input_ids))
+        return merge_visual_tokens(text, visual, visual_mask), visual_mask
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [..., D] → logits float32 [..., V]."""
+        return self.lm_head(h).astype(jnp.float32)
+
+    def __call__(
+        self, input_ids: jax.Array, pixel_values: jax.Array, attention_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Full forward without cache or pruning (parity reference): logits float32 [B, T, V].
+
+        Positions are ``cumsum(attention_mask) − 1`` (what ``generate`` uses); padding keys are masked.
+        """
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, bool)
+        attention_mask = attention_mask.astype(bool)
+        positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
+        h, _ = self.embed(input_ids, self.image_features(pixel_values))
+        out: DecoderOutput = self.language_model(SequenceState(h, positions, attention_mask))
+        return self.logits(out.h)
