@@ -3,6 +3,7 @@
 from vtp_jax.pruning.core import PruningError, compact, resolve_keep, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning.registry import METHODS, make_method
 from vtp_jax.pruning import fastv as _fastv  # noqa: F401  (registers "fastv")
+from vtp_jax.pruning import redvtp as _redvtp  # noqa: F401  (registers "redvtp")
 
 __all__ = [
     "METHODS",

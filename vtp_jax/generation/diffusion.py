@@ -1,0 +1,321 @@
+"""Masked-diffusion generation (LLaDA's ``generate``), jitted, with during-generation pruning (RedVTP).
+
+The sequence is ``[prompt (left-padded to a bucket), MASK × gen_length]``. ``gen_length`` is split into blocks of
+``block_length``; each block gets ``steps / num_blocks`` denoising steps. At every step the whole sequence runs
+through the bidirectional decoder; masked positions of the current block are filled by the ``k`` most confident
+predictions (``low_confidence``) or ``k`` random ones (``random``), ``k`` from :func:`num_transfer_tokens`.
+
+Source: LLaDA ``generate.py`` (ML-GSAI/LLaDA) — ``get_num_transfer_tokens``, ``add_gumbel_noise``, classifier-free
+guidance ``un + (cfg + 1)(cond − un)``; MODELS.md "LLaDA sampling". Differences, all documented:
+  - Gumbel-max is done in log space, ``argmax(logits / T + g)`` with ``g = −log(−log u)``, float32. The reference
+    computes ``exp(logits) / (−log u)^T`` in float64; both pick the same token (argmax of a monotone transform)
+    except at float32 ties.
+  - Selection of the ``k`` positions uses a stable rank (ties → lower position), like ``torch.topk`` on distinct
+    values.
+
+Shapes are static: all steps of all blocks run in one ``lax.fori_loop``. With RedVTP the first step runs at full
+length in its own jitted function; the remaining steps run in the loop on the compacted sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.pruning.core import compact, select_topk, visual_scores
+
+
+class DiffusionError(ValueError):
+    """Invalid sampler settings (lengths that do not divide, missing mask id…)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Sampler settings (static under jit).
+
+    gen_length: response tokens; block_length: tokens per block (divides gen_length); steps: total denoising
+    steps (divisible by the number of blocks); remasking: "low_confidence" | "random"; cfg: guidance scale
+    (0 = off); mask_id: the [MASK] token id; suppress_ids: token ids never predicted at masked positions
+    (LLaDA-V forbids 126081, 126080, 126346, 126347); stop_ids: EOS / EOT ids where the answer is cut.
+    """
+
+    gen_length: int = 32
+    block_length: int = 32
+    steps: int = 16
+    remasking: str = "low_confidence"
+    cfg: float = 0.0
+    mask_id: int = 126336
+    suppress_ids: tuple[int, ...] = ()
+    stop_ids: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        """Raises DiffusionError with the offending values."""
+        if self.gen_length < 1 or self.block_length < 1 or self.steps < 1:
+            raise DiffusionError("gen_length, block_length and steps must be ≥ 1")
+        if self.gen_length % self.block_length:
+            raise DiffusionError(
+                f"gen_length ({self.gen_length}) must be divisible by block_length ({self.block_length})"
+            )
+        if self.steps % self.num_blocks:
+            raise DiffusionError(f"steps ({self.steps}) must be divisible by the number of blocks ({self.num_blocks})")
+        if self.remasking not in ("low_confidence", "random"):
+            raise DiffusionError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
+        if self.cfg < 0:
+            raise DiffusionError(f"cfg must be ≥ 0, got {self.cfg}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+
+def num_transfer_tokens(masked_count: jax.Array, steps: int) -> jax.Array:
+    """Tokens to unmask at each of ``steps`` steps: ``m // steps`` plus one for the first ``m % steps`` steps.
+
+    masked_count int [B] → int32 [B, steps] (LLaDA ``get_num_transfer_tokens``).
+    """
+    base = masked_count[:, None] // steps
+    rem = masked_count[:, None] % steps
+    return (base + (jnp.arange(steps)[None, :] < rem)).astype(jnp.int32)
+
+
+def gumbel_argmax(logits: jax.Array, uniform: jax.Array, temperature: float) -> jax.Array:
+    """Token choice: argmax of logits (T = 0) or of ``logits/T − log(−log u)``; logits/uniform [B, G, V]."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    g = -jnp.log(-jnp.log(uniform))
+    return jnp.argmax(logits / temperature + g, axis=-1).astype(jnp.int32)
+
+
+def unmask_step(
+    x_gen: jax.Array, logits: jax.Array, step: jax.Array, n_transfer: jax.Array, key: jax.Array,
+    cfg: DiffusionConfig, temperature: float,
+) -> jax.Array:
+    """One LLaDA update of the response tokens.
+
+    x_gen int32 [B, G] (mask_id where masked); logits float32 [B, G, V] (response positions only); step: global
+    step index (selects the block); n_transfer int32 [B]: how many to unmask now. Returns the new x_gen.
+    """
+    b, g = x_gen.shape
+    k_noise, k_conf = jax.random.split(key)
+    if cfg.suppress_ids:
+        logits = logits.at[:, :, jnp.asarray(cfg.suppress_ids)].set(-jnp.inf)
+    uniform = jax.random.uniform(k_noise, logits.shape, jnp.float32, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    x0 = gumbel_argmax(logits, uniform, temperature)
+    if cfg.remasking == "low_confidence":
+        p = jax.nn.softmax(logits, axis=-1)
+        conf = jnp.take_along_axis(p, x0[:, :, None], axis=-1)[:, :, 0]
+    else:
+        conf = jax.random.uniform(k_conf, (b, g), jnp.float32)
+    block_end = (step // cfg.steps_per_block + 1) * cfg.block_length
+    masked = x_gen == cfg.mask_id
+    eligible = masked & (jnp.arange(g)[None, :] < block_end)
+    conf = jnp.where(eligible, conf, -jnp.inf)
+    order = jnp.argsort(-conf, axis=1, stable=True)
+    rank = jnp.zeros_like(order).at[jnp.arange(b)[:, None], order].set(jnp.arange(g)[None, :])
+    transfer = (rank < n_transfer[:, None]) & eligible
+    return jnp.where(transfer, x0, x_gen)
+
+
+class _Prompt(NamedTuple):
+    """The fixed part of the sequence: prompt embeddings (cond, and uncond for CFG), positions, validity."""
+
+    h: jax.Array  # [B, P, D]
+    h_uncond: jax.Array  # [B, P, D] (all MASK embeddings) — unused when cfg == 0
+    positions: jax.Array  # int32 [B, P]
+    key_valid: jax.Array  # bool [B, P]
+    visual_mask: jax.Array  # bool [B, P]
+
+
+@dataclasses.dataclass
+class DiffusionOutput:
+    """tokens int [B, gen_length]; kept int [B, keep]; timings in seconds; num_new_tokens up to the first stop id."""
+
+    tokens: np.ndarray
+    kept: np.ndarray
+    encode_s: float
+    denoise_s: float
+    num_new_tokens: list[int]
+
+    @property
+    def latency_s(self) -> float:
+        return self.encode_s + self.denoise_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated (answer) tokens, all rows, per second of end-to-end latency."""
+        return sum(self.num_new_tokens) / self.latency_s if self.latency_s > 0 else float("nan")
+
+
+class DiffusionGenerator:
+    """Jitted masked-diffusion sampling for a bidirectional VLM (LLaDA-V).
+
+    Args:
+      model: NNX model with ``image_features(**image_inputs)``, ``embed(ids, visual)``, ``language_model``
+        (a :class:`vtp_jax.modeling.decoder.Decoder` with ``causal=False``) and ``logits(h)``.
+      cfg: sampler settings.
+      method: None or a during-generation method scored at the first denoising step (RedVTP).
+
+    Three jitted functions, each compiled once per shape: ``encode`` (vision tower, projector, merge),
+    ``first_step`` (step 0 at full length, plus scoring and compaction when pruning) and ``denoise`` (the other
+    steps of every block in one ``fori_loop``).
+    """
+
+    def __init__(self, model, cfg: DiffusionConfig, method=None):
+        cfg.validate()
+        if model.cfg.text.causal:
+            raise DiffusionError("diffusion sampling needs a bidirectional decoder (text config causal=False)")
+        if method is not None and method.stage != "during_generation":
+            raise DiffusionError(f"method {method.name!r} (stage {method.stage}) is not supported by the diffusion sampler")
+        self.cfg, self.method = cfg, method
+        self.num_layers = model.cfg.text.num_hidden_layers
+        self.image_token_id = model.cfg.image_token_id
+        self.graphdef, self.state = nnx.split(model)
+        self.encode = jax.jit(self._encode, static_argnames=("static",))
+        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual"))
+        self.denoise = jax.jit(self._denoise, static_argnames=("temperature",))
+
+    # ---- jitted bodies -------------------------------------------------------------------------------------
+    def _encode(self, state, input_ids, attention_mask, arrays, *, static):
+        model = nnx.merge(self.graphdef, state)
+        visual = model.image_features(**arrays, **dict(static))
+        h, visual_mask = model.embed(input_ids, visual)
+        key_valid = attention_mask.astype(bool)
+        positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
+        mask_emb = model.language_model.embed_tokens(jnp.int32(self.cfg.mask_id)).astype(h.dtype)
+        return _Prompt(h, jnp.broadcast_to(mask_emb, h.shape), positions, key_valid, visual_mask)
+
+    def _forward(self, model, prompt: _Prompt, x_gen, *, probe_rows=None, probe_layers=()):
+        """Logits of the response positions float32 [B, G, V], and the decoder's probe (or None)."""
+        cfg = self.cfg
+        b, g = x_gen.shape
+        gen_emb = model.language_model.embed_tokens(x_gen).astype(prompt.h.dtype)
+        gen_pos = (jnp.max(prompt.positions, axis=1, keepdims=True) + 1 + jnp.arange(g)[None, :]).astype(jnp.int32)
+        positions = jnp.concatenate([prompt.positions, gen_pos], axis=1)
+        key_valid = jnp.concatenate([prompt.key_valid, jnp.ones((b, g), bool)], axis=1)
+        h = jnp.concatenate([prompt.h, gen_emb], axis=1)
+        if cfg.cfg > 0:  # unconditional pass: the prompt replaced by MASK, batched with the conditional one
+            h = jnp.concatenate([h, jnp.concatenate([prompt.h_uncond, gen_emb], axis=1)], axis=0)
+            positions, key_valid = jnp.tile(positions, (2, 1)), jnp.tile(key_valid, (2, 1))
+            if probe_rows is not None:
+                probe_rows = jnp.tile(probe_rows, (2, 1))
+        out = model.language_model(
+            SequenceState(h, positions, key_valid), probe_rows=probe_rows, probe_layers=probe_layers
+        )
+        logits = model.logits(out.h[:, -g:])
+        probe = None if out.probe is None else out.probe[:b]
+        if cfg.cfg > 0:
+            cond, un = logits[:b], logits[b:]
+            logits = un + (cfg.cfg + 1.0) * (cond - un)
+        return logits, probe
+
+    def _block_counts(self, x_gen, step):
+        """Tokens to unmask per step of the block that ``step`` opens: int32 [B, steps_per_block]."""
+        cfg = self.cfg
+        in_block = (jnp.arange(cfg.gen_length) // cfg.block_length) == step // cfg.steps_per_block
+        masked = jnp.sum((x_gen == cfg.mask_id) & in_block[None, :], axis=1)
+        return num_transfer_tokens(masked, cfg.steps_per_block)
+
+    def _first_step(self, state, prompt: _Prompt, key, *, temperature, num_visual):
+        """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
+        ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, prompt, kept)."""
+        model = nnx.merge(self.graphdef, state)
+        cfg, method = self.cfg, self.method
+        b, p = prompt.key_valid.shape
+        x_gen = jnp.full((b, cfg.gen_length), cfg.mask_id, jnp.int32)
+        counts = self._block_counts(x_gen, 0)
+        if method is None:
+            logits, _ = self._forward(model, prompt, x_gen)
+        else:
+            rows = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
+            logits, probe = self._forward(
+                model, prompt, x_gen, probe_rows=rows, probe_layers=method.probe_layers(self.num_layers)
+            )
+        key, sub = jax.random.split(key)
+        new_x = unmask_step(x_gen, logits, jnp.int32(0), counts[:, 0], sub, cfg, temperature)
+        if method is None:
+            return new_x, counts, key, prompt, None
+        still_masked = (x_gen == cfg.mask_id) & (new_x == cfg.mask_id)  # R: masked before and after this step
+        token_scores = method.token_scores(probe[:, :, :p], still_masked)
+        return (new_x, counts, key) + self._compact(prompt, token_scores, num_visual)
+
+    def _compact(self, prompt: _Prompt, token_scores, n_v: int):
+        method = self.method
+        kept = select_topk(visual_scores(token_scores, prompt.visual_mask, n_v), method.keep)
+        seq, vmask = compact(
+            SequenceState(prompt.h, prompt.positions, prompt.key_valid), prompt.visual_mask, kept, n_v,
+            reindex=method.reindex,
+        )
+        h_uncond = jnp.broadcast_to(prompt.h_uncond[:, :1], seq.h.shape)
+        return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask), kept
+
+    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, *, temperature):
+        """Steps 1 .. steps−1 of all blocks in one ``fori_loop``; ``counts`` are recomputed at each block start."""
+        model = nnx.merge(self.graphdef, state)
+        cfg = self.cfg
+
+        def body(step, carry):
+            x_gen, counts, key = carry
+            j = step % cfg.steps_per_block
+            counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
+            logits, _ = self._forward(model, prompt, x_gen)
+            key, sub = jax.random.split(key)
+            return unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature), counts, key
+
+        x_gen, _, _ = jax.lax.fori_loop(1, cfg.steps, body, (x_gen, counts, key))
+        return x_gen
+
+    # ---- host API ------------------------------------------------------------------------------------------
+    def generate(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, image_inputs: dict, *, temperature: float = 0.0,
+        seed: int = 0,
+    ) -> DiffusionOutput:
+        """Runs the sampler.
+
+        input_ids / attention_mask int [B, P], left-padded; image_inputs: keyword arguments of
+        ``model.image_features`` (arrays are traced, other values static). Every row must hold the same number
+        of image placeholders. Returns tokens int [B, gen_length], kept visual indices and timings (seconds).
+        """
+        arrays = {k: jnp.asarray(v) for k, v in image_inputs.items() if isinstance(v, (np.ndarray, jax.Array))}
+        static = tuple(sorted((k, v) for k, v in image_inputs.items() if k not in arrays))
+        input_ids = np.asarray(input_ids)
+        n_v = int(np.sum(input_ids[0] == self.image_token_id))
+        if self.method is not None:
+            self.method.validate(n_v, self.num_layers)
+        temperature = float(temperature)
+        key = jax.random.key(seed)
+        t0 = time.perf_counter()
+        prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays, static=static)
+        jax.block_until_ready(prompt.h)
+        t1 = time.perf_counter()
+        x_gen, counts, key, prompt, kept = self.first_step(
+            self.state, prompt, key, temperature=temperature, num_visual=n_v
+        )
+        x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature)
+        tokens = np.asarray(jax.block_until_ready(x_gen))
+        t2 = time.perf_counter()
+        if kept is None:
+            kept = np.broadcast_to(np.arange(n_v), (tokens.shape[0], n_v))
+        counts = [_count_until_stop(row, self.cfg.stop_ids) for row in tokens]
+        return DiffusionOutput(tokens, np.asarray(kept), t1 - t0, t2 - t1, counts)
+
+    def compiled_counts(self) -> dict[str, int]:
+        """Compiled variants per jitted function (static-shape tests)."""
+        return {n: getattr(self, n)._cache_size() for n in ("encode", "first_step", "denoise")}
+
+
+def _count_until_stop(row: np.ndarray, stop_ids: tuple[int, ...]) -> int:
+    for i, tok in enumerate(row):
+        if int(tok) in stop_ids:
+            return i
+    return len(row)

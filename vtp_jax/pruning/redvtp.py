@@ -1,0 +1,46 @@
+"""RedVTP (Xu et al., 2025): response-driven visual token pruning for diffusion VLMs (seed 000; code:
+Blacktower27/RedVTP-LLaDA-V).
+
+At the first denoising step of the first block, every visual token j gets
+    score_j = mean_{i ∈ R} Ā[i, j],   Ā = attention probabilities averaged over all layers and all heads,
+where R are the response positions masked before that step and still masked after its unmasking. The top ``keep``
+visual tokens (ascending) stay; the others are removed from the sequence for every later step and block.
+Positions are re-indexed contiguously afterwards (the reference code's behaviour) unless ``reindex=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from vtp_jax.pruning.core import PruningError
+from vtp_jax.pruning.registry import register
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RedVTP:
+    """keep: visual tokens kept (static; the paper's keep ratio 0.5 → ``max(1, int(N_v · 0.5))``)."""
+
+    keep: int
+    reindex: bool = True
+
+    name = "redvtp"
+    stage = "during_generation"
+
+    def validate(self, num_visual: int, num_layers: int) -> None:
+        """Raises PruningError unless 1 ≤ keep ≤ N_v."""
+        if not 1 <= self.keep <= num_visual:
+            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+
+    def probe_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Every layer's attention is averaged."""
+        return tuple(range(num_layers))
+
+    def token_scores(self, probe: jax.Array, rows: jax.Array) -> jax.Array:
+        """probe float32 [B, G, T] (response rows, mean over heads and layers); rows bool [B, G] (the set R)
+        → per-token score float32 [B, T] = mean over rows in R (zeros if R is empty)."""
+        w = rows.astype(probe.dtype)
+        return jnp.einsum("bgt,bg->bt", probe, w) / jnp.maximum(w.sum(1, keepdims=True), 1.0)
