@@ -413,6 +413,7 @@ def write_random_llava(out_dir: str | os.PathLike, config: transformers.LlavaCon
     config = config.__class__.from_dict(config.to_dict())  # don't mutate the caller's config
     config.dtype = dtype
     config.architectures = ["LlavaForConditionalGeneration"]
+    config.vtp_random_weights = True  # carried into the converted checkpoint: outputs say the weights are random
     config.save_pretrained(out_dir)
     transformers.GenerationConfig.from_model_config(config).save_pretrained(out_dir)
     save_processor(out_dir, train_tokenizer(config.text_config.vocab_size), config)
