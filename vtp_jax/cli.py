@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
+    p.add_argument("--runs", type=int, default=1, help="timed runs; timings are their medians")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     return p
 
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(max(args.warmup, 0)):
         warm = gen.generate(batch.input_ids, batch.attention_mask, batch.pixel_values, **kwargs)
         first_call_s = first_call_s if first_call_s is not None else warm.prefill_s + warm.decode_s
-    out = gen.generate(batch.input_ids, batch.attention_mask, batch.pixel_values, **kwargs)
+    runs = [gen.generate(batch.input_ids, batch.attention_mask, batch.pixel_values, **kwargs) for _ in range(max(args.runs, 1))]
+    out = runs[-1]
+    median = lambda xs: float(np.median(xs))
     new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
     return {
         "text": processor.decode(new_ids),
@@ -84,9 +87,10 @@ def run(args: argparse.Namespace) -> dict:
         "family": cfg.family,
         "random_weights": bool(meta.get("random_weights", False)),
         "timings": {
-            "prefill_s": out.prefill_s,
-            "decode_s": out.decode_s,
-            "tokens_per_s": out.tokens_per_s,
+            "prefill_s": median([r.prefill_s for r in runs]),
+            "decode_s": median([r.decode_s for r in runs]),
+            "tokens_per_s": median([r.tokens_per_s for r in runs]),
+            "runs": len(runs),
             "first_call_s": first_call_s,
         },
     }

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, extra in (("unpruned", ["--method", "none"]), ("fastv-25%", ["--method", "fastv", "--keep-ratio", "0.25"])):
         out = _run([
             _bin("vtp-generate"), "--model", jax_dir, "--image", image, "--prompt", args.prompt,
-            "--max-new-tokens", str(args.max_new_tokens), "--json", *extra,
+            "--max-new-tokens", str(args.max_new_tokens), "--json", "--runs", "5", *extra,
         ])
         results[label] = json.loads(out)
     base, pruned = results["unpruned"], results["fastv-25%"]
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         t = r["timings"]
         print(f"[{label:9s}] visual tokens kept {len(r['kept_visual_indices'])}/{r['num_visual_tokens']} | "
               f"prefill {t['prefill_s'] * 1e3:7.1f} ms | decode {t['tokens_per_s']:7.1f} tokens/s")
-        print(f"            text: {r['text']!r}")
+        print(f"            text: {r['text']!r}  (ids {r['output_ids'][:8]}…)")
     speedup = base["timings"]["prefill_s"] / pruned["timings"]["prefill_s"]
     print(f"FastV keep 25% prefill speed-up: {speedup:.2f}x  (prompt {len(base['prompt_ids'])} tokens, "
           f"{base['num_visual_tokens']} of them visual)")
