@@ -3,7 +3,7 @@
 A converted directory (written by ``vtp-convert``, see :mod:`convert`) holds::
 
     config.json     the Hugging Face config.json, verbatim (read with vtp_jax.config.config_from_hf)
-    vtp_jax.json    {"format_version": 1, "family": "llava", "dtype": "float32" | "bfloat16",
+    vtp_jax.json    {"format_version": 1, "family": "llava" | "llada_v", "dtype": "float32" | "bfloat16",
                      "converted_from": <absolute HF_DIR>, "random_weights": <bool>}
     params/         an Orbax checkpoint of the parameter pure dict (``nnx.to_pure_dict`` of the nnx.Param state;
                     nested dicts keyed by attribute name / layer index, leaves are arrays in ``dtype``)
@@ -47,12 +47,16 @@ def dtype_name(dtype: Any) -> str:
     return name
 
 
-def build_model_class(cfg: LlavaConfig):
-    """The nnx.Module class for ``cfg.family`` (only "llava" so far)."""
+def build_model_class(cfg):
+    """The nnx.Module class for ``cfg.family``: "llava" → Llava, "llada_v" → LladaV."""
     if cfg.family == "llava":
         from vtp_jax.modeling.llava import Llava
 
         return Llava
+    if cfg.family == "llada_v":
+        from vtp_jax.modeling.llada_v import LladaV
+
+        return LladaV
     raise CheckpointError(f"unsupported model family {cfg.family!r}")
 
 

@@ -1,0 +1,215 @@
+"""Weight sources in a Hugging Face directory: what tensors there are, and reading them one at a time.
+
+Supported layouts, in order of preference:
+
+* ``model.safetensors.index.json`` + the shards it names (every shard must lie inside HF_DIR),
+* ``model.safetensors``,
+* ``pytorch_model.bin.index.json`` / ``pytorch_model.bin`` (pickle; only with ``allow_pickle=True``, then loaded
+  with ``torch.load(weights_only=True)``; torch is imported only there).
+
+safetensors files are opened with ``safe_open(..., framework="numpy")``; bfloat16 comes back as
+``ml_dtypes.bfloat16``. Should an older safetensors refuse a dtype for numpy, the tensor's bytes are read straight
+from the file instead. Every problem raises :class:`SourceError` (turned into a ConversionError by the caller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Iterator, NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_FILE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_FILE = "pytorch_model.bin"
+
+# safetensors dtype code → numpy dtype (floating types only; anything else is rejected by the planner)
+ST_DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+
+
+class SourceError(Exception):
+    """A weight file or index that cannot be used (missing, truncated, outside HF_DIR, pickle refused…)."""
+
+
+class TensorInfo(NamedTuple):
+    """One source tensor: its file, shape and safetensors-style dtype code ("F32", "BF16", "I64"…)."""
+
+    file: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _inside(root: str, name: str) -> str:
+    """``root/name`` if ``name`` stays lexically inside ``root`` (symlinked shards, as in the HF cache, are fine)."""
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        raise SourceError(f"names the file {name!r}, which is not a relative path inside {root}")
+    path = os.path.normpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise SourceError(f"names the file {name!r}, which lies outside {root}; refusing to read it")
+    return path
+
+
+def _read_index(hf_dir: str, index_name: str) -> dict[str, str]:
+    """{tensor name: absolute file path} from an HF ``*.index.json``."""
+    index_path = os.path.join(hf_dir, index_name)
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"{index_name}: unreadable index ({type(e).__name__}: {e})") from None
+    files = {}
+    for fname in sorted(set(weight_map.values()), key=str):
+        try:
+            files[fname] = _inside(hf_dir, fname)
+        except SourceError as e:
+            raise SourceError(f"{index_name} {e}") from None
+        if not os.path.isfile(files[fname]):
+            raise SourceError(f"{index_name} names the shard {fname!r}, which does not exist in {hf_dir}")
+    return {name: files[fname] for name, fname in weight_map.items()}
+
+
+class SafetensorsSource:
+    """Tensors of one or more safetensors files, read lazily one tensor at a time."""
+
+    def __init__(self, files_by_name: dict[str, str] | None, single_file: str | None = None):
+        from safetensors import safe_open
+
+        self._safe_open = safe_open
+        self.tensors: dict[str, TensorInfo] = {}
+        files = sorted(set(files_by_name.values())) if files_by_name is not None else [single_file]
+        present: dict[str, dict[str, TensorInfo]] = {}
+        for path in files:
+            present[path] = {}
+            try:
+                with safe_open(path, framework="numpy") as f:
+                    for key in f.keys():
+                        sl = f.get_slice(key)
+                        present[path][key] = TensorInfo(path, tuple(int(s) for s in sl.get_shape()), sl.get_dtype())
+            except Exception as e:  # noqa: BLE001 — safetensors raises its own error types
+                raise SourceError(f"{os.path.basename(path)}: not a valid safetensors file ({e})") from None
+        if files_by_name is None:
+            self.tensors = present[single_file]
+            return
+        for name, path in files_by_name.items():
+            if name not in present[path]:
+                raise SourceError(
+                    f"{SAFETENSORS_INDEX} lists tensor {name!r} in {os.path.basename(path)!r}, which lacks it"
+                )
+            self.tensors[name] = present[path][name]
+
+    def iter_arrays(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """Yields (name, array) for ``names``, file by file, one tensor in memory at a time."""
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.tensors[name].file, []).append(name)
+        for path, file_names in by_file.items():
+            with self._safe_open(path, framework="numpy") as f:
+                for name in file_names:
+                    try:
+                        array = f.get_tensor(name)
+                    except Exception:  # noqa: BLE001 — e.g. an older safetensors without bf16 for numpy
+                        array = read_raw(path, name)
+                    yield name, array
+
+
+def read_raw(path: str, name: str) -> np.ndarray:
+    """Reads one tensor's bytes straight from a safetensors file (little-endian, row-major).
+
+    Raises:
+      SourceError: the tensor is absent, its dtype is not a float type, or the file is short.
+    """
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        if name not in header:
+            raise SourceError(f"{os.path.basename(path)}: no tensor {name!r}")
+        info = header[name]
+        if info["dtype"] not in ST_DTYPES:
+            raise SourceError(f"{os.path.basename(path)}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        f.seek(8 + header_len + start)
+        data = f.read(end - start)
+    if len(data) != end - start:
+        raise SourceError(f"{os.path.basename(path)}: truncated data for tensor {name!r}")
+    dtype = ST_DTYPES[info["dtype"]].newbyteorder("<")
+    return np.frombuffer(data, dtype=dtype).reshape(info["shape"]).astype(ST_DTYPES[info["dtype"]])
+
+
+_TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+class PickleSource:
+    """``pytorch_model.bin`` (single or sharded), loaded with ``torch.load(weights_only=True, mmap=True)``."""
+
+    def __init__(self, files: list[str]):
+        import torch  # the only torch import of the converter: pickles need it
+
+        self._torch = torch
+        self._state: dict = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        for path in files:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # noqa: BLE001 — torch raises many types for bad pickles
+                why = f"{type(e).__name__}: {e}"
+                raise SourceError(f"{os.path.basename(path)}: cannot be loaded safely ({why})") from None
+            if not isinstance(state, dict):
+                raise SourceError(f"{os.path.basename(path)}: holds a {type(state).__name__}, not a state dict")
+            for name, t in state.items():
+                if not isinstance(t, torch.Tensor):
+                    raise SourceError(f"{os.path.basename(path)}: entry {name!r} is not a tensor")
+                code = _TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
+                self.tensors[name] = TensorInfo(path, tuple(t.shape), code)
+                self._state[name] = t
+
+    def iter_arrays(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        for name in names:
+            t = self._state[name].detach().contiguous()
+            if t.dtype == self._torch.bfloat16:
+                yield name, t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
+            else:
+                yield name, t.numpy()
+
+
+def open_source(hf_dir: str, *, allow_pickle: bool):
+    """The weight source of ``hf_dir`` (see module docstring for the order of preference).
+
+    Raises:
+      SourceError: no weights, a bad index or file, or pickled weights without ``allow_pickle``.
+    """
+    if os.path.exists(os.path.join(hf_dir, SAFETENSORS_INDEX)):
+        return SafetensorsSource(_read_index(hf_dir, SAFETENSORS_INDEX))
+    if os.path.exists(os.path.join(hf_dir, SAFETENSORS_FILE)):
+        path = os.path.join(hf_dir, SAFETENSORS_FILE)
+        return SafetensorsSource(None, single_file=path)
+    pickles = None
+    if os.path.exists(os.path.join(hf_dir, PICKLE_INDEX)):
+        pickles = PICKLE_INDEX
+    elif os.path.exists(os.path.join(hf_dir, PICKLE_FILE)):
+        pickles = PICKLE_FILE
+    if pickles is None:
+        raise SourceError(
+            f"no weights found in {hf_dir}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {PICKLE_FILE}"
+        )
+    if not allow_pickle:
+        raise SourceError(
+            f"{hf_dir} holds pickled PyTorch weights ({pickles}); unpickling can run arbitrary code, so it is "
+            "refused. Convert them to safetensors, or pass --allow-pickle to load them with "
+            "torch.load(weights_only=True)"
+        )
+    if pickles == PICKLE_INDEX:
+        files = sorted(set(_read_index(hf_dir, PICKLE_INDEX).values()))
+    else:
+        files = [os.path.join(hf_dir, PICKLE_FILE)]
+    return PickleSource(files)
