@@ -1,28 +1,25 @@
 """Tensor-name map for LLaDA-V checkpoints (and plain LLaDA-8B LLM names) → vtp_jax :class:`LladaV` parameter paths.
 
-Pure functions, no I/O. Names on disk (verified against LLaDA-V's code, ``train/llava/model/llava_arch.py``,
-``language_model/llava_llada.py``, ``language_model/modeling_llada.py``, ``multimodal_encoder/siglip_encoder.py``):
+Pure functions, no I/O. Names on disk (from LLaDA-V's code: ``train/llava/model/llava_arch.py``,
+``language_model/llava_llada.py``, ``language_model/modeling_llada.py``, ``multimodal_encoder/siglip_encoder.py``),
+each → our path [transform]; ``VT`` = ``model.vision_tower.vision_tower.vision_model.`` (the ``vision_model.`` level
+may be absent, as in transformers 5's ``SiglipVisionModel``):
 
-=====================================================================  =============================================
-LLaDA-V tensor                                                         our path (transform)
-=====================================================================  =============================================
-``model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight``  ``vision_tower.patch_embedding.kernel`` (conv)
-``….embeddings.patch_embedding.bias``                                  ``vision_tower.patch_embedding.bias``
-``….embeddings.position_embedding.weight``                             ``vision_tower.position_embedding.embedding``
-``….encoder.layers.N.self_attn.{q,k,v}_proj.{weight,bias}``            ``vision_tower.layers.N.self_attn.{q,k,v}_proj.{kernel,bias}``
-``….encoder.layers.N.self_attn.out_proj.{weight,bias}``                ``vision_tower.layers.N.self_attn.o_proj.{kernel,bias}``
-``….encoder.layers.N.layer_norm{1,2}.{weight,bias}``                   ``vision_tower.layers.N.layer_norm{1,2}.{scale,bias}``
-``….encoder.layers.N.mlp.fc{1,2}.{weight,bias}``                       ``vision_tower.layers.N.mlp.fc{1,2}.{kernel,bias}``
-``….post_layernorm.{weight,bias}``                                     ``vision_tower.post_layernorm.{scale,bias}``
-``model.mm_projector.0.{weight,bias}`` / ``model.mm_projector.2.*``    ``multi_modal_projector.linear_1.*`` / ``linear_2.*``
-``model.image_newline``                                                ``image_newline``
-``model.embed_tokens.weight``                                          ``language_model.embed_tokens.embedding``
-``model.layers.N.self_attn.{q,k,v,o}_proj.weight``                     ``language_model.layers.N.self_attn.{q,k,v,o}_proj.kernel``
-``model.layers.N.mlp.{gate,up,down}_proj.weight``                      ``language_model.layers.N.mlp.{gate,up,down}_proj.kernel``
-``model.layers.N.{input_layernorm,post_attention_layernorm}.weight``   ``language_model.layers.N.{…}.weight``
-``model.norm.weight``                                                  ``language_model.norm.weight``
-``lm_head.weight``                                                     ``lm_head.kernel`` (linear)
-=====================================================================  =============================================
+* ``VT embeddings.patch_embedding.weight`` → ``vision_tower.patch_embedding.kernel`` [conv]; ``.bias`` → ``.bias``
+* ``VT embeddings.position_embedding.weight`` → ``vision_tower.position_embedding.embedding``
+* ``VT encoder.layers.N.self_attn.{q,k,v}_proj.{weight,bias}`` → ``vision_tower.layers.N.self_attn.{q,k,v}_proj.
+  {kernel,bias}``; ``out_proj`` → ``o_proj``
+* ``VT encoder.layers.N.layer_norm{1,2}.{weight,bias}`` → ``vision_tower.layers.N.layer_norm{1,2}.{scale,bias}``
+* ``VT encoder.layers.N.mlp.fc{1,2}.{weight,bias}`` → ``vision_tower.layers.N.mlp.fc{1,2}.{kernel,bias}``
+* ``VT post_layernorm.{weight,bias}`` → ``vision_tower.post_layernorm.{scale,bias}`` (held, not used for features)
+* ``model.mm_projector.0.*`` / ``model.mm_projector.2.*`` (``nn.Sequential(Linear, GELU, Linear)``) →
+  ``multi_modal_projector.linear_1.*`` / ``linear_2.*``
+* ``model.image_newline`` → ``image_newline``
+* ``model.embed_tokens.weight`` → ``language_model.embed_tokens.embedding``
+* ``model.layers.N.self_attn.{q,k,v,o}_proj.weight`` → ``language_model.layers.N.self_attn.{q,k,v,o}_proj.kernel``
+* ``model.layers.N.mlp.{gate,up,down}_proj.weight`` → ``language_model.layers.N.mlp.{gate,up,down}_proj.kernel``
+* ``model.layers.N.{input_layernorm,post_attention_layernorm}.weight`` → ``language_model.layers.N.{…}.weight``
+* ``model.norm.weight`` → ``language_model.norm.weight``; ``lm_head.weight`` → ``lm_head.kernel`` [linear]
 
 Plain LLaDA-8B (ML-GSAI/LLaDA ``modeling_llada.py``, OLMo-style) LLM names are accepted too:
 ``model.transformer.wte.weight`` (embedding), ``model.transformer.blocks.N.{attn_norm, q_proj, k_proj, v_proj,
@@ -34,9 +31,10 @@ Transforms: "linear" (torch [out, in] → kernel [in, out]), "conv" (torch [D, C
 Buffers (``position_ids``, ``rotary_emb.inv_freq``) and SigLIP's pooling ``head`` (LLaDA-V replaces it with
 Identity, so real checkpoints do not carry it) are recognised by :func:`is_ignored_llada_name`.
 
-The vision encoder layers a checkpoint holds are the layers of our tower: LLaDA-V deleted the 27th SigLIP layer before
-saving, so there are 26 (``layers.0`` … ``layers.25``). A tensor of a layer beyond ``vision.num_hidden_layers`` maps to
-a path the model does not have (the converter reports it as unexpected).
+The vision encoder layers a checkpoint holds are the layers of our tower. LLaDA-V's tower deletes SigLIP's 27th layer
+when it is built, so a saved LLaDA-V state dict holds 26 (``layers.0`` … ``layers.25``; inferred from the code — the
+hub's index file was not available to check). A tensor of a layer beyond ``vision.num_hidden_layers`` maps to a path
+the model does not have (the converter should report it as unexpected).
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ class LladaTarget(NamedTuple):
 
 _N = r"(\d+)"
 _NORM = {"weight": "scale", "bias": "bias"}  # torch LayerNorm → Flax LayerNorm
-_VT = r"(?:model\.)?vision_tower\.vision_tower\.vision_model\."
+_VT = r"(?:model\.)?vision_tower\.vision_tower\.(?:vision_model\.)?"
 _LM = r"(?:model\.)"
 
 # (regex, path builder from match groups, transform)

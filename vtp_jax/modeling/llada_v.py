@@ -1,0 +1,129 @@
+"""LLaDA-V: SigLIP tower (last layer deleted) → ``mlp2x_gelu`` → anyres packing → LLaDA decoder → LM head.
+
+Source: LLaDA-V (ML-GSAI/LLaDA-V, read in Blacktower27/RedVTP-LLaDA-V) ``train/llava/model/llava_arch.py``
+(``encode_images`` = tower then projector on every tile; ``prepare_inputs_labels_for_multimodal`` packs tiles with
+"anyres_max_N" + "spatial_unpad" + ``image_newline`` and splices them in place of the image placeholder),
+``multimodal_encoder/siglip_encoder.py`` (SigLIP so400m, ``del encoder.layers[-1:]``, head → Identity, features =
+``hidden_states[-1]`` without the post-layernorm) and ``language_model/llava_llada.py`` (the LLM is LLaDA: Llama blocks
+with ``is_causal = False``).
+
+Reused modules: :class:`VisionTower` (``kind="siglip"``), :class:`Projector`, :class:`Decoder` with
+``TextConfig(causal=False)`` — the bidirectional block is the Llama block; only the mask differs.
+
+Packing is in :mod:`vtp_jax.modeling.anyres`; its static layout (grid, unpad crop, downsampled size) is computed on the
+host from ``image_size`` = (height, width) of the original image, so ``grid`` and ``image_size`` are static Python
+values here (hashable; pass them as static arguments under ``jit``). All rows of a batch share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vtp_jax.config import LladaVConfig
+from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
+from vtp_jax.modeling.decoder import Decoder, DecoderOutput, SequenceState
+from vtp_jax.modeling.layers import linear
+from vtp_jax.modeling.llava import merge_visual_tokens
+from vtp_jax.modeling.projector import Projector
+from vtp_jax.modeling.vision import VisionTower
+
+
+class LladaV(nnx.Module):
+    """The LLaDA-V model. Parameter tree: ``vision_tower``, ``multi_modal_projector`` (``linear_1``, ``linear_2``),
+    ``image_newline`` [D_text], ``language_model`` (bidirectional :class:`Decoder`), ``lm_head`` (kernel [D, V])."""
+
+    def __init__(self, cfg: LladaVConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        if cfg.text.causal:
+            raise ValueError("LLaDA-V needs a bidirectional text config (TextConfig(causal=False))")
+        self.cfg = cfg
+        self.vision_tower = VisionTower(cfg.vision, dtype=dtype, rngs=rngs)
+        d_in = cfg.vision.hidden_size * len(cfg.vision_feature_layer)
+        d = cfg.text.hidden_size
+        self.multi_modal_projector = Projector(
+            d_in, d, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
+        )
+        self.image_newline = nnx.Param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5)
+        self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
+        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+
+    # ---- host-side layout ---------------------------------------------------------------------------------------
+    def layout(self, image_size: Sequence[int], grid: Sequence[int] | None = None) -> AnyresLayout:
+        """The static packing layout for an image of (height, width) ``image_size``; checks ``grid`` if given."""
+        layout = layout_for_config(self.cfg, tuple(int(v) for v in image_size))
+        if grid is not None and tuple(int(g) for g in grid) != layout.grid:
+            raise AnyresError(
+                f"grid {tuple(grid)} does not match image size {tuple(image_size)} (expected {layout.grid})"
+            )
+        return layout
+
+    def num_visual_tokens(self, image_size: Sequence[int]) -> int:
+        """N_v for an image of (height, width) ``image_size``."""
+        return self.layout(image_size).num_tokens
+
+    # ---- forward pieces ----------------------------------------------------------------------------------------
+    def tile_features(self, pixel_values: jax.Array) -> jax.Array:
+        """pixel_values float [B, n, 3, S, S] → projected per-tile features [B, n, p², D_text]."""
+        b, n = pixel_values.shape[:2]
+        flat = pixel_values.reshape((b * n,) + pixel_values.shape[2:])
+        feats = self.vision_tower.features(flat, self.cfg.vision_feature_layer)
+        feats = self.multi_modal_projector(feats)
+        return feats.reshape(b, n, feats.shape[1], feats.shape[2])
+
+    def image_features(
+        self, pixel_values: jax.Array, *, grid: Sequence[int] | None = None, image_size: Sequence[int]
+    ) -> jax.Array:
+        """Visual tokens [B, N_v, D_text] of one image per row.
+
+        pixel_values: float32 [B, n_tiles, 3, S, S] as ``LlavaOnevisionImageProcessor`` returns them (base tile
+        first; tiles beyond ``1 + gh·gw`` — the processor's batch padding — are dropped before the tower runs).
+        grid: (rows, cols) of tiles (checked against ``image_size``; derived from it when None); image_size:
+        (height, width) of the original image. Both static; every row must share them.
+        """
+        layout = self.layout(image_size, grid)
+        if pixel_values.ndim != 5:
+            raise AnyresError(f"pixel_values must be [B, n_tiles, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        if pixel_values.shape[1] < layout.num_tiles:
+            raise AnyresError(
+                f"pixel_values hold {pixel_values.shape[1]} tiles, image size {tuple(image_size)} needs "
+                f"{layout.num_tiles}"
+            )
+        tiles = self.tile_features(pixel_values[:, : layout.num_tiles])
+        newline = self.image_newline[...]
+        return jax.vmap(lambda t: pack_features(t, newline, layout))(tiles)
+
+    def embed(self, input_ids: jax.Array, visual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """input_ids int [B, T], visual [B, N_v, D] → (embeddings [B, T, D], visual_mask bool [B, T]).
+
+        Positions holding ``cfg.image_token_id`` (exactly N_v per row) receive the visual tokens in order; the
+        placeholder id itself is never embedded (LLaDA-V's is −200)."""
+        visual_mask = input_ids == self.cfg.image_token_id
+        text = self.language_model.embed_tokens(jnp.where(visual_mask, 0, input_ids))
+        return merge_visual_tokens(text, visual, visual_mask), visual_mask
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [..., D] → logits float32 [..., V]."""
+        return self.lm_head(h).astype(jnp.float32)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        pixel_values: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        grid: Sequence[int] | None = None,
+        image_size: Sequence[int],
+    ) -> jax.Array:
+        """One full bidirectional forward (a denoising step without pruning; parity reference): logits float32
+        [B, T, V]. Positions are ``cumsum(attention_mask) − 1``; padding keys are masked for every query."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, bool)
+        attention_mask = attention_mask.astype(bool)
+        positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
+        visual = self.image_features(pixel_values, grid=grid, image_size=image_size)
+        h, _ = self.embed(input_ids, visual)
+        out: DecoderOutput = self.language_model(SequenceState(h, positions, attention_mask))
+        return self.logits(out.h)
