@@ -55,7 +55,7 @@ def attention_rows(
     """Softmax attention probabilities for selected query rows, float32 [B, heads, R, S].
 
     q: [B, T, H, D] (after RoPE); k: [B, S, K, D] with H a multiple of K (GQA); rows: int [B, R] query indices;
-    mask: bool [B, 1 or H, T, S] — the same mask the fused attention uses. Masked keys get probability 0.
+    mask: bool [B, 1 or H, T or 1, S] — the same mask the fused attention uses. Masked keys get probability 0.
     """
     b, _, h, d = q.shape
     kv = k.shape[2]
@@ -63,6 +63,8 @@ def attention_rows(
     q_rows = q_rows.reshape(b, rows.shape[1], kv, h // kv, d)
     logits = jnp.einsum("brkgd,bskd->bkgrs", q_rows.astype(jnp.float32), k.astype(jnp.float32)) * scale
     logits = logits.reshape(b, h, rows.shape[1], k.shape[1])
+    # The mask may have a broadcast query axis (bidirectional: [B, 1, 1, S]); expand it before picking rows.
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
     row_mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)  # [B, 1|H, R, S]
     logits = jnp.where(row_mask, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1)
