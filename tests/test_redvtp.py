@@ -103,3 +103,38 @@ def test_keep_out_of_range(case, image_processor):  # noqa: F811
         RedVTP(keep=0).validate(model.num_visual_tokens(SIZE), 2)
     with pytest.raises(PruningError, match="keep must be between 1"):
         RedVTP(keep=10_000).validate(model.num_visual_tokens(SIZE), 2)
+
+
+def test_llada_fastv_scores_one_middle_layer(case, image_processor):  # noqa: F811
+    from vtp_jax.pruning import make_method
+
+    model = case.models[4]
+    pix = _pixels(image_processor, SIZE, seed=2)
+    ids, mask = _inputs(model, SIZE, seed=4)
+    cfg = DiffusionConfig(gen_length=GEN, block_length=GEN, steps=STEPS, mask_id=case.config["mask_token_id"])
+    method = make_method("llada-fastv", keep=9, layer=2)
+    assert method.probe_layers(2) == (1,) and make_method("llada-fastv", keep=3).probe_layers(8) == (3,)
+    out = DiffusionGenerator(model, cfg, method).generate(ids, mask, {"pixel_values": pix, "image_size": SIZE})
+    with torch.no_grad():
+        visual = case.ref.image_features(torch.from_numpy(pix), [SIZE, SIZE], 4)
+    # reference: the same computation restricted to layer index 1's attention
+    b, p = ids.shape
+    ids_full = np.concatenate([ids, np.full((b, GEN), cfg.mask_id)], axis=1)
+    mask_full = np.concatenate([mask, np.ones((b, GEN), mask.dtype)], axis=1)
+    ids_t, mask_t = torch.from_numpy(ids_full), torch.from_numpy(mask_full)
+    is_img = ids_t == case.ref.config["image_token_index"]
+    with torch.no_grad():
+        emb = case.ref.llama.embed_tokens(torch.where(is_img, 0, ids_t)).clone()
+        for r in range(b):
+            emb[r, is_img[r]] = visual[r]
+        t = ids_full.shape[1]
+        bias = torch.zeros(b, 1, t, t).masked_fill(~mask_t.bool()[:, None, None, :], torch.finfo(torch.float32).min)
+        o = case.ref.llama(inputs_embeds=emb, attention_mask=bias, position_ids=(mask_t.cumsum(1) - 1).clamp(min=0),
+                           output_attentions=True)
+        conf = torch.softmax(case.ref.lm_head(o.last_hidden_state)[:, p:].double(), -1).max(-1).values.numpy()
+    att = o.attentions[1].mean(1).numpy()
+    for r in range(b):
+        still = np.ones(GEN, bool)
+        still[np.argsort(-conf[r], kind="stable")[: GEN // STEPS]] = False
+        s = att[r, p:][still].mean(0)[:p][is_img[r, :p].numpy()]
+        np.testing.assert_array_equal(out.kept[r], np.sort(np.argsort(-s, kind="stable")[:9]))

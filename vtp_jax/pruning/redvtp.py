@@ -44,3 +44,28 @@ class RedVTP:
         → per-token score float32 [B, T] = mean over rows in R (zeros if R is empty)."""
         w = rows.astype(probe.dtype)
         return jnp.einsum("bgt,bg->bt", probe, w) / jnp.maximum(w.sum(1, keepdims=True), 1.0)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class LladaFastV(RedVTP):
+    """FastV-style scoring for diffusion VLMs (LLaDA-FastV, arXiv 2601.20168, as summarised in METHODS.md).
+
+    Like :class:`RedVTP` — first denoising step, rows = still-masked response positions, pruned tokens removed
+    for every later step — but the attention comes from one middle layer only: layer ``layer − 1`` (FastV's
+    convention for "prune at layer K"), default ``K = num_layers // 2``. Where that paper's details differ, this
+    is the documented choice.
+    """
+
+    layer: int | None = None
+
+    name = "llada-fastv"
+
+    def validate(self, num_visual: int, num_layers: int) -> None:
+        super().validate(num_visual, num_layers)
+        if self.layer is not None and not 1 <= self.layer <= num_layers:
+            raise PruningError(f"LLaDA-FastV layer K must be in [1, {num_layers}], got {self.layer}")
+
+    def probe_layers(self, num_layers: int) -> tuple[int, ...]:
+        k = self.layer if self.layer is not None else max(1, num_layers // 2)
+        return (k - 1,)
