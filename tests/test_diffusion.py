@@ -7,7 +7,6 @@ Logits come from the model's plain full forward (no jit, no pruning) on the whol
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

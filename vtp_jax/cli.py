@@ -1,5 +1,22 @@
 """``vtp-generate``: jit-compiled generation from a converted checkpoint, with or without visual token pruning.
 
+The model family comes from the converted config (``cfg.family``):
+
+* ``llava`` — autoregressive decoding (prefill + KV-cache decode loop); pruning ``--method fastv``.
+  Flags: ``--max-new-tokens``, ``--top-p``, ``--layer``, ``--criterion``.
+* ``llada_v`` — masked-diffusion sampling (LLaDA's loop); pruning ``--method redvtp`` (keep ratio 0.5 by default:
+  ``keep = max(1, int(N_v · 0.5))``). Flags: ``--gen-length``, ``--steps``, ``--block-length``, ``--remasking``,
+  ``--cfg``. Ids never predicted at masked positions: ``<|endoftext|>``, ``<|startoftext|>``,
+  ``<|start_header_id|>``, ``<|end_header_id|>`` (LLaDA-V's 126081, 126080, 126346, 126347), looked up in the
+  checkpoint's tokenizer; the answer stops at ``<|endoftext|>`` / ``<|eot_id|>`` (and the tokenizer's EOS).
+
+``--json`` prints one object: ``text``, ``prompt_ids`` (image placeholders expanded), ``output_ids`` (answer tokens
+before the first stop id), ``num_visual_tokens``, ``kept_visual_indices`` (ascending), ``method``, ``family``,
+``random_weights``, ``timings`` (seconds, medians over ``--runs``: ``prefill_s`` — LLaVA prefill / LLaDA-V encode;
+``decode_s`` — LLaVA decode loop / LLaDA-V denoising; ``latency_s``; ``tokens_per_s`` — LLaVA decode throughput /
+LLaDA-V decoded positions (gen_length) per second of latency; ``runs``; ``first_call_s``, compilation included); LLaDA-V adds
+``diffusion`` (the sampler settings).
+
 Exit codes: 0 on success, 2 on bad input (message on stderr, no traceback).
 """
 
@@ -11,22 +28,43 @@ import sys
 
 import numpy as np
 
+# Pruning stages each family's generator runs (see vtp_jax.pruning.registry).
+FAMILY_STAGES = {"llava": ("in_llm",), "llada_v": ("during_generation",)}
+# LLaDA-V: never predicted at masked positions (EOS, BOS, start/end header) / where the answer ends (EOS, EOT).
+LLADA_SUPPRESS_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
+LLADA_STOP_TOKENS = ("<|endoftext|>", "<|eot_id|>")
+DIFFUSION_DEFAULTS = {"gen_length": 32, "steps": 16, "remasking": "low_confidence", "cfg": 0.0}
+AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtp-generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="converted checkpoint directory (from vtp-convert)")
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True, help="question / instruction text")
-    p.add_argument("--method", default="none", help="pruning method: none | fastv")
+    p.add_argument("--method", default="none", help="pruning method: none | fastv (llava) | redvtp (llada_v)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
-    g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v)")
+    g.add_argument("--keep-ratio", type=float,
+                   help="visual tokens to keep (fraction of N_v; default 0.5: FastV round(N_v·R), RedVTP int(N_v·R))")
     p.add_argument("--layer", type=int, default=None, help="FastV: decoder layer K at which to prune (default 2)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows (default last)")
-    p.add_argument("--reindex", action="store_true", help="renumber positions of kept tokens contiguously")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
+                   help="renumber positions of kept tokens contiguously (RedVTP default)")
+    r.add_argument("--original-positions", dest="reindex", action="store_const", const=False,
+                   help="kept tokens keep their original positions (FastV default)")
+    a = p.add_argument_group("autoregressive (llava)")
+    a.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
+    a.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1.0)")
+    d = p.add_argument_group("masked diffusion (llada_v)")
+    d.add_argument("--gen-length", type=int, default=None, help="response length in tokens (default 32)")
+    d.add_argument("--steps", type=int, default=None, help="denoising steps in all (default 16)")
+    d.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen length)")
+    d.add_argument("--remasking", default=None, choices=["low_confidence", "random"],
+                   help="which predictions to keep at each step (default low_confidence)")
+    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
     p.add_argument("--runs", type=int, default=1, help="timed runs; timings are their medians")
@@ -34,28 +72,90 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _family_flags(args: argparse.Namespace, family: str) -> None:
+    """Rejects flags of the other family; fills the defaults of this one. Raises InputError."""
+    from vtp_jax.processing import InputError
+
+    own, other = (DIFFUSION_DEFAULTS, AUTOREGRESSIVE_DEFAULTS) if family == "llada_v" else (
+        AUTOREGRESSIVE_DEFAULTS, {**DIFFUSION_DEFAULTS, "block_length": None})
+    given = ["--" + k.replace("_", "-") for k in other if getattr(args, k) is not None]
+    if given:
+        kind = "diffusion (llada_v)" if family != "llada_v" else "autoregressive (llava)"
+        raise InputError(f"{', '.join(given)} only apply to {kind} checkpoints; this checkpoint's family is {family}")
+    for k, v in own.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
+def _check_method_family(name: str, family: str) -> None:
+    """Raises InputError when the registered method ``name`` does not run on ``family``'s generator."""
+    from vtp_jax.processing import InputError
+    from vtp_jax.pruning import METHODS
+
+    if name == "none" or name not in METHODS:  # unknown names: make_method lists the registered ones
+        return
+    stages = FAMILY_STAGES.get(family, ())
+    if METHODS[name].stage not in stages:
+        fitting = sorted(n for n, cls in METHODS.items() if cls.stage in stages)
+        raise InputError(
+            f"pruning method {name!r} (stage {METHODS[name].stage}) does not apply to {family} checkpoints; "
+            f"methods for {family}: none{''.join(', ' + n for n in fitting)}"
+        )
+
+
+def _median(xs) -> float:
+    return float(np.median(xs))
+
+
+def _timed_runs(generate, args) -> tuple[list, float | None]:
+    """``--warmup`` untimed calls, then ``--runs`` timed ones → (timed outputs, first call's latency or None)."""
+    first_call_s = None
+    for _ in range(max(args.warmup, 0)):
+        warm = generate()
+        first_call_s = first_call_s if first_call_s is not None else _latency(warm)
+    return [generate() for _ in range(max(args.runs, 1))], first_call_s
+
+
+def _latency(out) -> float:
+    return float(out.latency_s) if hasattr(out, "latency_s") else float(out.prefill_s + out.decode_s)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Loads, processes, generates; returns the JSON-able result. Raises ValueError subclasses on bad input."""
     from vtp_jax.checkpoint import load
-    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
-    from vtp_jax.processing import InputError, Processor, load_image
-    from vtp_jax.pruning import make_method, resolve_keep
+    from vtp_jax.processing import InputError, load_image
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
-    if not 0.0 < args.top_p <= 1.0:
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.method == "none" and (args.keep is not None or args.keep_ratio is not None):
+        raise InputError("--keep / --keep-ratio need a pruning --method")
     image = load_image(args.image)
     model, cfg, meta = load(args.model)
+    _family_flags(args, cfg.family)
+    _check_method_family(args.method, cfg.family)
+    if cfg.family == "llada_v":
+        result = _run_llada_v(args, image, model, cfg)
+    else:
+        result = _run_llava(args, image, model, cfg)
+    result["random_weights"] = bool(meta.get("random_weights", False))
+    return result
+
+
+def _run_llava(args, image, model, cfg) -> dict:
+    """Autoregressive LLaVA path (prefill + decode), optionally with FastV."""
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+    from vtp_jax.processing import InputError, load_processor
+    from vtp_jax.pruning import make_method, resolve_keep
+
     n_v = cfg.num_visual_tokens
     method = None
     if args.method != "none":
         ratio = 0.5 if args.keep is None and args.keep_ratio is None else args.keep_ratio  # FastV R = 50% default
         keep = resolve_keep(n_v, args.keep, ratio)
-        method = make_method(args.method, keep=keep, layer=args.layer, criterion=args.criterion, reindex=args.reindex or None)
-    elif args.keep is not None or args.keep_ratio is not None:
-        raise InputError("--keep / --keep-ratio need a pruning --method")
-    processor = Processor(args.model, image_token_id=cfg.image_token_id, num_visual_tokens=n_v)
+        method = make_method(args.method, keep=keep, layer=args.layer, criterion=args.criterion, reindex=args.reindex)
+    processor = load_processor(args.model, cfg)
     batch = processor([image], [args.prompt])
     needed = batch.input_ids.shape[1] + args.max_new_tokens
     if needed > cfg.text.max_position_embeddings:
@@ -69,13 +169,10 @@ def run(args: argparse.Namespace) -> dict:
         max_new_tokens=args.max_new_tokens, eos_token_ids=eos, pad_token_id=processor.pad_token_id,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
     )
-    first_call_s = None
-    for _ in range(max(args.warmup, 0)):
-        warm = gen.generate(batch.input_ids, batch.attention_mask, batch.pixel_values, **kwargs)
-        first_call_s = first_call_s if first_call_s is not None else warm.prefill_s + warm.decode_s
-    runs = [gen.generate(batch.input_ids, batch.attention_mask, batch.pixel_values, **kwargs) for _ in range(max(args.runs, 1))]
+    runs, first_call_s = _timed_runs(
+        lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"], **kwargs), args
+    )
     out = runs[-1]
-    median = lambda xs: float(np.median(xs))
     new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
     return {
         "text": processor.decode(new_ids),
@@ -85,11 +182,86 @@ def run(args: argparse.Namespace) -> dict:
         "kept_visual_indices": [int(i) for i in np.asarray(out.kept[0])],
         "method": args.method,
         "family": cfg.family,
-        "random_weights": bool(meta.get("random_weights", False)),
         "timings": {
-            "prefill_s": median([r.prefill_s for r in runs]),
-            "decode_s": median([r.decode_s for r in runs]),
-            "tokens_per_s": median([r.tokens_per_s for r in runs]),
+            "prefill_s": _median([r.prefill_s for r in runs]),
+            "decode_s": _median([r.decode_s for r in runs]),
+            "tokens_per_s": _median([r.tokens_per_s for r in runs]),
+            "latency_s": _median([_latency(r) for r in runs]),
+            "runs": len(runs),
+            "first_call_s": first_call_s,
+        },
+    }
+
+
+def _run_llada_v(args, image, model, cfg) -> dict:
+    """Masked-diffusion LLaDA-V path, optionally with RedVTP."""
+    from vtp_jax.generation.diffusion import DiffusionConfig, DiffusionGenerator
+    from vtp_jax.processing import InputError, load_processor
+    from vtp_jax.pruning import make_method, resolve_keep
+
+    mask_id = getattr(cfg, "mask_token_id", None)
+    if mask_id is None or not 0 <= int(mask_id) < cfg.text.vocab_size:
+        raise InputError(
+            f"{args.model}: the checkpoint has no usable mask_token_id ({mask_id!r}); diffusion sampling needs the "
+            "[MASK] token id — add \"mask_token_id\" to the HF config.json and convert again"
+        )
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be ≥ 0, got {args.temperature}")
+    processor = load_processor(args.model, cfg)
+    vocab = cfg.text.vocab_size
+    suppress = tuple(i for i in processor.token_ids(LLADA_SUPPRESS_TOKENS) if i < vocab and i != mask_id)
+    stops = list(processor.token_ids(LLADA_STOP_TOKENS))
+    eos = processor.tokenizer.eos_token_id
+    if eos is not None and int(eos) not in stops:
+        stops.append(int(eos))
+    dcfg = DiffusionConfig(
+        gen_length=args.gen_length, block_length=args.block_length or args.gen_length, steps=args.steps,
+        remasking=args.remasking, cfg=args.cfg, mask_id=int(mask_id), suppress_ids=suppress,
+        stop_ids=tuple(i for i in stops if i != mask_id),
+    )
+    dcfg.validate()  # DiffusionError (a ValueError): lengths that do not divide, bad remasking / cfg
+
+    batch = processor([image], [args.prompt])
+    n_v = batch.num_visual_tokens
+    prompt_len = len(batch.prompt_ids[0])
+    if prompt_len + dcfg.gen_length > cfg.text.max_position_embeddings:
+        raise InputError(
+            f"prompt ({prompt_len} tokens, {n_v} of them visual) plus --gen-length {dcfg.gen_length} exceeds the "
+            f"model's {cfg.text.max_position_embeddings} positions"
+        )
+    method = None
+    if args.method != "none":
+        # RedVTP's default keep ratio 0.5, floored like its code: max(1, int(N_v · ratio))
+        ratio = 0.5 if args.keep is None and args.keep_ratio is None else args.keep_ratio
+        keep = resolve_keep(n_v, args.keep, ratio, rounding="floor")
+        method = make_method(args.method, keep=keep, layer=args.layer, criterion=args.criterion, reindex=args.reindex)
+        method.validate(n_v, cfg.text.num_hidden_layers)
+    gen = DiffusionGenerator(model, dcfg, method)
+    runs, first_call_s = _timed_runs(
+        lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
+                             temperature=args.temperature, seed=args.seed), args
+    )
+    out = runs[-1]
+    new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
+    return {
+        "text": processor.decode(new_ids),
+        "prompt_ids": batch.prompt_ids[0],
+        "output_ids": new_ids,
+        "num_visual_tokens": n_v,
+        "kept_visual_indices": [int(i) for i in np.asarray(out.kept[0])],
+        "method": args.method,
+        "family": cfg.family,
+        "diffusion": {
+            "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
+            "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
+            "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
+            "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
+        },
+        "timings": {
+            "prefill_s": _median([r.encode_s for r in runs]),
+            "decode_s": _median([r.denoise_s for r in runs]),
+            "tokens_per_s": _median([r.tokens_per_s for r in runs]),
+            "latency_s": _median([r.latency_s for r in runs]),
             "runs": len(runs),
             "first_call_s": first_call_s,
         },
@@ -97,10 +269,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Runs the CLI; returns the exit code (argparse usage errors return 2 instead of raising SystemExit)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help (0); argparse has printed its message
+        return int(e.code or 0)
     try:
         result = run(args)
-    except ValueError as e:  # InputError, PruningError, CheckpointError, ConfigError are all ValueErrors
+    except ValueError as e:  # InputError, PruningError, CheckpointError, ConfigError, DiffusionError: ValueErrors
         print(f"vtp-generate: error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -110,10 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             print("[note] this checkpoint has RANDOM weights: the text below is meaningless by design")
         t = result["timings"]
         print(result["text"])
-        print(
-            f"[{result['method']}] kept {len(result['kept_visual_indices'])}/{result['num_visual_tokens']} visual tokens | "
-            f"prefill {t['prefill_s'] * 1e3:.1f} ms | decode {t['tokens_per_s']:.1f} tokens/s"
-        )
+        kept = f"[{result['method']}] kept {len(result['kept_visual_indices'])}/{result['num_visual_tokens']} visual tokens"
+        if result["family"] == "llada_v":
+            print(f"{kept} | encode {t['prefill_s'] * 1e3:.1f} ms | denoise {t['decode_s'] * 1e3:.1f} ms | "
+                  f"latency {t['latency_s'] * 1e3:.1f} ms | {t['tokens_per_s']:.1f} tokens/s")
+        else:
+            print(f"{kept} | prefill {t['prefill_s'] * 1e3:.1f} ms | decode {t['tokens_per_s']:.1f} tokens/s")
     return 0
 
 

@@ -139,7 +139,8 @@ class _Prompt(NamedTuple):
 
 @dataclasses.dataclass
 class DiffusionOutput:
-    """tokens int [B, gen_length]; kept int [B, keep]; timings in seconds; num_new_tokens up to the first stop id."""
+    """tokens int [B, gen_length]; kept int [B, keep]; encode_s / denoise_s in seconds; num_new_tokens: answer
+    tokens per row, before the first stop id."""
 
     tokens: np.ndarray
     kept: np.ndarray
@@ -149,12 +150,14 @@ class DiffusionOutput:
 
     @property
     def latency_s(self) -> float:
+        """End to end: vision encoding + every denoising step (seconds)."""
         return self.encode_s + self.denoise_s
 
     @property
     def tokens_per_s(self) -> float:
-        """Generated (answer) tokens, all rows, per second of end-to-end latency."""
-        return sum(self.num_new_tokens) / self.latency_s if self.latency_s > 0 else float("nan")
+        """Token throughput: decoded positions (B · gen_length, the work done whatever the answer's length) per
+        second of end-to-end latency."""
+        return self.tokens.size / self.latency_s if self.latency_s > 0 else float("nan")
 
 
 class DiffusionGenerator:

@@ -17,10 +17,13 @@ class PruningError(ValueError):
     """Invalid pruning options (keep out of range, layer out of range, unknown method…)."""
 
 
-def resolve_keep(num_visual: int, keep: int | None = None, keep_ratio: float | None = None) -> int:
+def resolve_keep(
+    num_visual: int, keep: int | None = None, keep_ratio: float | None = None, *, rounding: str = "round"
+) -> int:
     """Turns ``keep`` or ``keep_ratio`` into a keep count in [1, num_visual].
 
-    ``keep_ratio`` uses ``round(N_v · ratio)`` (FastV's ``round(N_v · (1 − R))``), at least 1.
+    ``rounding="round"``: ``round(N_v · ratio)`` (FastV's ``round(N_v · (1 − R))``); ``"floor"``:
+    ``int(N_v · ratio)`` (the RedVTP code's ``max(1, int(N_v · keep_ratio))``); at least 1 either way.
     Raises PruningError when neither/both are given or the count falls outside [1, N_v].
     """
     if (keep is None) == (keep_ratio is None):
@@ -28,7 +31,8 @@ def resolve_keep(num_visual: int, keep: int | None = None, keep_ratio: float | N
     if keep_ratio is not None:
         if not 0.0 < keep_ratio <= 1.0:
             raise PruningError(f"keep ratio must be in (0, 1], got {keep_ratio}")
-        keep = max(1, int(round(num_visual * keep_ratio)))
+        scaled = num_visual * keep_ratio
+        keep = max(1, int(round(scaled)) if rounding == "round" else int(scaled))
     if not 1 <= keep <= num_visual:
         raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {keep}")
     return int(keep)

@@ -287,7 +287,7 @@ def write_random_llada_v(out_dir: str | os.PathLike, config: dict, *, names: str
             arr = rng.normal(0.0, std if kind == "weight" else std / 10, size=shape)
         tensors[name] = arr.astype(np_dtype)
     _save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"), dtype)
-    config = {**config, "torch_dtype": dtype}
+    config = {**config, "torch_dtype": dtype, "vtp_random_weights": True}  # converted outputs say "random weights"
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=2, sort_keys=True)
         fh.write("\n")
