@@ -19,8 +19,9 @@ def numpy_rows(q, k, rows, valid, causal):
     if causal:
         mask &= np.tril(np.ones((t, t), bool))[None, None]
     logits = np.where(mask, logits, -np.inf)
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # fully masked (padding) query rows are NaN and never compared
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
     return np.stack([p[i][:, rows[i]] for i in range(b)])
 
 
