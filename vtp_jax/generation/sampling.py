@@ -25,7 +25,12 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_
 
     Temperature and top_p are traced scalars, so changing them does not recompile.
     """
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    sampled = jax.random.categorical(key, top_p_filter(scaled, top_p), axis=-1).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+    def sampled(logits):
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        return jax.random.categorical(key, top_p_filter(scaled, top_p), axis=-1).astype(jnp.int32)
+
+    def greedy(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    # lax.cond: greedy decoding skips the vocabulary sort of top-p on every step
+    return jax.lax.cond(temperature > 0, sampled, greedy, logits)
