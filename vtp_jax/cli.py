@@ -172,25 +172,8 @@ def _run_llava(args, image, model, cfg) -> dict:
     runs, first_call_s = _timed_runs(
         lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"], **kwargs), args
     )
-    out = runs[-1]
-    new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
-    return {
-        "text": processor.decode(new_ids),
-        "prompt_ids": batch.prompt_ids[0],
-        "output_ids": new_ids,
-        "num_visual_tokens": n_v,
-        "kept_visual_indices": [int(i) for i in np.asarray(out.kept[0])],
-        "method": args.method,
-        "family": cfg.family,
-        "timings": {
-            "prefill_s": _median([r.prefill_s for r in runs]),
-            "decode_s": _median([r.decode_s for r in runs]),
-            "tokens_per_s": _median([r.tokens_per_s for r in runs]),
-            "latency_s": _median([_latency(r) for r in runs]),
-            "runs": len(runs),
-            "first_call_s": first_call_s,
-        },
-    }
+    return _result(args, cfg, processor, batch, runs, first_call_s,
+                   prefill=lambda r: r.prefill_s, decode=lambda r: r.decode_s)
 
 
 def _run_llada_v(args, image, model, cfg) -> dict:
@@ -241,27 +224,34 @@ def _run_llada_v(args, image, model, cfg) -> dict:
         lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
                              temperature=args.temperature, seed=args.seed), args
     )
+    result = _result(args, cfg, processor, batch, runs, first_call_s,
+                     prefill=lambda r: r.encode_s, decode=lambda r: r.denoise_s)
+    result["diffusion"] = {
+        "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
+        "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
+        "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
+        "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
+    }
+    return result
+
+
+def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode) -> dict:
+    """The ``--json`` object shared by both families (row 0 of the batch; timings are medians over runs)."""
     out = runs[-1]
     new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
     return {
         "text": processor.decode(new_ids),
         "prompt_ids": batch.prompt_ids[0],
         "output_ids": new_ids,
-        "num_visual_tokens": n_v,
+        "num_visual_tokens": batch.num_visual_tokens,
         "kept_visual_indices": [int(i) for i in np.asarray(out.kept[0])],
         "method": args.method,
         "family": cfg.family,
-        "diffusion": {
-            "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
-            "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
-            "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
-            "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
-        },
         "timings": {
-            "prefill_s": _median([r.encode_s for r in runs]),
-            "decode_s": _median([r.denoise_s for r in runs]),
+            "prefill_s": _median([prefill(r) for r in runs]),
+            "decode_s": _median([decode(r) for r in runs]),
             "tokens_per_s": _median([r.tokens_per_s for r in runs]),
-            "latency_s": _median([r.latency_s for r in runs]),
+            "latency_s": _median([_latency(r) for r in runs]),
             "runs": len(runs),
             "first_call_s": first_call_s,
         },

@@ -27,12 +27,12 @@ from vtp_jax.config import LladaVConfig
 from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
 from vtp_jax.modeling.decoder import Decoder, DecoderOutput, SequenceState
 from vtp_jax.modeling.layers import linear
-from vtp_jax.modeling.llava import merge_visual_tokens
+from vtp_jax.modeling.llava import VisionLanguageModel
 from vtp_jax.modeling.projector import Projector
 from vtp_jax.modeling.vision import VisionTower
 
 
-class LladaV(nnx.Module):
+class LladaV(VisionLanguageModel):
     """The LLaDA-V model. Parameter tree: ``vision_tower``, ``multi_modal_projector`` (``linear_1``, ``linear_2``),
     ``image_newline`` [D_text], ``language_model`` (bidirectional :class:`Decoder`), ``lm_head`` (kernel [D, V])."""
 
@@ -94,19 +94,6 @@ class LladaV(nnx.Module):
         tiles = self.tile_features(pixel_values[:, : layout.num_tiles])
         newline = self.image_newline[...]
         return jax.vmap(lambda t: pack_features(t, newline, layout))(tiles)
-
-    def embed(self, input_ids: jax.Array, visual: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """input_ids int [B, T], visual [B, N_v, D] → (embeddings [B, T, D], visual_mask bool [B, T]).
-
-        Positions holding ``cfg.image_token_id`` (exactly N_v per row) receive the visual tokens in order; the
-        placeholder id itself is never embedded (LLaDA-V's is −200)."""
-        visual_mask = input_ids == self.cfg.image_token_id
-        text = self.language_model.embed_tokens(jnp.where(visual_mask, 0, input_ids))
-        return merge_visual_tokens(text, visual, visual_mask), visual_mask
-
-    def logits(self, h: jax.Array) -> jax.Array:
-        """Final hidden states [..., D] → logits float32 [..., V]."""
-        return self.lm_head(h).astype(jnp.float32)
 
     def __call__(
         self,

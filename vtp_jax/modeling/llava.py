@@ -28,7 +28,25 @@ def merge_visual_tokens(text_emb: jax.Array, visual: jax.Array, visual_mask: jax
     return jnp.where(visual_mask[:, :, None], gathered.astype(text_emb.dtype), text_emb)
 
 
-class Llava(nnx.Module):
+class VisionLanguageModel(nnx.Module):
+    """What both VLM families share around the decoder: the merge of visual tokens into the text embeddings and
+    the LM head. Subclasses define ``cfg`` (with ``image_token_id``), ``language_model`` and ``lm_head``."""
+
+    def embed(self, input_ids: jax.Array, visual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """input_ids int [B, T], visual [B, N_v, D] → (embeddings [B, T, D], visual_mask bool [B, T]).
+
+        Positions holding ``cfg.image_token_id`` (exactly N_v per row) receive the visual tokens in order; the
+        placeholder id itself is never embedded (it may lie outside the vocabulary, e.g. LLaDA-V's −200)."""
+        visual_mask = input_ids == self.cfg.image_token_id
+        text = self.language_model.embed_tokens(jnp.where(visual_mask, 0, input_ids))
+        return merge_visual_tokens(text, visual, visual_mask), visual_mask
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [..., D] → logits float32 [..., V]."""
+        return self.lm_head(h).astype(jnp.float32)
+
+
+class Llava(VisionLanguageModel):
     """The LLaVA model. Parameter tree: ``vision_tower``, ``multi_modal_projector``, ``language_model``,
     ``lm_head`` (kernel [D, V])."""
 
@@ -48,16 +66,6 @@ class Llava(nnx.Module):
         if self.cfg.vision_feature_select_strategy == "default" and self.cfg.vision.kind == "clip":
             feats = feats[:, 1:]
         return self.multi_modal_projector(feats)
-
-    def embed(self, input_ids: jax.Array, visual: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """input_ids int [B, T], visual [B, N_v, D] → (embeddings [B, T, D], visual_mask bool [B, T])."""
-        visual_mask = input_ids == self.cfg.image_token_id
-        text = self.language_model.embed_tokens(jnp.where(visual_mask, 0, input_ids))
-        return merge_visual_tokens(text, visual, visual_mask), visual_mask
-
-    def logits(self, h: jax.Array) -> jax.Array:
-        """Final hidden states [..., D] → logits float32 [..., V]."""
-        return self.lm_head(h).astype(jnp.float32)
 
     def __call__(
         self, input_ids: jax.Array, pixel_values: jax.Array, attention_mask: jax.Array | None = None
