@@ -1,0 +1,696 @@
+"""``vtp-eval``: accuracy, retention and speed of a converted checkpoint on a VQA task, with and without pruning.
+
+Single run::
+
+    vtp-eval --model DIR --task shapes|jsonl:PATH [--limit N] [--method M] [--keep K | --keep-ratio R]
+             [--layer K --criterion last|all --reindex|--original-positions]
+             [--max-new-tokens N | --gen-length N --steps S --block-length B] [--out DIR] [--json PATH]
+
+evaluates the unpruned model and, unless ``--method none`` (the default), the pruned one; it reports the task
+accuracy, the **retention** (pruned accuracy / unpruned accuracy; null when the unpruned accuracy is 0), the mean
+latency and the throughput. A method that does not fit the checkpoint's family is an error (exit 2).
+
+Sweep::
+
+    vtp-eval --model DIR --task T --sweep [--methods a,b] [--ratios 1.0,0.5,0.25,0.1] --out DIR
+
+runs every method × keep ratio plus the unpruned baseline once and writes ``results.csv``, ``results.json`` and
+``accuracy_vs_keep.png`` (accuracy against keep ratio, one line per method, the unpruned level dashed) into
+``--out``. ``--methods`` defaults to every registered method that fits the family; methods that do not fit are
+skipped with a note. A registered method named ``random`` (if any) is added as a baseline unless ``--no-random``.
+A single run with ``--out`` writes the same three files.
+
+Definitions (see also :mod:`eval.metrics`):
+
+* **accuracy** — mean over records of the per-record score of each record's metric (exact match, VQA soft
+  accuracy, yes/no correctness, multiple-choice correctness); ``by_metric`` adds per-metric means (yes/no also
+  POPE's F1, precision, recall and yes-ratio) and ``by_kind`` per-``kind`` means.
+* **keep** — as in ``vtp-generate``: ``--keep`` (a count) or ``--keep-ratio`` R (default 0.5) with
+  LLaVA/FastV's ``round(N_v · R)`` and LLaDA-V/RedVTP's ``max(1, int(N_v · R))``. LLaDA-V's N_v depends on the
+  image (anyres), so the count can vary by record; ``kept_fraction`` is the mean of kept / N_v.
+* **latency_s** — seconds of generation per record: the summed wall time of the timed batch calls (LLaVA prefill
+  + decode; LLaDA-V encode + all denoising steps) divided by the number of records (with ``--batch-size 1`` this
+  is the per-request latency); ``batch_latency_s`` is the mean time of one batch call.
+* **tokens_per_s** — tokens produced per second of that wall time: LLaVA the answer tokens (EOS included);
+  LLaDA-V the decoded positions (gen_length per record, like ``vtp-generate``).
+* **compile_s** — wall time of the untimed first call of every new (method, batch shape) with ``--warmup`` ≥ 1
+  (compilation included); these calls are not part of the timings above. With ``--warmup 0`` the first calls
+  are timed and the timings include compilation.
+
+Batching: every record is processed once to learn its prompt length (and, for LLaDA-V, its anyres layout);
+records with the same bucket length (and layout) are batched together, up to ``--batch-size`` rows, and every
+batch is padded with copies of its last record to a power of two (≤ ``--batch-size``) so the compiled programs
+are reused; filler rows are dropped from scores and token counts (their compute is in the wall time). Processed
+batches are kept in memory (up to 1 GiB of pixels) and shared by all runs of a sweep.
+
+Checkpoints with random weights (``random_weights`` in ``vtp_jax.json``) are flagged in every output: their
+accuracies are meaningless by design.
+
+Shared with ``vtp-generate`` (imported from :mod:`vtp_jax.cli`, so both tools refuse and default the same way):
+``_family_flags`` (flags of the other family refused, defaults filled), ``_check_method_family`` and
+``FAMILY_STAGES`` (which methods fit which family), ``LLADA_SUPPRESS_TOKENS`` / ``LLADA_STOP_TOKENS``.
+
+Exit codes: 0 on success; 2 on bad input (task, model, method, flags, output paths) with a message on stderr and
+no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
+DEFAULT_RATIOS = "1.0,0.5,0.25,0.1"
+DEFAULT_KEEP_RATIO = 0.5  # vtp-generate's default for a method given without --keep / --keep-ratio
+CACHE_BYTES = 1 << 30  # processed batches kept in memory for reuse across runs (pixel bytes)
+CSV_COLUMNS = ("method", "keep_ratio", "keep", "kept_fraction", "accuracy", "retention", "latency_s",
+               "batch_latency_s", "tokens_per_s", "compile_s", "n", "metric")
+RESULT_FILES = ("results.csv", "results.json", "accuracy_vs_keep.png")
+
+
+class EvalError(ValueError):
+    """Bad ``vtp-eval`` flags or output paths (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vtp-eval", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="converted checkpoint directory (from vtp-convert)")
+    p.add_argument("--task", required=True, help="'shapes' or 'jsonl:PATH'")
+    p.add_argument("--split", default="test", help="shapes split: train | val | test (default test)")
+    p.add_argument("--task-seed", type=int, default=0, help="shapes generator seed (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N records (shapes: generate N)")
+    p.add_argument("--post-prompt", default="", help="text appended (on a new line) to every question")
+    p.add_argument("--method", default="none", help="pruning method: none (default) | a registered method")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
+    g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v; default 0.5)")
+    p.add_argument("--layer", type=int, default=None, help="method option: layer K (FastV, LLaDA-FastV)")
+    p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows")
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
+                   help="renumber positions of kept tokens contiguously")
+    r.add_argument("--original-positions", dest="reindex", action="store_const", const=False,
+                   help="kept tokens keep their original positions")
+    a = p.add_argument_group("autoregressive (llava)")
+    a.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
+    a.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1.0)")
+    d = p.add_argument_group("masked diffusion (llada_v)")
+    d.add_argument("--gen-length", type=int, default=None, help="response length in tokens (default 32)")
+    d.add_argument("--steps", type=int, default=None, help="denoising steps in all (default 16)")
+    d.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen length)")
+    d.add_argument("--remasking", default=None, choices=["low_confidence", "random"], help="default low_confidence")
+    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one)")
+    p.add_argument("--batch-size", type=int, default=8, help="most records per generation call (default 8)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed calls of each new (method, batch shape) before timing it (default 1)")
+    s = p.add_argument_group("sweep")
+    s.add_argument("--sweep", action="store_true", help="methods × keep ratios, plus the unpruned baseline")
+    s.add_argument("--methods", default=None, help="comma-separated (default: every method fitting the family)")
+    s.add_argument("--ratios", default=None, help=f"comma-separated keep ratios (default {DEFAULT_RATIOS})")
+    s.add_argument("--no-random", action="store_true", help="do not add the 'random' method as a baseline")
+    p.add_argument("--out", default=None, help="folder for results.csv, results.json, accuracy_vs_keep.png")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results object to PATH")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Checks flag values and combinations that need no model. Raises EvalError."""
+    if args.sweep:
+        if args.method != "none" or args.keep is not None or args.keep_ratio is not None:
+            raise EvalError("--sweep takes --methods and --ratios, not --method / --keep / --keep-ratio")
+        if not args.out:
+            raise EvalError("--sweep needs --out DIR")
+    elif args.methods is not None or args.ratios is not None or args.no_random:
+        raise EvalError("--methods / --ratios / --no-random only apply with --sweep")
+    if args.method == "none" and (args.keep is not None or args.keep_ratio is not None):
+        raise EvalError("--keep / --keep-ratio need a pruning --method")
+    for flag, value, low in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                             ("--warmup", args.warmup, 0), ("--max-new-tokens", args.max_new_tokens, 1)):
+        if value is not None and value < low:
+            raise EvalError(f"{flag} must be ≥ {low}, got {value}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise EvalError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0:
+        raise EvalError(f"--temperature must be ≥ 0, got {args.temperature}")
+
+
+def parse_ratios(text: str) -> list[float]:
+    """"1.0,0.5" → [1.0, 0.5] (order kept, repeats dropped). Raises EvalError unless every value is in (0, 1]."""
+    out: list[float] = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise EvalError(f"--ratios: {part.strip()!r} is not a number") from None
+        if not 0.0 < v <= 1.0 or math.isnan(v):
+            raise EvalError(f"--ratios: keep ratios must be in (0, 1], got {v}")
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Checks, before any work and without creating anything, that ``--out`` can be created or written and that
+    ``--json``'s folder exists. Raises EvalError."""
+    if args.out:
+        out = os.path.abspath(args.out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise EvalError(f"--out: {args.out} exists and is not a folder")
+        existing = out
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise EvalError(f"--out: cannot write into {existing}")
+    if args.json:
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent):
+            raise EvalError(f"--json: folder {parent} does not exist")
+        if os.path.isdir(args.json):
+            raise EvalError(f"--json: {args.json} is a folder")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+def score_predictions(records, preds: list[str]) -> tuple[list[float], dict[str, Any]]:
+    """Per-record scores and their summary.
+
+    Returns (scores, summary) with summary = {"accuracy": mean score, "n", "metric": the task's metric or
+    "mixed", "by_metric": {metric: {"n", "accuracy"} (+ yes_no: "f1", "precision", "recall", "yes_ratio")},
+    "by_kind": {kind: {"n", "accuracy"}} (records with a kind only)}. Raises MetricError for unusable gold data.
+    """
+    from eval import metrics
+
+    scores = [metrics.score(r.metric, p, r.answers, r.choices) for r, p in zip(records, preds)]
+    by_metric: dict[str, dict] = {}
+    for name in sorted({r.metric for r in records}):
+        idx = [i for i, r in enumerate(records) if r.metric == name]
+        entry = {"n": len(idx), "accuracy": float(np.mean([scores[i] for i in idx]))}
+        if name == "yes_no":
+            f1 = metrics.yes_no_f1([preds[i] for i in idx], [records[i].answers[0] for i in idx])
+            entry.update({k: f1[k] for k in ("f1", "precision", "recall", "yes_ratio")})
+        by_metric[name] = entry
+    by_kind: dict[str, dict] = {}
+    for kind in sorted({r.kind for r in records if r.kind is not None}):
+        idx = [i for i, r in enumerate(records) if r.kind == kind]
+        by_kind[kind] = {"n": len(idx), "accuracy": float(np.mean([scores[i] for i in idx]))}
+    summary = {"accuracy": float(np.mean(scores)), "n": len(scores),
+               "metric": next(iter(by_metric)) if len(by_metric) == 1 else "mixed",
+               "by_metric": by_metric, "by_kind": by_kind}
+    return scores, summary
+
+
+def retention(pruned: float, unpruned: float) -> float | None:
+    """pruned / unpruned accuracy; None when the unpruned accuracy is 0 (undefined)."""
+    return pruned / unpruned if unpruned > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the evaluator
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Chunk:
+    """One generation call: ``rows`` record indices (the real ones first), ``real`` of them real, the group key."""
+
+    rows: list[int]
+    real: int
+    key: tuple
+
+
+class Evaluator:
+    """Loads the checkpoint and processor once, plans the batches of ``records``, and runs methods over them.
+
+    Args:
+      args: parsed flags (``model``, the generation flags, ``batch_size``, ``warmup``, ``post_prompt``…); the
+        family's defaults are filled in (``vtp_jax.cli._family_flags``), flags of the other family are refused.
+      records: :class:`eval.tasks.Record` list.
+      progress: show tqdm bars (stderr).
+
+    Raises ValueError subclasses (CheckpointError, InputError, DiffusionError…) for a bad checkpoint, flags of
+    the wrong family, or a record whose image or prompt cannot be processed (the record's id is named).
+    """
+
+    def __init__(self, args: argparse.Namespace, records, *, progress: bool = True):
+        from vtp_jax import cli
+        from vtp_jax.checkpoint import load
+        from vtp_jax.processing import load_processor
+
+        self.args, self.records, self.progress = args, records, progress
+        self.model, self.cfg, self.meta = load(args.model)
+        self.family = self.cfg.family
+        cli._family_flags(args, self.family)
+        self.processor = load_processor(args.model, self.cfg)
+        self.num_layers = self.cfg.text.num_hidden_layers
+        self.dcfg = self._diffusion_config() if self.family == "llada_v" else None
+        self._generators: dict[Any, Any] = {}
+        self._warm: set = set()
+        self._cache: dict[int, Any] = {}
+        self._cache_bytes = 0
+        self.chunks = self._plan()
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.meta.get("random_weights", False))
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+    def _diffusion_config(self):
+        """LLaDA-V sampler settings, as vtp-generate builds them (mask id, suppressed and stop ids)."""
+        from vtp_jax import cli
+        from vtp_jax.generation.diffusion import DiffusionConfig
+        from vtp_jax.processing import InputError
+
+        args, cfg = self.args, self.cfg
+        mask_id = getattr(cfg, "mask_token_id", None)
+        if mask_id is None or not 0 <= int(mask_id) < cfg.text.vocab_size:
+            raise InputError(
+                f"{args.model}: the checkpoint has no usable mask_token_id ({mask_id!r}); diffusion sampling needs "
+                "the [MASK] token id — add \"mask_token_id\" to the HF config.json and convert again"
+            )
+        vocab = cfg.text.vocab_size
+        suppress = tuple(i for i in self.processor.token_ids(cli.LLADA_SUPPRESS_TOKENS) if i < vocab and i != mask_id)
+        stops = list(self.processor.token_ids(cli.LLADA_STOP_TOKENS))
+        eos = self.processor.tokenizer.eos_token_id
+        if eos is not None and int(eos) not in stops:
+            stops.append(int(eos))
+        dcfg = DiffusionConfig(
+            gen_length=args.gen_length, block_length=args.block_length or args.gen_length, steps=args.steps,
+            remasking=args.remasking, cfg=args.cfg, mask_id=int(mask_id), suppress_ids=suppress,
+            stop_ids=tuple(i for i in stops if i != mask_id),
+        )
+        dcfg.validate()
+        return dcfg
+
+    def generation_settings(self) -> dict[str, Any]:
+        """The sampler settings used (JSON-able)."""
+        a = self.args
+        common = {"temperature": a.temperature, "seed": a.seed, "batch_size": a.batch_size, "warmup": a.warmup,
+                  "post_prompt": a.post_prompt}
+        if self.family == "llada_v":
+            d = self.dcfg
+            return {**common, "gen_length": d.gen_length, "block_length": d.block_length, "steps": d.steps,
+                    "remasking": d.remasking, "cfg": d.cfg}
+        return {**common, "max_new_tokens": a.max_new_tokens, "top_p": a.top_p}
+
+    def _process(self, rows: list[int]):
+        """Images + prompts of ``rows`` → a :class:`vtp_jax.processing.Batch`. Errors name the records."""
+        from vtp_jax.processing import InputError
+
+        recs = [self.records[i] for i in rows]
+        try:
+            images = [r.load_image() for r in recs]
+            return self.processor(images, [r.prompt(self.args.post_prompt) for r in recs])
+        except ValueError as e:
+            ids = ", ".join(dict.fromkeys(r.id for r in recs))
+            raise InputError(f"record {ids}: {e}") from None
+
+    def _plan(self) -> list[_Chunk]:
+        """Processes every record alone (prompt length, N_v, layout), checks it fits the model's positions, and
+        groups records into batches of one bucket length (and one anyres layout)."""
+        from tqdm import tqdm
+
+        from vtp_jax.processing import InputError, bucket_length
+
+        max_pos = self.cfg.text.max_position_embeddings
+        groups: dict[tuple, list[int]] = {}
+        with tqdm(self.records, desc="preparing", unit="rec", disable=not self.progress, file=sys.stderr,
+                  mininterval=0.5, leave=False) as bar:
+            for i, rec in enumerate(bar):
+                b = self._process([i])
+                length = len(b.prompt_ids[0])
+                if self.family == "llada_v":
+                    need, what = length + self.dcfg.gen_length, f"--gen-length {self.dcfg.gen_length}"
+                    layout = self.processor.layout(b.image_inputs["image_size"])
+                else:
+                    need = b.input_ids.shape[1] + self.args.max_new_tokens
+                    what = f"--max-new-tokens {self.args.max_new_tokens}"
+                    layout = None
+                if need > max_pos:
+                    raise InputError(f"record {rec.id}: prompt ({length} tokens, padded to {b.input_ids.shape[1]}) "
+                                     f"plus {what} exceeds the model's {max_pos} positions")
+                key = (bucket_length(length), int(b.num_visual_tokens), layout)
+                groups.setdefault(key, []).append(i)
+        chunks = []
+        bs = self.args.batch_size
+        for key in sorted(groups, key=lambda k: (k[0], k[1], repr(k[2]))):
+            idx = groups[key]
+            for s in range(0, len(idx), bs):
+                real = idx[s:s + bs]
+                size = min(1 << (len(real) - 1).bit_length(), bs)  # next power of two, at most the batch size
+                chunks.append(_Chunk(real + [real[-1]] * (size - len(real)), len(real), key))
+        return chunks
+
+    def _batch(self, ci: int):
+        if ci in self._cache:
+            return self._cache[ci]
+        batch = self._process(self.chunks[ci].rows)
+        nbytes = int(batch.pixel_values.nbytes)
+        if self._cache_bytes + nbytes <= CACHE_BYTES:
+            self._cache[ci], self._cache_bytes = batch, self._cache_bytes + nbytes
+        return batch
+
+    # ---- methods -------------------------------------------------------------------------------------------
+    def visual_counts(self) -> list[int]:
+        """The distinct N_v of the planned batches."""
+        return sorted({c.key[1] for c in self.chunks})
+
+    def methods_for(self, name: str, keep: int | None, keep_ratio: float | None,
+                    options: dict[str, Any]) -> dict[int, Any]:
+        """{N_v: method instance (None for "none")} for every N_v of the task, validated against the model.
+
+        ``keep`` / ``keep_ratio`` as in vtp-generate (ratio default 0.5; LLaVA rounds, LLaDA-V floors).
+        Raises InputError (family mismatch) or PruningError (unknown method or option, keep or layer out of range).
+        """
+        from vtp_jax import cli
+        from vtp_jax.pruning import make_method, resolve_keep
+
+        if name == "none":
+            return {n_v: None for n_v in self.visual_counts()}
+        cli._check_method_family(name, self.family)
+        ratio = DEFAULT_KEEP_RATIO if keep is None and keep_ratio is None else keep_ratio
+        rounding = "floor" if self.family == "llada_v" else "round"
+        out = {}
+        for n_v in self.visual_counts():
+            k = resolve_keep(n_v, keep, ratio, rounding=rounding)
+            method = make_method(name, keep=k, **options)
+            method.validate(n_v, self.num_layers)
+            out[n_v] = method
+        return out
+
+    def _generator(self, method):
+        if method not in self._generators:
+            if self.family == "llada_v":
+                from vtp_jax.generation.diffusion import DiffusionGenerator
+
+                self._generators[method] = DiffusionGenerator(self.model, self.dcfg, method)
+            else:
+                from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+
+                self._generators[method] = AutoregressiveGenerator(self.model, method)
+        return self._generators[method]
+
+    def _generate(self, gen, batch) -> tuple[list[list[int]], float, list[int], int]:
+        """One call → (answer ids per row, latency s, tokens counted per row, kept visual tokens)."""
+        a = self.args
+        if self.family == "llada_v":
+            out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
+                               temperature=a.temperature, seed=a.seed)
+            ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
+            return ids, out.latency_s, [out.tokens.shape[1]] * len(ids), int(out.kept.shape[1])
+        tok = self.processor.tokenizer
+        eos = tuple(self.cfg.text.eos_token_id) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
+        out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
+                           max_new_tokens=a.max_new_tokens, eos_token_ids=eos, pad_token_id=self.processor.pad_token_id,
+                           temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+        ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
+        return ids, out.prefill_s + out.decode_s, list(out.num_new_tokens), int(out.kept.shape[1])
+
+    # ---- a run ---------------------------------------------------------------------------------------------
+    def run(self, name: str, methods: dict[int, Any], *, keep_ratio: float | None, label: str) -> dict[str, Any]:
+        """Generates for every record with ``methods`` ({N_v: method}); returns the run's row (without retention)
+        and its predictions under ``"predictions"``."""
+        from tqdm import tqdm
+
+        n = len(self.records)
+        preds: list[str | None] = [None] * n
+        timed_s = tokens = batches = 0
+        compile_s = 0.0
+        kept_frac = np.zeros(n)
+        keeps = set()
+        with tqdm(total=n, desc=label, unit="rec", disable=not self.progress, file=sys.stderr, mininterval=0.5,
+                  leave=False) as bar:
+            for ci, chunk in enumerate(self.chunks):
+                batch = self._batch(ci)
+                n_v = chunk.key[1]
+                method = methods[n_v]
+                gen = self._generator(method)
+                shape = (method, batch.input_ids.shape, batch.pixel_values.shape,
+                         tuple(sorted((k, v) for k, v in batch.image_inputs.items() if not isinstance(v, np.ndarray))))
+                if shape not in self._warm:
+                    self._warm.add(shape)
+                    for w in range(self.args.warmup):
+                        latency = self._generate(gen, batch)[1]
+                        compile_s += latency if w == 0 else 0.0
+                ids, latency, counted, kept = self._generate(gen, batch)
+                timed_s += latency
+                batches += 1
+                tokens += sum(counted[: chunk.real])
+                keeps.add(kept)
+                for row, i in enumerate(chunk.rows[: chunk.real]):
+                    preds[i] = self.processor.decode(ids[row])
+                    kept_frac[i] = kept / n_v
+                bar.update(chunk.real)
+        scores, summary = score_predictions(self.records, preds)
+        row = {
+            "method": name, "keep_ratio": keep_ratio, "keep": keeps.pop() if len(keeps) == 1 else None,
+            "kept_fraction": float(kept_frac.mean()), "accuracy": summary["accuracy"], "retention": None,
+            "latency_s": timed_s / n, "batch_latency_s": timed_s / batches,
+            "tokens_per_s": tokens / timed_s if timed_s > 0 else None, "compile_s": compile_s, "n": n,
+            "metric": summary["metric"], "by_metric": summary["by_metric"], "by_kind": summary["by_kind"],
+        }
+        row["predictions"] = [
+            {"id": r.id, "prediction": p, "answers": r.answers, "score": s}
+            for r, p, s in zip(self.records, preds, scores)
+        ]
+        return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# single run and sweep
+# ---------------------------------------------------------------------------------------------------------------
+
+def _method_options(args: argparse.Namespace, name: str, *, strict: bool) -> tuple[dict[str, Any], list[str]]:
+    """Method options from the flags → (options, notes). ``seed`` is passed to methods that have that field.
+
+    strict: pass every given option (make_method refuses those the method lacks); otherwise drop them with a note.
+    """
+    from vtp_jax.pruning import METHODS
+
+    given = {"layer": args.layer, "criterion": args.criterion, "reindex": args.reindex}
+    given = {k: v for k, v in given.items() if v is not None}
+    cls = METHODS.get(name)
+    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
+    notes = []
+    if not strict:
+        dropped = sorted(k for k in given if k not in fields)
+        if dropped:
+            notes.append(f"{name}: ignored option(s) {', '.join('--' + k for k in dropped)} (not options of it)")
+        given = {k: v for k, v in given.items() if k in fields}
+    if "seed" in fields:
+        given["seed"] = args.seed
+    return given, notes
+
+
+def _sweep_plan(args: argparse.Namespace, family: str) -> tuple[list[str], list[dict], list[str]]:
+    """(methods to run, skipped [{"method", "reason"}], notes). Raises PruningError for an unknown name."""
+    from vtp_jax import cli
+    from vtp_jax.processing import InputError
+    from vtp_jax.pruning import METHODS, PruningError
+
+    stages = cli.FAMILY_STAGES.get(family, ())
+    if args.methods is None:
+        names = [n for n in sorted(METHODS) if METHODS[n].stage in stages]
+    else:
+        names = list(dict.fromkeys(n.strip() for n in args.methods.split(",") if n.strip() and n.strip() != "none"))
+        unknown = [n for n in names if n not in METHODS]
+        if unknown:
+            raise PruningError(f"unknown pruning method(s) {', '.join(map(repr, unknown))} "
+                               f"(available: none, {', '.join(sorted(METHODS))})")
+    notes = []
+    if "random" in METHODS and "random" not in names and not args.no_random:
+        names.append("random")
+        notes.append("added the 'random' method as a baseline (--no-random to leave it out)")
+    run, skipped = [], []
+    for n in names:
+        try:
+            cli._check_method_family(n, family)
+        except InputError as e:
+            skipped.append({"method": n, "reason": str(e)})
+            continue
+        run.append(n)
+    return run, skipped, notes
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs ``vtp-eval`` (single run or sweep) and returns the results object (also written where asked).
+
+    Results: {"task", "split" (shapes only, else null), "records", "model", "family", "random_weights", "notes", "settings", "rows" (one per run, the
+    unpruned baseline first; CSV columns plus "by_metric" / "by_kind"), "skipped", "predictions" ({run label:
+    [{"id", "prediction", "answers", "score"}]})}. Raises ValueError subclasses on bad input.
+    """
+    from eval.tasks import load_task
+
+    _check_flags(args)
+    ratios = parse_ratios(args.ratios or DEFAULT_RATIOS) if args.sweep else None
+    _check_outputs(args)
+    records = load_task(args.task, split=args.split, n=args.limit, seed=args.task_seed)
+    if args.limit is not None:
+        records = records[: args.limit]
+    ev = Evaluator(args, records, progress=not args.no_progress)
+
+    notes: list[str] = [RANDOM_WEIGHTS_NOTE] if ev.random_weights else []
+    skipped: list[dict] = []
+    runs: list[tuple[str, float | None, dict[int, Any], str]] = []  # (method, keep ratio, methods, label)
+    runs.append(("none", 1.0, ev.methods_for("none", None, None, {}), "none"))
+    if args.sweep:
+        names, skipped, sweep_notes = _sweep_plan(args, ev.family)
+        notes += sweep_notes + [f"skipped {s['method']}: {s['reason']}" for s in skipped]
+        for name in names:
+            options, opt_notes = _method_options(args, name, strict=False)
+            notes += opt_notes
+            for r in ratios:  # all validated before any generation
+                runs.append((name, r, ev.methods_for(name, None, r, options), f"{name} keep={r:g}"))
+    elif args.method != "none":
+        options, _ = _method_options(args, args.method, strict=True)
+        ratio = DEFAULT_KEEP_RATIO if args.keep is None and args.keep_ratio is None else args.keep_ratio
+        label = f"{args.method} keep={args.keep}" if args.keep is not None else f"{args.method} keep={ratio:g}"
+        runs.append((args.method, ratio, ev.methods_for(args.method, args.keep, args.keep_ratio, options), label))
+
+    rows, predictions = [], {}
+    for name, ratio, methods, label in runs:
+        row = ev.run(name, methods, keep_ratio=ratio, label=label)
+        predictions[label] = row.pop("predictions")
+        rows.append(row)
+    base = rows[0]["accuracy"]
+    for row in rows[1:]:
+        row["retention"] = retention(row["accuracy"], base)
+    if rows[1:] and base == 0:
+        notes.append("retention is undefined (null): the unpruned accuracy is 0")
+    result = {
+        "task": args.task, "split": args.split if args.task == "shapes" else None, "records": len(records), "model": os.path.abspath(args.model), "family": ev.family,
+        "random_weights": ev.random_weights, "notes": notes, "settings": ev.generation_settings(), "rows": rows,
+        "skipped": skipped, "predictions": predictions,
+    }
+    if args.out:
+        write_results(args.out, result)
+    if args.json:
+        _write_json(args.json, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def _write_json(path: str, result: dict) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2)
+        fh.write("\n")
+
+
+def write_results(out_dir: str, result: dict) -> list[str]:
+    """Writes ``results.csv`` (one row per run, :data:`CSV_COLUMNS`), ``results.json`` (the whole results object)
+    and ``accuracy_vs_keep.png`` into ``out_dir``; returns their paths. Raises OSError if they cannot be written."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f) for f in RESULT_FILES]
+    with open(paths[0], "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in result["rows"]:
+            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
+    _write_json(paths[1], result)
+    plot_accuracy_vs_keep(result, paths[2])
+    return paths
+
+
+def plot_accuracy_vs_keep(result: dict, path: str) -> None:
+    """Accuracy (y, [0, 1]) against keep ratio (x; the kept fraction when a count was given), one line per method,
+    the unpruned accuracy as a dashed horizontal line. Drawn with matplotlib's Agg canvas (no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = result["rows"]
+    fig = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    base = rows[0]
+    ax.axhline(base["accuracy"], color="black", linestyle="--", linewidth=1.2,
+               label=f"unpruned ({base['accuracy']:.3f})")
+    methods = list(dict.fromkeys(r["method"] for r in rows[1:]))
+    for m in methods:
+        pts = sorted((r["keep_ratio"] if r["keep_ratio"] is not None else r["kept_fraction"], r["accuracy"])
+                     for r in rows[1:] if r["method"] == m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                linestyle=":" if m == "random" else "-", label=m)
+    metric = base.get("metric", "accuracy")
+    ax.set_xlabel("keep ratio (fraction of visual tokens kept)")
+    ax.set_ylabel(f"accuracy ({'mixed metrics' if metric == 'mixed' else metric})")
+    ax.set_xlim(0.0, 1.05)
+    ax.set_ylim(-0.02, 1.02)
+    task = result["task"]
+    task = "jsonl:" + os.path.basename(task[6:]) if task.startswith("jsonl:") else task
+    task += f" ({result['split']})" if result.get("split") else ""
+    title = f"{task} · {result['family']} · {result['records']} records"
+    if result.get("random_weights"):
+        title += "\nRANDOM WEIGHTS: accuracies are meaningless"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def format_table(result: dict) -> str:
+    """Human-readable summary: notes, then one line per run."""
+    lines = [f"[note] {n}" for n in result["notes"]]
+    s = result["settings"]
+    lines.append(f"task {result['task']} ({result['records']} records) | model {result['family']} | "
+                 f"batch ≤ {s['batch_size']}")
+    lines.append(f"{'method':<14}{'keep':>7}{'kept':>7}{'accuracy':>10}{'retention':>11}{'latency_s':>11}"
+                 f"{'tokens/s':>10}{'compile_s':>11}")
+    for r in result["rows"]:
+        keep = _fmt(r["keep_ratio"], ".2f") if r["keep_ratio"] is not None else str(r["keep"])
+        lines.append(f"{r['method']:<14}{keep:>7}{_fmt(r['kept_fraction'], '.2f'):>7}{_fmt(r['accuracy'], '.3f'):>10}"
+                     f"{_fmt(r['retention'], '.3f'):>11}{_fmt(r['latency_s'], '.4f'):>11}"
+                     f"{_fmt(r['tokens_per_s'], '.1f'):>10}{_fmt(r['compile_s'], '.2f'):>11}")
+        yn = r["by_metric"].get("yes_no")
+        if yn:
+            lines.append(f"{'':<14}yes/no: accuracy {yn['accuracy']:.3f}, F1 {yn['f1']:.3f}, "
+                         f"yes-ratio {yn['yes_ratio']:.2f} ({yn['n']} records)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 success, 2 bad input; argparse usage errors return 2 too)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help (0); argparse has printed its message
+        return int(e.code or 0)
+    try:
+        result = evaluate(args)
+    except ValueError as e:  # TaskError, EvalError, InputError, PruningError, CheckpointError, DiffusionError…
+        print(f"vtp-eval: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the outputs failed after all
+        print(f"vtp-eval: error: cannot write the results: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        print(f"wrote {', '.join(os.path.join(args.out, f) for f in RESULT_FILES)}")
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
