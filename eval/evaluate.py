@@ -46,9 +46,9 @@ batches are kept in memory (up to 1 GiB of pixels) and shared by all runs of a s
 Checkpoints with random weights (``random_weights`` in ``vtp_jax.json``) are flagged in every output: their
 accuracies are meaningless by design.
 
-Shared with ``vtp-generate`` (imported from :mod:`vtp_jax.cli`, so both tools refuse and default the same way):
-``_family_flags`` (flags of the other family refused, defaults filled), ``_check_method_family`` and
-``FAMILY_STAGES`` (which methods fit which family), ``LLADA_SUPPRESS_TOKENS`` / ``LLADA_STOP_TOKENS``.
+Shared with ``vtp-generate``, so both tools refuse and default the same way: :func:`vtp_jax.cli.family_flags`
+(flags of the other family refused, defaults filled) and :mod:`vtp_jax.runtime` (which methods fit which family,
+keep counts, stop ids, the LLaDA-V sampler settings).
 
 Exit codes: 0 on success; 2 on bad input (task, model, method, flags, output paths) with a message on stderr and
 no traceback.
@@ -67,9 +67,10 @@ from typing import Any
 
 import numpy as np
 
+from vtp_jax.runtime import DEFAULT_KEEP_RATIO, FAMILY_STAGES, check_method_family, eos_token_ids
+
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
 DEFAULT_RATIOS = "1.0,0.5,0.25,0.1"
-DEFAULT_KEEP_RATIO = 0.5  # vtp-generate's default for a method given without --keep / --keep-ratio
 CACHE_BYTES = 1 << 30  # processed batches kept in memory for reuse across runs (pixel bytes)
 CSV_COLUMNS = ("method", "keep_ratio", "keep", "kept_fraction", "accuracy", "retention", "latency_s",
                "batch_latency_s", "tokens_per_s", "compile_s", "n", "metric")
@@ -239,7 +240,7 @@ class Evaluator:
 
     Args:
       args: parsed flags (``model``, the generation flags, ``batch_size``, ``warmup``, ``post_prompt``…); the
-        family's defaults are filled in (``vtp_jax.cli._family_flags``), flags of the other family are refused.
+        family's defaults are filled in (``vtp_jax.cli.family_flags``), flags of the other family are refused.
       records: :class:`eval.tasks.Record` list.
       progress: show tqdm bars (stderr).
 
@@ -255,7 +256,7 @@ class Evaluator:
         self.args, self.records, self.progress = args, records, progress
         self.model, self.cfg, self.meta = load(args.model)
         self.family = self.cfg.family
-        cli._family_flags(args, self.family)
+        cli.family_flags(args, self.family)
         self.processor = load_processor(args.model, self.cfg)
         self.num_layers = self.cfg.text.num_hidden_layers
         self.dcfg = self._diffusion_config() if self.family == "llada_v" else None
@@ -272,30 +273,13 @@ class Evaluator:
     # ---- setup ---------------------------------------------------------------------------------------------
     def _diffusion_config(self):
         """LLaDA-V sampler settings, as vtp-generate builds them (mask id, suppressed and stop ids)."""
-        from vtp_jax import cli
-        from vtp_jax.generation.diffusion import DiffusionConfig
-        from vtp_jax.processing import InputError
+        from vtp_jax.runtime import diffusion_config
 
-        args, cfg = self.args, self.cfg
-        mask_id = getattr(cfg, "mask_token_id", None)
-        if mask_id is None or not 0 <= int(mask_id) < cfg.text.vocab_size:
-            raise InputError(
-                f"{args.model}: the checkpoint has no usable mask_token_id ({mask_id!r}); diffusion sampling needs "
-                "the [MASK] token id — add \"mask_token_id\" to the HF config.json and convert again"
-            )
-        vocab = cfg.text.vocab_size
-        suppress = tuple(i for i in self.processor.token_ids(cli.LLADA_SUPPRESS_TOKENS) if i < vocab and i != mask_id)
-        stops = list(self.processor.token_ids(cli.LLADA_STOP_TOKENS))
-        eos = self.processor.tokenizer.eos_token_id
-        if eos is not None and int(eos) not in stops:
-            stops.append(int(eos))
-        dcfg = DiffusionConfig(
-            gen_length=args.gen_length, block_length=args.block_length or args.gen_length, steps=args.steps,
-            remasking=args.remasking, cfg=args.cfg, mask_id=int(mask_id), suppress_ids=suppress,
-            stop_ids=tuple(i for i in stops if i != mask_id),
+        a = self.args
+        return diffusion_config(
+            self.cfg, self.processor, gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
+            remasking=a.remasking, cfg_scale=a.cfg, source=a.model,
         )
-        dcfg.validate()
-        return dcfg
 
     def generation_settings(self) -> dict[str, Any]:
         """The sampler settings used (JSON-able)."""
@@ -377,21 +361,12 @@ class Evaluator:
         ``keep`` / ``keep_ratio`` as in vtp-generate (ratio default 0.5; LLaVA rounds, LLaDA-V floors).
         Raises InputError (family mismatch) or PruningError (unknown method or option, keep or layer out of range).
         """
-        from vtp_jax import cli
-        from vtp_jax.pruning import make_method, resolve_keep
+        from vtp_jax.runtime import build_method
 
-        if name == "none":
-            return {n_v: None for n_v in self.visual_counts()}
-        cli._check_method_family(name, self.family)
-        ratio = DEFAULT_KEEP_RATIO if keep is None and keep_ratio is None else keep_ratio
-        rounding = "floor" if self.family == "llada_v" else "round"
-        out = {}
-        for n_v in self.visual_counts():
-            k = resolve_keep(n_v, keep, ratio, rounding=rounding)
-            method = make_method(name, keep=k, **options)
-            method.validate(n_v, self.num_layers)
-            out[n_v] = method
-        return out
+        return {
+            n_v: build_method(name, self.family, n_v, self.num_layers, keep=keep, keep_ratio=keep_ratio, **options)
+            for n_v in self.visual_counts()
+        }
 
     def _generator(self, method):
         if method not in self._generators:
@@ -413,8 +388,7 @@ class Evaluator:
                                temperature=a.temperature, seed=a.seed)
             ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
             return ids, out.latency_s, [out.tokens.shape[1]] * len(ids), int(out.kept.shape[1])
-        tok = self.processor.tokenizer
-        eos = tuple(self.cfg.text.eos_token_id) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
+        eos = eos_token_ids(self.cfg, self.processor)
         out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
                            max_new_tokens=a.max_new_tokens, eos_token_ids=eos, pad_token_id=self.processor.pad_token_id,
                            temperature=a.temperature, top_p=a.top_p, seed=a.seed)
@@ -499,11 +473,10 @@ def _method_options(args: argparse.Namespace, name: str, *, strict: bool) -> tup
 
 def _sweep_plan(args: argparse.Namespace, family: str) -> tuple[list[str], list[dict], list[str]]:
     """(methods to run, skipped [{"method", "reason"}], notes). Raises PruningError for an unknown name."""
-    from vtp_jax import cli
     from vtp_jax.processing import InputError
     from vtp_jax.pruning import METHODS, PruningError
 
-    stages = cli.FAMILY_STAGES.get(family, ())
+    stages = FAMILY_STAGES.get(family, ())
     if args.methods is None:
         names = [n for n in sorted(METHODS) if METHODS[n].stage in stages]
     else:
@@ -519,7 +492,7 @@ def _sweep_plan(args: argparse.Namespace, family: str) -> tuple[list[str], list[
     run, skipped = [], []
     for n in names:
         try:
-            cli._check_method_family(n, family)
+            check_method_family(n, family)
         except InputError as e:
             skipped.append({"method": n, "reason": str(e)})
             continue

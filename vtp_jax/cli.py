@@ -28,11 +28,8 @@ import sys
 
 import numpy as np
 
-# Pruning stages each family's generator runs (see vtp_jax.pruning.registry).
-FAMILY_STAGES = {"llava": ("in_llm",), "llada_v": ("during_generation",)}
-# LLaDA-V: never predicted at masked positions (EOS, BOS, start/end header) / where the answer ends (EOS, EOT).
-LLADA_SUPPRESS_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
-LLADA_STOP_TOKENS = ("<|endoftext|>", "<|eot_id|>")
+from vtp_jax.runtime import build_method, check_method_family, check_positions, diffusion_config, eos_token_ids
+
 DIFFUSION_DEFAULTS = {"gen_length": 32, "steps": 16, "remasking": "low_confidence", "cfg": 0.0}
 AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
 
@@ -72,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _family_flags(args: argparse.Namespace, family: str) -> None:
+def family_flags(args: argparse.Namespace, family: str) -> None:
     """Rejects flags of the other family; fills the defaults of this one. Raises InputError."""
     from vtp_jax.processing import InputError
 
@@ -85,22 +82,6 @@ def _family_flags(args: argparse.Namespace, family: str) -> None:
     for k, v in own.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-
-
-def _check_method_family(name: str, family: str) -> None:
-    """Raises InputError when the registered method ``name`` does not run on ``family``'s generator."""
-    from vtp_jax.processing import InputError
-    from vtp_jax.pruning import METHODS
-
-    if name == "none" or name not in METHODS:  # unknown names: make_method lists the registered ones
-        return
-    stages = FAMILY_STAGES.get(family, ())
-    if METHODS[name].stage not in stages:
-        fitting = sorted(n for n, cls in METHODS.items() if cls.stage in stages)
-        raise InputError(
-            f"pruning method {name!r} (stage {METHODS[name].stage}) does not apply to {family} checkpoints; "
-            f"methods for {family}: none{''.join(', ' + n for n in fitting)}"
-        )
 
 
 def _median(xs) -> float:
@@ -129,12 +110,10 @@ def run(args: argparse.Namespace) -> dict:
         raise InputError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.method == "none" and (args.keep is not None or args.keep_ratio is not None):
-        raise InputError("--keep / --keep-ratio need a pruning --method")
     image = load_image(args.image)
     model, cfg, meta = load(args.model)
-    _family_flags(args, cfg.family)
-    _check_method_family(args.method, cfg.family)
+    family_flags(args, cfg.family)
+    check_method_family(args.method, cfg.family)
     if cfg.family == "llada_v":
         result = _run_llada_v(args, image, model, cfg)
     else:
@@ -146,28 +125,16 @@ def run(args: argparse.Namespace) -> dict:
 def _run_llava(args, image, model, cfg) -> dict:
     """Autoregressive LLaVA path (prefill + decode), optionally with FastV."""
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
-    from vtp_jax.processing import InputError, load_processor
-    from vtp_jax.pruning import make_method, resolve_keep
+    from vtp_jax.processing import load_processor
 
-    n_v = cfg.num_visual_tokens
-    method = None
-    if args.method != "none":
-        ratio = 0.5 if args.keep is None and args.keep_ratio is None else args.keep_ratio  # FastV R = 50% default
-        keep = resolve_keep(n_v, args.keep, ratio)
-        method = make_method(args.method, keep=keep, layer=args.layer, criterion=args.criterion, reindex=args.reindex)
+    method = _method(args, cfg.family, cfg.num_visual_tokens, cfg.text.num_hidden_layers)
     processor = load_processor(args.model, cfg)
     batch = processor([image], [args.prompt])
-    needed = batch.input_ids.shape[1] + args.max_new_tokens
-    if needed > cfg.text.max_position_embeddings:
-        raise InputError(
-            f"prompt ({len(batch.prompt_ids[0])} tokens, padded to {batch.input_ids.shape[1]}) plus "
-            f"--max-new-tokens {args.max_new_tokens} exceeds the model's {cfg.text.max_position_embeddings} positions"
-        )
+    check_positions(cfg, batch.input_ids.shape[1], args.max_new_tokens, "--max-new-tokens")
     gen = AutoregressiveGenerator(model, method)
-    eos = tuple(cfg.text.eos_token_id) or ((processor.tokenizer.eos_token_id,) if processor.tokenizer.eos_token_id is not None else ())
     kwargs = dict(
-        max_new_tokens=args.max_new_tokens, eos_token_ids=eos, pad_token_id=processor.pad_token_id,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, eos_token_ids=eos_token_ids(cfg, processor),
+        pad_token_id=processor.pad_token_id, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
     )
     runs, first_call_s = _timed_runs(
         lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"], **kwargs), args
@@ -178,47 +145,19 @@ def _run_llava(args, image, model, cfg) -> dict:
 
 def _run_llada_v(args, image, model, cfg) -> dict:
     """Masked-diffusion LLaDA-V path, optionally with RedVTP."""
-    from vtp_jax.generation.diffusion import DiffusionConfig, DiffusionGenerator
+    from vtp_jax.generation.diffusion import DiffusionGenerator
     from vtp_jax.processing import InputError, load_processor
-    from vtp_jax.pruning import make_method, resolve_keep
 
-    mask_id = getattr(cfg, "mask_token_id", None)
-    if mask_id is None or not 0 <= int(mask_id) < cfg.text.vocab_size:
-        raise InputError(
-            f"{args.model}: the checkpoint has no usable mask_token_id ({mask_id!r}); diffusion sampling needs the "
-            "[MASK] token id — add \"mask_token_id\" to the HF config.json and convert again"
-        )
     if args.temperature < 0:
         raise InputError(f"--temperature must be ≥ 0, got {args.temperature}")
     processor = load_processor(args.model, cfg)
-    vocab = cfg.text.vocab_size
-    suppress = tuple(i for i in processor.token_ids(LLADA_SUPPRESS_TOKENS) if i < vocab and i != mask_id)
-    stops = list(processor.token_ids(LLADA_STOP_TOKENS))
-    eos = processor.tokenizer.eos_token_id
-    if eos is not None and int(eos) not in stops:
-        stops.append(int(eos))
-    dcfg = DiffusionConfig(
-        gen_length=args.gen_length, block_length=args.block_length or args.gen_length, steps=args.steps,
-        remasking=args.remasking, cfg=args.cfg, mask_id=int(mask_id), suppress_ids=suppress,
-        stop_ids=tuple(i for i in stops if i != mask_id),
+    dcfg = diffusion_config(
+        cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
+        remasking=args.remasking, cfg_scale=args.cfg, source=args.model,
     )
-    dcfg.validate()  # DiffusionError (a ValueError): lengths that do not divide, bad remasking / cfg
-
     batch = processor([image], [args.prompt])
-    n_v = batch.num_visual_tokens
-    prompt_len = len(batch.prompt_ids[0])
-    if prompt_len + dcfg.gen_length > cfg.text.max_position_embeddings:
-        raise InputError(
-            f"prompt ({prompt_len} tokens, {n_v} of them visual) plus --gen-length {dcfg.gen_length} exceeds the "
-            f"model's {cfg.text.max_position_embeddings} positions"
-        )
-    method = None
-    if args.method != "none":
-        # RedVTP's default keep ratio 0.5, floored like its code: max(1, int(N_v · ratio))
-        ratio = 0.5 if args.keep is None and args.keep_ratio is None else args.keep_ratio
-        keep = resolve_keep(n_v, args.keep, ratio, rounding="floor")
-        method = make_method(args.method, keep=keep, layer=args.layer, criterion=args.criterion, reindex=args.reindex)
-        method.validate(n_v, cfg.text.num_hidden_layers)
+    check_positions(cfg, len(batch.prompt_ids[0]), dcfg.gen_length, "--gen-length")
+    method = _method(args, cfg.family, batch.num_visual_tokens, cfg.text.num_hidden_layers)
     gen = DiffusionGenerator(model, dcfg, method)
     runs, first_call_s = _timed_runs(
         lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
@@ -233,6 +172,13 @@ def _run_llada_v(args, image, model, cfg) -> dict:
         "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
     }
     return result
+
+
+def _method(args, family: str, num_visual: int, num_layers: int):
+    return build_method(
+        args.method, family, num_visual, num_layers, keep=args.keep, keep_ratio=args.keep_ratio,
+        layer=args.layer, criterion=args.criterion, reindex=args.reindex,
+    )
 
 
 def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode) -> dict:

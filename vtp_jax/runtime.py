@@ -1,0 +1,97 @@
+"""What every front end (``vtp-generate``, ``vtp-eval``) needs to run a converted checkpoint, in one place:
+which pruning stages each family runs, the method built from keep / keep-ratio flags, stop ids, the LLaDA-V sampler
+settings. All errors are ``ValueError`` subclasses with a message naming the problem (front ends exit 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vtp_jax.processing import InputError
+
+# Pruning stages each family's generator runs (see vtp_jax.pruning.registry).
+FAMILY_STAGES = {"llava": ("in_llm",), "llada_v": ("during_generation",)}
+# LLaDA-V: never predicted at masked positions (EOS, BOS, start/end header) / where the answer ends (EOS, EOT).
+LLADA_SUPPRESS_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
+LLADA_STOP_TOKENS = ("<|endoftext|>", "<|eot_id|>")
+DEFAULT_KEEP_RATIO = 0.5  # FastV's R = 50% and RedVTP's keep ratio 0.5
+
+
+def check_method_family(name: str, family: str) -> None:
+    """Raises InputError when the registered method ``name`` does not run on ``family``'s generator."""
+    from vtp_jax.pruning import METHODS
+
+    if name == "none" or name not in METHODS:  # unknown names: make_method lists the registered ones
+        return
+    stages = FAMILY_STAGES.get(family, ())
+    if METHODS[name].stage not in stages:
+        fitting = sorted(n for n, cls in METHODS.items() if cls.stage in stages)
+        raise InputError(
+            f"pruning method {name!r} (stage {METHODS[name].stage}) does not apply to {family} checkpoints; "
+            f"methods for {family}: none{''.join(', ' + n for n in fitting)}"
+        )
+
+
+def build_method(
+    name: str, family: str, num_visual: int, num_layers: int, *, keep: int | None = None,
+    keep_ratio: float | None = None, **options: Any,
+):
+    """The validated method object (None for "none").
+
+    ``keep`` or ``keep_ratio`` (default 0.5); LLaVA methods round ``N_v · ratio`` (FastV), LLaDA-V methods floor
+    it (RedVTP's ``max(1, int(N_v · ratio))``). Raises InputError / PruningError.
+    """
+    from vtp_jax.pruning import make_method, resolve_keep
+
+    if name == "none":
+        if keep is not None or keep_ratio is not None:
+            raise InputError("--keep / --keep-ratio need a pruning --method")
+        return None
+    check_method_family(name, family)
+    ratio = DEFAULT_KEEP_RATIO if keep is None and keep_ratio is None else keep_ratio
+    count = resolve_keep(num_visual, keep, ratio, rounding="floor" if family == "llada_v" else "round")
+    method = make_method(name, keep=count, **options)
+    method.validate(num_visual, num_layers)
+    return method
+
+
+def eos_token_ids(cfg, processor) -> tuple[int, ...]:
+    """LLaVA stop ids: the text config's ``eos_token_id`` (int or list), else the tokenizer's EOS."""
+    eos = processor.tokenizer.eos_token_id
+    return tuple(cfg.text.eos_token_id) or ((int(eos),) if eos is not None else ())
+
+
+def check_positions(cfg, prompt_tokens: int, new_tokens: int, what: str) -> None:
+    """Raises InputError if ``prompt_tokens + new_tokens`` exceeds the model's positions."""
+    limit = cfg.text.max_position_embeddings
+    if prompt_tokens + new_tokens > limit:
+        raise InputError(f"prompt ({prompt_tokens} tokens) plus {what} {new_tokens} exceeds the model's {limit} positions")
+
+
+def diffusion_config(
+    cfg, processor, *, gen_length: int, block_length: int | None, steps: int, remasking: str, cfg_scale: float,
+    source: str = "the checkpoint",
+):
+    """LLaDA-V sampler settings: the checkpoint's mask id, suppressed ids (EOS, BOS, header tokens — LLaDA-V
+    forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. Raises InputError (no usable
+    mask id) or DiffusionError (lengths that do not divide, bad remasking / cfg)."""
+    from vtp_jax.generation.diffusion import DiffusionConfig
+
+    mask_id = getattr(cfg, "mask_token_id", None)
+    if mask_id is None or not 0 <= int(mask_id) < cfg.text.vocab_size:
+        raise InputError(
+            f"{source}: the checkpoint has no usable mask_token_id ({mask_id!r}); diffusion sampling needs the "
+            "[MASK] token id — add \"mask_token_id\" to the HF config.json and convert again"
+        )
+    mask_id = int(mask_id)
+    suppress = tuple(i for i in processor.token_ids(LLADA_SUPPRESS_TOKENS) if i < cfg.text.vocab_size and i != mask_id)
+    stops = list(processor.token_ids(LLADA_STOP_TOKENS))
+    eos = processor.tokenizer.eos_token_id
+    if eos is not None and int(eos) not in stops:
+        stops.append(int(eos))
+    dcfg = DiffusionConfig(
+        gen_length=gen_length, block_length=block_length or gen_length, steps=steps, remasking=remasking,
+        cfg=cfg_scale, mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
+    )
+    dcfg.validate()
+    return dcfg
