@@ -137,7 +137,7 @@ def test_sweep_two_ratios(llava_dir, task_dir, tmp_path, capsys):
     out_dir = tmp_path / "sweep"
     code, out, err = run_eval(capsys, "--model", llava_dir, "--task", f"jsonl:{task_dir / 'task.jsonl'}",
                               "--sweep", "--methods", "fastv,redvtp", "--ratios", "1.0,0.5", "--layer", "1",
-                              "--limit", "2", "--batch-size", "1", *AR_FAST, "--out", out_dir)
+                              "--limit", "2", "--batch-size", "1", "--no-random", *AR_FAST, "--out", out_dir)
     assert code == 0, err
     res = _check_files(out_dir)
     assert res["records"] == 2
@@ -323,8 +323,8 @@ def test_sweep_plan_random_baseline_and_skips(monkeypatch):
     args.no_random = True
     assert evaluate._sweep_plan(args, "llava")[0] == ["fastv"]
     args.methods, args.no_random = None, False  # default: every registered method fitting the family
-    assert evaluate._sweep_plan(args, "llada_v")[0] == ["llada-fastv", "redvtp"]
-    monkeypatch.setattr(FakeRandom, "stage", "pre_llm")  # a stage no generator runs yet: skipped with the reason
+    assert evaluate._sweep_plan(args, "llada_v")[0] == ["divprune", "llada-fastv", "redvtp", "todre"]
+    monkeypatch.setattr(FakeRandom, "stage", "during_generation")  # a stage the llava generator does not run
     run, skipped, _ = evaluate._sweep_plan(args, "llava")
     assert "random" not in run and "random" in [s["method"] for s in skipped]
 

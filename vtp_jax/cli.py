@@ -9,6 +9,8 @@ The model family comes from the converted config (``cfg.family``):
   ``--cfg``. Ids never predicted at masked positions: ``<|endoftext|>``, ``<|startoftext|>``,
   ``<|start_header_id|>``, ``<|end_header_id|>`` (LLaDA-V's 126081, 126080, 126346, 126347), looked up in the
   checkpoint's tokenizer; the answer stops at ``<|endoftext|>`` / ``<|eot_id|>`` (and the tokenizer's EOS).
+* both families — pruning before the LLM (the decoder only sees the kept visual tokens): ``--method todre``
+  (ToDRE stage 1; ``--pivot``, ``--cls-layer``), ``divprune``, ``random`` (seeded by ``--seed``).
 
 ``--json`` prints one object: ``text``, ``prompt_ids`` (image placeholders expanded), ``output_ids`` (answer tokens
 before the first stop id), ``num_visual_tokens``, ``kept_visual_indices`` (ascending), ``method``, ``family``,
@@ -39,13 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="converted checkpoint directory (from vtp-convert)")
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True, help="question / instruction text")
-    p.add_argument("--method", default="none", help="pruning method: none | fastv (llava) | redvtp (llada_v)")
+    p.add_argument("--method", default="none",
+                   help="pruning method: none | fastv (llava) | redvtp, llada-fastv (llada_v) | "
+                        "todre, divprune, random (both, before the LLM)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
     g.add_argument("--keep-ratio", type=float,
                    help="visual tokens to keep (fraction of N_v; default 0.5: FastV round(N_v·R), RedVTP int(N_v·R))")
     p.add_argument("--layer", type=int, default=None, help="FastV: decoder layer K at which to prune (default 2)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows (default last)")
+    p.add_argument("--pivot", default=None, choices=["cls", "norm", "center", "first"],
+                   help="ToDRE: first token of the diversity selection (default cls with a class token, else norm)")
+    p.add_argument("--cls-layer", type=int, default=None,
+                   help="ToDRE pivot cls: vision layer of the class-token attention, HF hidden_states indexing "
+                        "(default: the vision feature layer; -1: the tower's last layer)")
     r = p.add_mutually_exclusive_group()
     r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
                    help="renumber positions of kept tokens contiguously (RedVTP default)")
@@ -62,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which predictions to keep at each step (default low_confidence)")
     d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one: random)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
     p.add_argument("--runs", type=int, default=1, help="timed runs; timings are their medians")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
@@ -175,9 +184,16 @@ def _run_llada_v(args, image, model, cfg) -> dict:
 
 
 def _method(args, family: str, num_visual: int, num_layers: int):
+    import dataclasses
+
+    from vtp_jax.pruning import METHODS
+
+    cls = METHODS.get(args.method)
+    seeded = cls is not None and "seed" in {f.name for f in dataclasses.fields(cls)}
     return build_method(
         args.method, family, num_visual, num_layers, keep=args.keep, keep_ratio=args.keep_ratio,
-        layer=args.layer, criterion=args.criterion, reindex=args.reindex,
+        layer=args.layer, criterion=args.criterion, reindex=args.reindex, pivot=args.pivot, cls_layer=args.cls_layer,
+        seed=args.seed if seeded else None,
     )
 
 

@@ -1,7 +1,11 @@
 """Autoregressive generation for LLaVA: a jitted prefill and a jitted decode loop over a static-size KV cache.
 
 - ``prefill``: vision tower → projector → merge → decoder over the (bucket-padded, left-padded) prompt; optional
-  in-LLM pruning (FastV) compacts the sequence at layer K; returns the first new token and the per-layer caches.
+  pre-LLM pruning (ToDRE stage 1, DivPrune, random) picks ``keep`` visual tokens from the projector outputs and
+  compacts the merged prompt to ``T − N_v + keep`` tokens *before* the decoder (so every layer, the KV cache and every
+  decode step see the shorter sequence; kept tokens keep their original positions unless the method's ``reindex``);
+  optional in-LLM pruning (FastV) compacts the sequence at layer K; returns the first new token and the per-layer
+  caches.
 - ``decode``: ``lax.while_loop`` over up to ``max_new_tokens − 1`` steps; the caches are donated; stops early once
   every row has produced EOS. Finished rows are filled with the pad id (as transformers' ``generate`` does).
 
@@ -55,14 +59,26 @@ class AutoregressiveGenerator:
 
     Args:
       model: the NNX model (split once; the state is passed to the jitted functions, not baked in).
-      method: None or an in-LLM pruning method (e.g. :class:`vtp_jax.pruning.fastv.FastV`).
+      method: None, a pre-LLM method (stage "pre_llm": ``select(features, cls_attention) → kept`` and
+        ``cls_probe(cfg)``, e.g. :class:`vtp_jax.pruning.todre.ToDRE`) or an in-LLM method (stage "in_llm", e.g.
+        :class:`vtp_jax.pruning.fastv.FastV`). Raises ValueError for another stage, PruningError for bad options.
+
+    The prefill body runs the stages in order on local state (visual count, visual mask, kept indices), so chaining a
+    pre-LLM and an in-LLM method needs only the constructor to accept both.
     """
 
     def __init__(self, model, method=None):
         self.cfg = model.cfg
         self.method = method
+        self._pre = self._in_llm = None
+        self._cls_layer = None  # 1-based vision layer whose class-token attention the pre-LLM method reads
         if method is not None:
-            if method.stage != "in_llm":
+            if method.stage == "pre_llm":
+                self._pre = method
+                self._cls_layer = method.cls_probe(self.cfg)
+            elif method.stage == "in_llm":
+                self._in_llm = method
+            else:
                 raise ValueError(f"method {method.name!r} (stage {method.stage}) is not supported by this generator")
             method.validate(self.cfg.num_visual_tokens, self.cfg.text.num_hidden_layers)
         self.graphdef, self.state = nnx.split(model)
@@ -73,14 +89,23 @@ class AutoregressiveGenerator:
     def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, *, max_new_tokens):
         model = nnx.merge(self.graphdef, state)
         n_v = self.cfg.num_visual_tokens
-        h, visual_mask = model.embed(input_ids, model.image_features(pixel_values))
+        if self._cls_layer is None:
+            visual, cls_attn = model.image_features(pixel_values), None
+        else:
+            visual, cls_attn = model.image_features_with_cls(pixel_values, cls_layer=self._cls_layer)
+        h, visual_mask = model.embed(input_ids, visual)
         key_valid = attention_mask.astype(bool)
         positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
         seq = SequenceState(h, positions, key_valid)
-        method = self.method
+        kept = jnp.broadcast_to(jnp.arange(n_v, dtype=jnp.int32), (h.shape[0], n_v))
+        pre = self._pre
+        if pre is not None:  # pre-LLM: the decoder only ever sees the kept visual tokens
+            kept = pre.select(visual, cls_attn)
+            seq, visual_mask = compact(seq, visual_mask, kept, n_v, reindex=pre.reindex)
+            n_v = pre.keep
+        method = self._in_llm
         if method is None:
             out = model.language_model(seq, cache_extra=max_new_tokens)
-            kept = jnp.broadcast_to(jnp.arange(n_v, dtype=jnp.int32), (h.shape[0], n_v))
         else:
 
             def compact_fn(probe, s):
@@ -92,12 +117,12 @@ class AutoregressiveGenerator:
             out = model.language_model(
                 seq,
                 cache_extra=max_new_tokens,
-                probe_rows=method.probe_rows(key_valid),
+                probe_rows=method.probe_rows(seq.key_valid),
                 probe_layers=(method.layer - 1,),
                 compact_at=method.layer,
                 compact_fn=compact_fn,
             )
-            kept = out.aux["kept"]
+            kept = jnp.take_along_axis(kept, out.aux["kept"], axis=1)  # indices into the original visual tokens
         logits = model.logits(out.h[:, -1])
         key, sub = jax.random.split(key)
         token = sample_token(logits, sub, temperature, top_p)

@@ -1,4 +1,5 @@
-"""Masked-diffusion generation (LLaDA's ``generate``), jitted, with during-generation pruning (RedVTP).
+"""Masked-diffusion generation (LLaDA's ``generate``), jitted, with pre-LLM pruning (ToDRE stage 1, DivPrune, random)
+or during-generation pruning (RedVTP).
 
 The sequence is ``[prompt (left-padded to a bucket), MASK × gen_length]``. ``gen_length`` is split into blocks of
 ``block_length``; each block gets ``steps / num_blocks`` denoising steps. At every step the whole sequence runs
@@ -14,7 +15,10 @@ guidance ``un + (cfg + 1)(cond − un)``; MODELS.md "LLaDA sampling". Difference
     values.
 
 Shapes are static: all steps of all blocks run in one ``lax.fori_loop``. With RedVTP the first step runs at full
-length in its own jitted function; the remaining steps run in the loop on the compacted sequence.
+length in its own jitted function; the remaining steps run in the loop on the compacted sequence. A pre-LLM method
+runs in ``encode``: it picks ``keep`` visual tokens from the projector outputs and the prompt is compacted there
+(``P − N_v + keep`` tokens), so every denoising step of every block sees the shorter prompt; kept tokens keep their
+original positions unless the method's ``reindex`` (the response then starts right after the last kept position).
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ class _Prompt(NamedTuple):
     positions: jax.Array  # int32 [B, P]
     key_valid: jax.Array  # bool [B, P]
     visual_mask: jax.Array  # bool [B, P]
+    kept: jax.Array | None = None  # int32 [B, keep]: visual tokens left by pruning so far (None: all of them)
 
 
 @dataclasses.dataclass
@@ -167,7 +172,9 @@ class DiffusionGenerator:
       model: NNX model with ``image_features(**image_inputs)``, ``embed(ids, visual)``, ``language_model``
         (a :class:`vtp_jax.modeling.decoder.Decoder` with ``causal=False``) and ``logits(h)``.
       cfg: sampler settings.
-      method: None or a during-generation method scored at the first denoising step (RedVTP).
+      method: None, a pre-LLM method (stage "pre_llm", applied in ``encode``; e.g. ToDRE, DivPrune, random) or a
+        during-generation method scored at the first denoising step (RedVTP). Raises DiffusionError for another
+        stage, PruningError for bad options.
 
     Three jitted functions, each compiled once per shape: ``encode`` (vision tower, projector, merge),
     ``first_step`` (step 0 at full length, plus scoring and compaction when pruning) and ``denoise`` (the other
@@ -178,9 +185,14 @@ class DiffusionGenerator:
         cfg.validate()
         if model.cfg.text.causal:
             raise DiffusionError("diffusion sampling needs a bidirectional decoder (text config causal=False)")
-        if method is not None and method.stage != "during_generation":
+        if method is not None and method.stage not in ("pre_llm", "during_generation"):
             raise DiffusionError(f"method {method.name!r} (stage {method.stage}) is not supported by the diffusion sampler")
         self.cfg, self.method = cfg, method
+        # The stages run in order on the prompt (its visual mask and kept indices), so chaining a pre-LLM and a
+        # during-generation method needs only this constructor to accept both.
+        self._pre = method if method is not None and method.stage == "pre_llm" else None
+        self._during = method if method is not None and method.stage == "during_generation" else None
+        self._cls_layer = None if self._pre is None else self._pre.cls_probe(model.cfg)
         self.num_layers = model.cfg.text.num_hidden_layers
         self.image_token_id = model.cfg.image_token_id
         self.graphdef, self.state = nnx.split(model)
@@ -190,13 +202,23 @@ class DiffusionGenerator:
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
     def _encode(self, state, input_ids, attention_mask, arrays, *, static):
+        """Vision tower, projector, merge, and the pre-LLM stage if any (selection + compaction of the prompt)."""
         model = nnx.merge(self.graphdef, state)
-        visual = model.image_features(**arrays, **dict(static))
+        if self._cls_layer is None:
+            visual, cls_attn = model.image_features(**arrays, **dict(static)), None
+        else:
+            visual, cls_attn = model.image_features_with_cls(**arrays, **dict(static), cls_layer=self._cls_layer)
         h, visual_mask = model.embed(input_ids, visual)
         key_valid = attention_mask.astype(bool)
         positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
         mask_emb = model.language_model.embed_tokens(jnp.int32(self.cfg.mask_id)).astype(h.dtype)
-        return _Prompt(h, jnp.broadcast_to(mask_emb, h.shape), positions, key_valid, visual_mask)
+        pre, kept = self._pre, None
+        if pre is not None:
+            kept = pre.select(visual, cls_attn)
+            seq, visual_mask = compact(SequenceState(h, positions, key_valid), visual_mask, kept, visual.shape[1],
+                                       reindex=pre.reindex)
+            h, positions, key_valid = seq
+        return _Prompt(h, jnp.broadcast_to(mask_emb, h.shape), positions, key_valid, visual_mask, kept)
 
     def _forward(self, model, prompt: _Prompt, x_gen, *, probe_rows=None, probe_layers=()):
         """Logits of the response positions float32 [B, G, V], and the decoder's probe (or None)."""
@@ -233,7 +255,7 @@ class DiffusionGenerator:
         """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
         ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, prompt, kept)."""
         model = nnx.merge(self.graphdef, state)
-        cfg, method = self.cfg, self.method
+        cfg, method = self.cfg, self._during
         b, p = prompt.key_valid.shape
         x_gen = jnp.full((b, cfg.gen_length), cfg.mask_id, jnp.int32)
         counts = self._block_counts(x_gen, 0)
@@ -247,20 +269,22 @@ class DiffusionGenerator:
         key, sub = jax.random.split(key)
         new_x = unmask_step(x_gen, logits, jnp.int32(0), counts[:, 0], sub, cfg, temperature)
         if method is None:
-            return new_x, counts, key, prompt, None
+            return new_x, counts, key, prompt, prompt.kept
         still_masked = (x_gen == cfg.mask_id) & (new_x == cfg.mask_id)  # R: masked before and after this step
         token_scores = method.token_scores(probe[:, :, :p], still_masked)
         return (new_x, counts, key) + self._compact(prompt, token_scores, num_visual)
 
     def _compact(self, prompt: _Prompt, token_scores, n_v: int):
-        method = self.method
+        method = self._during
         kept = select_topk(visual_scores(token_scores, prompt.visual_mask, n_v), method.keep)
         seq, vmask = compact(
             SequenceState(prompt.h, prompt.positions, prompt.key_valid), prompt.visual_mask, kept, n_v,
             reindex=method.reindex,
         )
+        if prompt.kept is not None:  # indices into the original visual tokens
+            kept = jnp.take_along_axis(prompt.kept, kept, axis=1)
         h_uncond = jnp.broadcast_to(prompt.h_uncond[:, :1], seq.h.shape)
-        return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask), kept
+        return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask, kept), kept
 
     def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, *, temperature):
         """Steps 1 .. steps−1 of all blocks in one ``fori_loop``; ``counts`` are recomputed at each block start."""
@@ -293,8 +317,12 @@ class DiffusionGenerator:
         static = tuple(sorted((k, v) for k, v in image_inputs.items() if k not in arrays))
         input_ids = np.asarray(input_ids)
         n_v = int(np.sum(input_ids[0] == self.image_token_id))
-        if self.method is not None:
-            self.method.validate(n_v, self.num_layers)
+        n_left = n_v  # visual tokens that reach the first denoising step
+        if self._pre is not None:
+            self._pre.validate(n_v, self.num_layers)
+            n_left = self._pre.keep
+        if self._during is not None:
+            self._during.validate(n_left, self.num_layers)
         temperature = float(temperature)
         key = jax.random.key(seed)
         t0 = time.perf_counter()
@@ -302,7 +330,7 @@ class DiffusionGenerator:
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
         x_gen, counts, key, prompt, kept = self.first_step(
-            self.state, prompt, key, temperature=temperature, num_visual=n_v
+            self.state, prompt, key, temperature=temperature, num_visual=n_left
         )
         x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature)
         tokens = np.asarray(jax.block_until_ready(x_gen))

@@ -67,6 +67,27 @@ class Llava(VisionLanguageModel):
             feats = feats[:, 1:]
         return self.multi_modal_projector(feats)
 
+    def image_features_with_cls(self, pixel_values: jax.Array, *, cls_layer: int) -> tuple[jax.Array, jax.Array]:
+        """The features of :meth:`image_features` plus the class-token attention of the visual tokens.
+
+        pixel_values float [B, 3, H, W]; cls_layer: 1-based vision layer (static) whose head-averaged class-token
+        attention row ``softmax(q_CLS · Kᵀ / √d)`` is returned (ToDRE's pivot). The tower runs up to
+        ``max(feature layer, cls_layer)``. Returns (projector outputs [B, N_v, D_text], float32 [B, N_v]) — the
+        class token's own column dropped when the class token is (strategy "default"). Raises ValueError for a
+        tower without a class token.
+        """
+        vision = self.cfg.vision
+        if vision.kind != "clip":
+            raise ValueError(f"the {vision.kind} vision tower has no class token")
+        n = vision.num_hidden_layers
+        idx = [l % (n + 1) for l in self.cfg.vision_feature_layer]
+        upto = max(idx + [cls_layer])
+        states, cls_attn = self.vision_tower.hidden_states(pixel_values, upto, cls_probe_layer=cls_layer)
+        feats = jnp.concatenate([states[i] for i in idx], axis=-1)
+        if self.cfg.vision_feature_select_strategy == "default":
+            feats, cls_attn = feats[:, 1:], cls_attn[:, 1:]
+        return self.multi_modal_projector(feats), cls_attn
+
     def __call__(
         self, input_ids: jax.Array, pixel_values: jax.Array, attention_mask: jax.Array | None = None
     ) -> jax.Array:

@@ -1,0 +1,50 @@
+"""Random visual token pruning: a uniformly random subset of ``keep`` visual tokens, before the LLM.
+
+A strong baseline per UniPruneBench (METHODS.md, "Baselines worth having"). The subset of row ``b`` is the top
+``keep`` of ``N_v`` i.i.d. uniforms drawn with ``fold_in(key(seed), b)``: every ``keep``-subset is equally likely,
+the choice depends only on ``(seed, b, N_v, keep)`` — the same on every call with the same seed, independent of
+the image, of the prompt and of the batch size (row ``b`` of a batch of 2 gets the subset row ``b`` of a batch of 8
+gets) — and rows of one batch get different subsets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from vtp_jax.pruning.core import PruningError, select_topk
+from vtp_jax.pruning.registry import register
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RandomPrune:
+    """keep: visual tokens kept (static). seed: the PRNG seed (explicit; vtp-generate passes ``--seed``).
+    reindex: renumber positions contiguously after pruning (default: kept tokens keep their original positions)."""
+
+    keep: int
+    seed: int = 0
+    reindex: bool = False
+
+    name = "random"
+    stage = "pre_llm"
+
+    def validate(self, num_visual: int, num_layers: int) -> None:
+        """Raises PruningError unless 1 ≤ keep ≤ N_v and seed is an int."""
+        if not 1 <= self.keep <= num_visual:
+            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise PruningError(f"random: seed must be an int, got {self.seed!r}")
+
+    def cls_probe(self, cfg) -> int | None:
+        """No vision-tower attention needed."""
+        return None
+
+    def select(self, features: jax.Array, cls_attention: jax.Array | None = None) -> jax.Array:
+        """features [B, N_v, D] (only the shape is read) → kept indices int32 [B, keep], ascending."""
+        b, n = features.shape[:2]
+        base = jax.random.key(self.seed)
+        scores = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(base, r), (n,), jnp.float32))(jnp.arange(b))
+        return select_topk(scores, self.keep)
