@@ -11,10 +11,15 @@ The model family comes from the converted config (``cfg.family``):
   checkpoint's tokenizer; the answer stops at ``<|endoftext|>`` / ``<|eot_id|>`` (and the tokenizer's EOS).
 * both families — pruning before the LLM (the decoder only sees the kept visual tokens): ``--method todre``
   (ToDRE stage 1; ``--pivot``, ``--cls-layer``), ``divprune``, ``random`` (seeded by ``--seed``).
+* llava — ToDRE stage 2 inside the LLM: ``--method todre-relevance`` (``--tau``, default 0.10; ``--layer`` ℓ, default
+  ⌊7L/8⌋; no keep count: all visual tokens are dropped from layer ℓ on when both attention ratios fall below τ).
+  Stages combine with ``+``, at most one per stage, in stage order: ``--method todre+todre-relevance`` runs ToDRE
+  stage 1 (``--keep``/``--keep-ratio``, ``--pivot``) then stage 2 (``--tau``, ``--layer``).
 
 ``--json`` prints one object: ``text``, ``prompt_ids`` (image placeholders expanded), ``output_ids`` (answer tokens
 before the first stop id), ``num_visual_tokens``, ``kept_visual_indices`` (ascending), ``method``, ``family``,
-``random_weights``, ``timings`` (seconds, medians over ``--runs``: ``prefill_s`` — LLaVA prefill / LLaDA-V encode;
+``stages`` (per method of ``--method``: its kept indices, or for ``todre-relevance`` ``{"dropped", "alpha_t2v",
+"alpha_v2t", "layer", "tau"}``; ``kept_visual_indices`` is the final set — empty when stage 2 fired), ``random_weights``, ``timings`` (seconds, medians over ``--runs``: ``prefill_s`` — LLaVA prefill / LLaDA-V encode;
 ``decode_s`` — LLaVA decode loop / LLaDA-V denoising; ``latency_s``; ``tokens_per_s`` — LLaVA decode throughput /
 LLaDA-V decoded positions (gen_length) per second of latency; ``runs``; ``first_call_s``, compilation included); LLaDA-V adds
 ``diffusion`` (the sampler settings).
@@ -30,7 +35,7 @@ import sys
 
 import numpy as np
 
-from vtp_jax.runtime import build_method, check_method_family, check_positions, diffusion_config, eos_token_ids
+from vtp_jax.runtime import build_methods, check_method_family, check_positions, diffusion_config, eos_token_ids
 
 DIFFUSION_DEFAULTS = {"gen_length": 32, "steps": 16, "remasking": "low_confidence", "cfg": 0.0}
 AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
@@ -42,13 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True, help="question / instruction text")
     p.add_argument("--method", default="none",
-                   help="pruning method: none | fastv (llava) | redvtp, llada-fastv (llada_v) | "
-                        "todre, divprune, random (both, before the LLM)")
+                   help="pruning method: none | fastv, todre-relevance (llava) | redvtp, llada-fastv (llada_v) | "
+                        "todre, divprune, random (both, before the LLM); combine stages with +, e.g. "
+                        "todre+todre-relevance")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
     g.add_argument("--keep-ratio", type=float,
                    help="visual tokens to keep (fraction of N_v; default 0.5: FastV round(N_v·R), RedVTP int(N_v·R))")
-    p.add_argument("--layer", type=int, default=None, help="FastV: decoder layer K at which to prune (default 2)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="FastV: decoder layer K at which to prune (default 2); todre-relevance: layer ℓ (default 7L/8)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="todre-relevance: drop all visual tokens when both attention ratios are below tau (default 0.10)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows (default last)")
     p.add_argument("--pivot", default=None, choices=["cls", "norm", "center", "first"],
                    help="ToDRE: first token of the diversity selection (default cls with a class token, else norm)")
@@ -167,6 +176,8 @@ def _run_llada_v(args, image, model, cfg) -> dict:
     batch = processor([image], [args.prompt])
     check_positions(cfg, len(batch.prompt_ids[0]), dcfg.gen_length, "--gen-length")
     method = _method(args, cfg.family, batch.num_visual_tokens, cfg.text.num_hidden_layers)
+    if isinstance(method, tuple):
+        raise InputError(f"--method {args.method!r}: combined stages run on llava checkpoints only")
     gen = DiffusionGenerator(model, dcfg, method)
     runs, first_call_s = _timed_runs(
         lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
@@ -188,12 +199,12 @@ def _method(args, family: str, num_visual: int, num_layers: int):
 
     from vtp_jax.pruning import METHODS
 
-    cls = METHODS.get(args.method)
-    seeded = cls is not None and "seed" in {f.name for f in dataclasses.fields(cls)}
-    return build_method(
+    classes = [METHODS.get(n.strip()) for n in args.method.split("+")]
+    seeded = any(cls is not None and "seed" in {f.name for f in dataclasses.fields(cls)} for cls in classes)
+    return build_methods(
         args.method, family, num_visual, num_layers, keep=args.keep, keep_ratio=args.keep_ratio,
         layer=args.layer, criterion=args.criterion, reindex=args.reindex, pivot=args.pivot, cls_layer=args.cls_layer,
-        seed=args.seed if seeded else None,
+        seed=args.seed if seeded else None, tau=args.tau,
     )
 
 
@@ -201,12 +212,22 @@ def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode)
     """The ``--json`` object shared by both families (row 0 of the batch; timings are medians over runs)."""
     out = runs[-1]
     new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
+    dropped = getattr(out, "stage2_dropped", None)
+    kept = [] if dropped is not None and bool(dropped[0]) else [int(i) for i in np.asarray(out.kept[0])]
+    stages = {}
+    for name, v in (getattr(out, "stages", None) or {}).items():
+        if isinstance(v, dict):
+            stages[name] = {k: (x.item() if hasattr(x, "item") and np.ndim(x) == 0 else
+                                np.asarray(x)[0].item() if np.ndim(x) else x) for k, x in v.items()}
+        else:
+            stages[name] = [int(i) for i in np.asarray(v)[0]]
     return {
         "text": processor.decode(new_ids),
         "prompt_ids": batch.prompt_ids[0],
         "output_ids": new_ids,
         "num_visual_tokens": batch.num_visual_tokens,
-        "kept_visual_indices": [int(i) for i in np.asarray(out.kept[0])],
+        "kept_visual_indices": kept,
+        "stages": stages,
         "method": args.method,
         "family": cfg.family,
         "timings": {

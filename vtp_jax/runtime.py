@@ -48,11 +48,64 @@ def build_method(
             raise InputError("--keep / --keep-ratio need a pruning --method")
         return None
     check_method_family(name, family)
-    ratio = DEFAULT_KEEP_RATIO if keep is None and keep_ratio is None else keep_ratio
-    count = resolve_keep(num_visual, keep, ratio, rounding="floor" if family == "llada_v" else "round")
-    method = make_method(name, keep=count, **options)
+    from vtp_jax.pruning import METHODS
+
+    if name in METHODS and not getattr(METHODS[name], "takes_keep", True):  # all-or-nothing (ToDRE stage 2)
+        if keep is not None or keep_ratio is not None:
+            raise InputError(f"pruning method {name!r} takes no --keep / --keep-ratio")
+        method = make_method(name, **options)
+    else:
+        ratio = DEFAULT_KEEP_RATIO if keep is None and keep_ratio is None else keep_ratio
+        count = resolve_keep(num_visual, keep, ratio, rounding="floor" if family == "llada_v" else "round")
+        method = make_method(name, keep=count, **options)
     method.validate(num_visual, num_layers)
     return method
+
+
+def build_methods(
+    spec: str, family: str, num_visual: int, num_layers: int, *, keep: int | None = None,
+    keep_ratio: float | None = None, **options: Any,
+):
+    """``spec`` is one method name or several joined by ``+`` (at most one per stage, in stage order, e.g.
+    ``todre+todre-relevance`` = ToDRE stages 1 and 2). One name: :func:`build_method`. Several: a tuple of methods;
+    each gets the options its dataclass declares, ``--keep``/``--keep-ratio`` go to the one method that takes a keep
+    count (at most one may), the in-LLM method is validated against the visual tokens the pre-LLM one keeps.
+    Raises InputError / PruningError (unknown name, two methods of one stage, an option no method takes).
+    """
+    import dataclasses
+
+    from vtp_jax.pruning import METHODS, make_method
+
+    names = [n.strip() for n in spec.split("+")]
+    if len(names) == 1:
+        return build_method(spec, family, num_visual, num_layers, keep=keep, keep_ratio=keep_ratio, **options)
+    if "none" in names or len(set(names)) != len(names):
+        raise InputError(f"--method {spec!r}: combine distinct methods, none of them 'none'")
+    for n in names:
+        if n not in METHODS:
+            make_method(n)  # raises PruningError listing the registered names
+        check_method_family(n, family)
+    stages = [METHODS[n].stage for n in names]
+    order = FAMILY_STAGES.get(family, ())
+    if len(set(stages)) != len(stages) or stages != sorted(stages, key=order.index):
+        raise InputError(f"--method {spec!r}: give at most one method per stage, in stage order ({' + '.join(order)})")
+    keyed = [n for n in names if getattr(METHODS[n], "takes_keep", True)]
+    if len(keyed) > 1:
+        raise InputError(f"--method {spec!r}: --keep / --keep-ratio would apply to several methods ({', '.join(keyed)})")
+    given = {k for k, v in options.items() if v is not None}
+    used: set[str] = set()
+    methods, n_v = [], num_visual
+    for n in names:
+        fields = {f.name for f in dataclasses.fields(METHODS[n])}
+        own = {k: v for k, v in options.items() if k in fields}
+        used |= given & fields
+        kk = dict(keep=keep, keep_ratio=keep_ratio) if n in keyed else {}
+        m = build_method(n, family, n_v, num_layers, **kk, **own)
+        n_v = getattr(m, "keep", n_v) if m.stage == "pre_llm" else n_v
+        methods.append(m)
+    if given - used:
+        raise InputError(f"--method {spec!r}: option(s) {', '.join(sorted(given - used))} apply to none of its methods")
+    return tuple(methods)
 
 
 def eos_token_ids(cfg, processor) -> tuple[int, ...]:

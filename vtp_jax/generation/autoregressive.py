@@ -5,7 +5,9 @@
   compacts the merged prompt to ``T − N_v + keep`` tokens *before* the decoder (so every layer, the KV cache and every
   decode step see the shorter sequence; kept tokens keep their original positions unless the method's ``reindex``);
   optional in-LLM pruning (FastV) compacts the sequence at layer K; returns the first new token and the per-layer
-  caches.
+  caches. ToDRE stage 2 (``todre-relevance``, data-dependent all-or-nothing at layer ℓ) splits prefill in two:
+  ``prefill_head`` (layers < ℓ, ratios α) and one of two compiled ``prefill_tail`` shapes picked on the host
+  (all rows fired: visual tokens compacted away; else full length with per-row visual-key masks).
 - ``decode``: ``lax.while_loop`` over up to ``max_new_tokens − 1`` steps; the caches are donated; stops early once
   every row has produced EOS. Finished rows are filled with the pad id (as transformers' ``generate`` does).
 
@@ -27,6 +29,7 @@ from flax import nnx
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
+from vtp_jax.pruning.todre_relevance import relevance_ratios
 
 
 class PrefillResult(NamedTuple):
@@ -35,17 +38,27 @@ class PrefillResult(NamedTuple):
     next_pos: jax.Array  # int32 [B] position of the next token
     kept: jax.Array  # int32 [B, keep] kept visual indices (all of them when unpruned)
     key: jax.Array  # PRNG key to continue with
+    kept_pre: jax.Array  # int32 [B, k] the pre-LLM stage's kept indices (all of them without one)
 
 
 @dataclasses.dataclass
 class GenerationOutput:
-    """tokens: int [B, max_new_tokens] (pad after EOS); kept: int [B, keep]; timings in seconds."""
+    """tokens: int [B, max_new_tokens] (pad after EOS); kept: int [B, keep]; timings in seconds.
+
+    stages: per method name, what it kept: an int array [B, keep] of visual indices (pre-LLM methods, FastV), or for
+    ``todre-relevance`` a dict ``{"dropped": bool [B], "alpha_t2v": float32 [B], "alpha_v2t": float32 [B],
+    "layer": ℓ, "tau": τ}``. stage2_dropped: bool [B] when ToDRE stage 2 ran (else None): rows where it fired kept
+    no visual token from layer ℓ on; ``kept`` is then the set before stage 2 (layers < ℓ saw it) — the final kept
+    set of row b is ``kept[b]`` if not ``stage2_dropped[b]`` else empty.
+    """
 
     tokens: np.ndarray
     kept: np.ndarray
     prefill_s: float
     decode_s: float
     num_new_tokens: list[int]
+    stages: dict = dataclasses.field(default_factory=dict)
+    stage2_dropped: np.ndarray | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -59,35 +72,56 @@ class AutoregressiveGenerator:
 
     Args:
       model: the NNX model (split once; the state is passed to the jitted functions, not baked in).
-      method: None, a pre-LLM method (stage "pre_llm": ``select(features, cls_attention) → kept`` and
-        ``cls_probe(cfg)``, e.g. :class:`vtp_jax.pruning.todre.ToDRE`) or an in-LLM method (stage "in_llm", e.g.
-        :class:`vtp_jax.pruning.fastv.FastV`). Raises ValueError for another stage, PruningError for bad options.
+      method: None, one method, or a tuple of methods with at most one per stage:
+        - a pre-LLM method (stage "pre_llm": ``select(features, cls_attention) → kept`` and ``cls_probe(cfg)``,
+          e.g. :class:`vtp_jax.pruning.todre.ToDRE`);
+        - an in-LLM method (stage "in_llm"): :class:`vtp_jax.pruning.fastv.FastV` (top-``keep`` at layer K) or
+          :class:`vtp_jax.pruning.todre_relevance.ToDRERelevance` (ToDRE stage 2: all-or-nothing at layer ℓ).
+        ``(ToDRE(...), ToDRERelevance(...))`` is the full two-stage ToDRE. Raises ValueError for another stage or
+        two methods of one stage, PruningError for bad options.
 
-    The prefill body runs the stages in order on local state (visual count, visual mask, kept indices), so chaining a
-    pre-LLM and an in-LLM method needs only the constructor to accept both.
+    The prefill runs the stages in order on local state (visual count, visual mask, kept indices). ToDRE stage 2's
+    decision is data dependent: prefill is split at layer ℓ into ``prefill_head`` (returns the ratios α) and one of
+    two compiled ``prefill_tail`` continuations chosen on the host (see :mod:`vtp_jax.pruning.todre_relevance`).
     """
 
     def __init__(self, model, method=None):
         self.cfg = model.cfg
+        methods = () if method is None else tuple(method) if isinstance(method, (tuple, list)) else (method,)
         self.method = method
-        self._pre = self._in_llm = None
+        self.methods = methods
+        self._pre = self._in_llm = self._relevance = None
         self._cls_layer = None  # 1-based vision layer whose class-token attention the pre-LLM method reads
-        if method is not None:
-            if method.stage == "pre_llm":
-                self._pre = method
-                self._cls_layer = method.cls_probe(self.cfg)
-            elif method.stage == "in_llm":
-                self._in_llm = method
+        num_layers = self.cfg.text.num_hidden_layers
+        for m in methods:
+            if m.stage == "pre_llm":
+                if self._pre is not None:
+                    raise ValueError(f"two pre-LLM methods ({self._pre.name}, {m.name}); give at most one per stage")
+                self._pre = m
+                self._cls_layer = m.cls_probe(self.cfg)
+            elif m.stage == "in_llm":
+                if self._in_llm is not None or self._relevance is not None:
+                    raise ValueError(f"two in-LLM methods ({m.name} and another); give at most one per stage")
+                if m.name == "todre-relevance":
+                    self._relevance = m
+                    self._rel_layer = m.resolve_layer(num_layers)
+                else:
+                    self._in_llm = m
             else:
-                raise ValueError(f"method {method.name!r} (stage {method.stage}) is not supported by this generator")
-            method.validate(self.cfg.num_visual_tokens, self.cfg.text.num_hidden_layers)
+                raise ValueError(f"method {m.name!r} (stage {m.stage}) is not supported by this generator")
+        n_v = self.cfg.num_visual_tokens
+        for m in methods:  # in-LLM methods see the visual tokens stage 1 kept
+            m.validate(self._pre.keep if (self._pre is not None and m.stage == "in_llm") else n_v, num_layers)
         self.graphdef, self.state = nnx.split(model)
         self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens",))
+        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens",))
+        self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens"))
         self.decode = jax.jit(self._decode, static_argnames=("max_new_tokens",), donate_argnames=("caches",))
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
-    def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, *, max_new_tokens):
-        model = nnx.merge(self.graphdef, state)
+    def _front(self, model, input_ids, attention_mask, pixel_values):
+        """Vision tower, merge and the pre-LLM stage → (SequenceState, visual_mask bool [B, T'], kept int32 [B, k],
+        static visual count k)."""
         n_v = self.cfg.num_visual_tokens
         if self._cls_layer is None:
             visual, cls_attn = model.image_features(pixel_values), None
@@ -103,6 +137,12 @@ class AutoregressiveGenerator:
             kept = pre.select(visual, cls_attn)
             seq, visual_mask = compact(seq, visual_mask, kept, n_v, reindex=pre.reindex)
             n_v = pre.keep
+        return seq, visual_mask, kept, n_v
+
+    def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, *, max_new_tokens):
+        model = nnx.merge(self.graphdef, state)
+        seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, pixel_values)
+        kept_pre = kept
         method = self._in_llm
         if method is None:
             out = model.language_model(seq, cache_extra=max_new_tokens)
@@ -127,7 +167,45 @@ class AutoregressiveGenerator:
         key, sub = jax.random.split(key)
         token = sample_token(logits, sub, temperature, top_p)
         next_pos = jnp.max(out.state.positions, axis=1) + 1
-        return PrefillResult(token, out.caches, next_pos.astype(jnp.int32), kept, key)
+        return PrefillResult(token, out.caches, next_pos.astype(jnp.int32), kept, key, kept_pre)
+
+    def _prefill_head(self, state, input_ids, attention_mask, pixel_values, *, max_new_tokens):
+        """ToDRE stage 2, part 1: front + layers < ℓ + layer ℓ's attention rows (all T rows, float32).
+
+        Returns (SequenceState at layer ℓ's input, visual_mask bool [B, T'], kept int32 [B, k], caches of layers
+        < ℓ, α_t→v float32 [B], α_v→t float32 [B]).
+        """
+        model = nnx.merge(self.graphdef, state)
+        seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, pixel_values)
+        lm, ell = model.language_model, self._rel_layer
+        out = lm(seq, cache_extra=max_new_tokens, layer_range=(0, ell))
+        b, t = seq.key_valid.shape
+        rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        probs = lm.attention_probe(ell, out.state, rows)
+        a_tv, a_vt = relevance_ratios(probs, out.state.key_valid, visual_mask)
+        return out.state, visual_mask, kept, out.caches, a_tv, a_vt
+
+    def _prefill_tail(self, state, seq, visual_mask, drop, key, temperature, top_p, *, drop_all, max_new_tokens):
+        """ToDRE stage 2, part 2: layers ≥ ℓ and the first token.
+
+        drop bool [B] (the host's decision). ``drop_all`` (static): compact every visual token away (length
+        T' − k); else keep the full length and mask the visual keys of the rows where ``drop``.
+        Returns (token int32 [B], caches of layers ≥ ℓ, next_pos int32 [B], key).
+        """
+        model = nnx.merge(self.graphdef, state)
+        n_v = self._pre.keep if self._pre is not None else self.cfg.num_visual_tokens
+        if drop_all:
+            none = jnp.zeros((seq.h.shape[0], 0), jnp.int32)
+            seq, _ = compact(seq, visual_mask, none, n_v)
+        else:
+            seq = seq._replace(key_valid=seq.key_valid & ~(visual_mask & drop[:, None]))
+        lm = model.language_model
+        out = lm(seq, cache_extra=max_new_tokens, layer_range=(self._rel_layer, len(lm.layers)))
+        logits = model.logits(out.h[:, -1])
+        key, sub = jax.random.split(key)
+        token = sample_token(logits, sub, temperature, top_p)
+        next_pos = jnp.max(out.state.positions, axis=1) + 1
+        return token, out.caches, next_pos.astype(jnp.int32), key
 
     def _decode(self, state, caches, token, next_pos, key, temperature, top_p, eos_ids, pad_id, *, max_new_tokens):
         model = nnx.merge(self.graphdef, state)
@@ -174,26 +252,53 @@ class AutoregressiveGenerator:
         """
         key = jax.random.key(seed)
         temp, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
+        args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), jnp.asarray(pixel_values, jnp.float32))
+        stages: dict = {}
+        dropped = None
         t0 = time.perf_counter()
-        pre = self.prefill(
-            self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool),
-            jnp.asarray(pixel_values, jnp.float32), key, temp, top_p_, max_new_tokens=max_new_tokens,
-        )
-        jax.block_until_ready(pre.token)
+        if self._relevance is None:
+            pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens)
+            token, caches, next_pos, key, kept = pre.token, pre.caches, pre.next_pos, pre.key, pre.kept
+            kept_pre = pre.kept_pre
+            jax.block_until_ready(token)
+        else:
+            seq, vmask, kept, head_caches, a_tv, a_vt = self.prefill_head(self.state, *args, max_new_tokens=max_new_tokens)
+            a_tv, a_vt = np.asarray(a_tv), np.asarray(a_vt)  # host sync: the decision picks the compiled shape
+            dropped = self._relevance.fires(a_tv, a_vt)
+            token, tail_caches, next_pos, key = self.prefill_tail(
+                self.state, seq, vmask, jnp.asarray(dropped), key, temp, top_p_,
+                drop_all=bool(dropped.all()), max_new_tokens=max_new_tokens,
+            )
+            caches = list(head_caches) + list(tail_caches)
+            kept_pre = kept
+            jax.block_until_ready(token)
+            stages[self._relevance.name] = {
+                "dropped": dropped, "alpha_t2v": a_tv, "alpha_v2t": a_vt,
+                "layer": self._rel_layer, "tau": self._relevance.tau,
+            }
         t1 = time.perf_counter()
+        kept = np.asarray(kept)
+        for m in self.methods:
+            if m.stage == "pre_llm":
+                stages[m.name] = np.asarray(kept_pre)
+            elif m is self._in_llm:
+                stages[m.name] = kept
         eos = jnp.asarray(list(eos_token_ids) or [-1], jnp.int32)
         tokens, _caches = self.decode(
-            self.state, pre.caches, pre.token, pre.next_pos, pre.key, temp, top_p_, eos, jnp.int32(pad_token_id),
+            self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id),
             max_new_tokens=max_new_tokens,
         )
         tokens = np.asarray(jax.block_until_ready(tokens))
         t2 = time.perf_counter()
         counts = [_count_new(row, eos_token_ids) for row in tokens]
-        return GenerationOutput(tokens, np.asarray(pre.kept), t1 - t0, t2 - t1, counts)
+        return GenerationOutput(tokens, kept, t1 - t0, t2 - t1, counts, stages, dropped)
 
     def compiled_counts(self) -> dict[str, Any]:
         """Number of compiled variants of each jitted function (for static-shape tests)."""
-        return {"prefill": self.prefill._cache_size(), "decode": self.decode._cache_size()}
+        counts = {"prefill": self.prefill._cache_size(), "decode": self.decode._cache_size()}
+        if self._relevance is not None:
+            counts.update(prefill_head=self.prefill_head._cache_size(), prefill_tail=self.prefill_tail._cache_size())
+        return counts
 
 
 def _count_new(row: np.ndarray, eos_ids: tuple[int, ...]) -> int:

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vtp_jax.config import TextConfig
-from vtp_jax.modeling.attention import Attention, LayerCache
+from vtp_jax.modeling.attention import Attention, LayerCache, attention_rows
 from vtp_jax.modeling.layers import RMSNorm, linear
-from vtp_jax.modeling.rope import inv_frequencies, rope_angles
+from vtp_jax.modeling.rope import apply_rope, inv_frequencies, rope_angles
 
 
 class MLP(nnx.Module):
@@ -114,6 +114,7 @@ class Decoder(nnx.Module):
         probe_layers: tuple[int, ...] = (),
         compact_at: int | None = None,
         compact_fn: CompactFn | None = None,
+        layer_range: tuple[int, int] | None = None,
     ) -> DecoderOutput:
         """Runs every layer over the whole sequence (prefill, or one denoising step).
 
@@ -125,16 +126,21 @@ class Decoder(nnx.Module):
           compact_at, compact_fn: before layer ``compact_at`` call ``compact_fn(probe, state)`` to shorten the
             sequence (the probe then holds the layers before it). Layers ≥ ``compact_at`` run on the shorter
             sequence; their caches are built from it.
+          layer_range: (start, stop) runs only layers [start, stop) on ``state`` (whose ``h`` is then layer
+            ``start``'s input); caches are returned for those layers only. ``out.state.h`` is the un-normed output
+            (the input of layer ``stop``). Default: every layer.
         """
         cfg = self.cfg
         caches = [] if cache_extra is not None else None
         probe_sum, n_probe, aux = None, 0, {}
         probe_mean = None
-        for i, layer in enumerate(self.layers):
+        start, stop = layer_range if layer_range is not None else (0, len(self.layers))
+        for i in range(start, stop):
+            layer = self.layers[i]
             if i == compact_at:
                 probe_mean = probe_sum / n_probe
                 state, aux = compact_fn(probe_mean, state)
-            if i == 0 or i == compact_at:
+            if i == start or i == compact_at:
                 cos, sin = self.angles(state.positions, state.h.dtype)
                 mask = attention_mask(state.key_valid, cfg.causal)
             rows = probe_rows if i in probe_layers else None
@@ -148,6 +154,19 @@ class Decoder(nnx.Module):
         if probe_mean is None and probe_sum is not None:
             probe_mean = probe_sum / n_probe
         return DecoderOutput(self.norm(state.h), state, caches, probe_mean, aux)
+
+    def attention_probe(self, index: int, state: SequenceState, rows: jax.Array) -> jax.Array:
+        """Head-averaged attention probabilities layer ``index`` would compute on ``state`` (its input), for query
+        rows int [B, R] → float32 [B, R, T]. Only the layer's norm, q/k projections and RoPE run (no output)."""
+        attn = self.layers[index].self_attn
+        x = self.layers[index].input_layernorm(state.h)
+        b, t, _ = x.shape
+        q = attn.q_proj(x).reshape(b, t, attn.num_heads, attn.head_dim)
+        k = attn.k_proj(x).reshape(b, t, attn.num_kv_heads, attn.head_dim)
+        cos, sin = self.angles(state.positions, x.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = attention_mask(state.key_valid, self.cfg.causal)
+        return attention_rows(q, k, rows, mask, attn.head_dim**-0.5).mean(axis=1)
 
     def decode_step(self, h: jax.Array, positions: jax.Array, caches: list) -> tuple[jax.Array, list]:
         """One autoregressive step: h [B, 1, D], positions int32 [B, 1] → (normed h [B, 1, D], updated caches)."""
