@@ -1,9 +1,14 @@
-"""``vtp-bench``: speed of LLaVA generation — transformers (PyTorch) vs vtp_jax, unpruned and with FastV.
+"""``vtp-bench``: speed of LLaVA (FastV) and LLaDA-V (RedVTP) generation — PyTorch vs vtp_jax, unpruned and pruned.
 
-**The weights are RANDOM.** The benchmark writes a random-weight LLaVA-1.5 checkpoint in Hugging Face format
-(:func:`vtp_jax.testbed.hf_llava.write_random_llava`), converts it with :func:`convert.convert` and loads it with
-:func:`vtp_jax.checkpoint.load`. It measures speed only; the generated text is meaningless.
+**The weights are RANDOM.** Each section writes a random-weight checkpoint on disk, converts it with
+:func:`convert.convert` and loads it with :func:`vtp_jax.checkpoint.load`. It measures speed only; the generated text
+is meaningless. ``--family llava|llada_v|all`` (default all) picks the sections; ``--json`` holds one object per
+section under ``"llava"`` / ``"llada_v"``. ``--preset micro|tiny|small`` sizes both sections.
 
+LLaVA section
+=============
+
+A random-weight LLaVA-1.5 checkpoint in Hugging Face format (:func:`vtp_jax.testbed.hf_llava.write_random_llava`).
 Everything happens in one process and one run:
 
 1. Build the checkpoint (preset ``tiny`` by default: CLIP 4 layers × 256 hidden at 224 px / patch 14 → 256 visual
@@ -51,6 +56,45 @@ Analytic FLOPs of the prefill (one multiply-add = 2 FLOPs; batch B, every produc
 
 Targets (reported PASS / MISS): decode tokens/s jax none / torch ≥ 3×; prefill speed-up of FastV keep 25 % over
 jax none ≥ 1.5×.
+
+LLaDA-V section
+===============
+
+A config where visual tokens dominate the sequence (preset ``tiny``: SigLIP-style tower 4 layers × 192 on 96 px tiles,
+patch 8 → 144 features per tile; a 300 × 451 image → anyres 2×2 grid + base tile, unpadded, with newlines → 544
+visual tokens; LLaDA decoder 6 layers × 320 hidden, 5 heads, MLP 864, vocab 512). Prompt ``bos`` + 5 text ids +
+N_v image placeholders + 8 text ids (558 tokens), batch 1, random pixel values [1, 5, 3, 96, 96].
+
+1. The PyTorch reference :class:`vtp_jax.testbed.torch_llada_v.Reference` (transformers SigLIP + LLaVA-OneVision
+   packing + a bidirectional ``LlamaModel``; ``--torch-attn``, default sdpa) is built with random weights (torch
+   seed 0) and its tensors are written as a LLaDA-V checkpoint (LLaDA-V names, config, tokenizer, image processor;
+   :func:`~vtp_jax.testbed.torch_llada_v.write_reference_checkpoint`), converted and loaded: both sides run the SAME
+   weights. (With ``--no-torch``, random numpy weights from :mod:`vtp_jax.testbed.hf_llada_v`.)
+2. RedVTP's evaluation settings, gen_length / steps = 32 / 16 (block 32) and 2 / 2 (block 2); greedy,
+   low-confidence remasking; LLaDA-V's suppressed ids (EOS, BOS, header ids) on both sides.
+3. Variants per setting: ``torch`` (LLaDA's ``generate`` loop, :func:`vtp_jax.testbed.torch_llada_v.generate`: the
+   whole sequence recomputed at every step, logits of every position), ``jax none`` (``DiffusionGenerator``),
+   ``jax redvtp-50`` / ``jax redvtp-25`` (RedVTP keep ``max(1, int(N_v · r))``, r = 0.5 / 0.25, scored at the first
+   step, every later step on the compacted sequence). Warm-up as above (jax compiles there; ``compile s`` is the
+   first call's wall time), then interleaved timed runs, medians.
+
+Measurements: **latency ms** — wall time of one whole generation: vision + projector + packing once, then every
+denoising step (jax: ``DiffusionOutput.latency_s`` = encode + denoise, each ended by a device sync; torch: the
+``generate`` call). **tokens/s** = gen_length / latency (batch 1; every position is decoded whatever the answer's
+length). **gain** = tokens/s over jax none − 1 (+x %). **×torch** = tokens/s over torch's. Greedy tokens of torch and
+jax none are compared position by position (sanity check that both compute the same model). A time split of the jax
+variants (encode / first step / the other steps, each synchronised, :data:`BREAKDOWN_RUNS` extra runs) shows where
+the time goes.
+
+Analytic FLOPs of one generation (:func:`diffusion_flops`): vision (patch embedding + the stored SigLIP layers,
+``2·S·(4·D_v² + 2·D_v·F_v) + 4·S²·D_v`` per layer and tile, S = p² positions, no class token) + projector
+(``2·S·(D_v·D + D·D)`` per tile) once; then per step ``L · layer(T) + 2·D·V·R`` with ``layer(T)`` as in the LLaVA
+section (dense bidirectional T×T attention), T = prompt + gen_length (RedVTP: T − N_v + keep after the first step)
+and R = gen_length logit rows (torch: R = T, and one more SigLIP layer). The FLOP ratio jax none / variant is the
+throughput gain that FLOPs alone would give.
+
+Target (PASS / MISS): token-throughput gain of RedVTP keep 50 % over jax none at 32 / 16 ≥ +100 % (the RedVTP paper
+reports up to +186 % on LLaDA-V-8B).
 """
 
 from __future__ import annotations
@@ -269,6 +313,463 @@ class TorchRunner:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# LLaDA-V (masked diffusion, RedVTP)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Keys are tiny_llada_v_config's keyword arguments; "image" is the (height, width) of the benchmark image, which picks
+# the anyres grid and so N_v.
+LLADA_V_PRESETS: dict[str, dict[str, Any]] = {
+    # For the smoke test: 32 px tiles / patch 8 → 16 features per tile, 2×2 grid; 2 × 64 decoder.
+    "micro": dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=4, vision_mlp=64,
+                  text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=4, text_mlp=128, vocab_size=320,
+                  max_position_embeddings=512, max_grid=2, max_num_patches=4, image=(50, 90)),
+    # Default (= the demo's part B on its photograph's size): SigLIP-style 4 × 192 on 96 px tiles / patch 8 → 144
+    # features per tile; a 300 × 451 image picks the 2×2 grid → 144 + 16·(24 + 1) = 544 visual tokens, ~92 % of the
+    # sequence; LLaDA decoder 6 layers × 320 hidden (5 heads, MLP 864, vocab 512).
+    "tiny": dict(image_size=96, patch_size=8, vision_hidden=192, vision_layers=4, vision_heads=4, vision_mlp=768,
+                 text_hidden=320, text_layers=6, text_heads=5, text_kv_heads=5, text_mlp=864, vocab_size=512,
+                 max_position_embeddings=1024, max_grid=2, max_num_patches=4, image=(300, 451)),
+    # Larger: 128 px tiles / patch 8 → 256 features per tile, ~950 visual tokens; decoder 8 layers × 512.
+    "small": dict(image_size=128, patch_size=8, vision_hidden=256, vision_layers=6, vision_heads=4, vision_mlp=1024,
+                  text_hidden=512, text_layers=8, text_heads=8, text_kv_heads=8, text_mlp=1376, vocab_size=1024,
+                  max_position_embeddings=2048, max_grid=2, max_num_patches=4, image=(400, 602)),
+}
+# RedVTP's evaluation settings: (gen_length, steps, block_length).
+LLADA_V_SETTINGS = ((32, 16, 32), (2, 2, 2))
+REDVTP_KEEPS = ((50, 0.5), (25, 0.25))  # (label %, keep ratio; keep = max(1, int(N_v · ratio)) as in RedVTP's code)
+TARGET_REDVTP50_GAIN = 1.0  # token-throughput gain of RedVTP keep 50 % over jax none at 32/16: ≥ +100 %
+BREAKDOWN_RUNS = 3  # extra runs per jax variant that time the encode / first step / later steps separately
+
+
+def _setting_name(gen_length: int, steps: int, block_length: int) -> str:
+    return f"{gen_length}/{steps}"
+
+
+def diffusion_step_flops(text, tokens: int, logits_rows: int) -> int:
+    """FLOPs of one denoising step (batch 1): every decoder layer over ``tokens`` positions + the LM head on
+    ``logits_rows`` positions (jax: the response only; LLaDA's loop: every position)."""
+    return text.num_hidden_layers * llm_layer_flops(text, tokens) + 2 * logits_rows * text.hidden_size * text.vocab_size
+
+
+def llada_vision_flops(cfg, num_tiles: int, extra_layers: int = 0) -> int:
+    """FLOPs of the SigLIP tower (patch embedding + the stored layers, ``+ extra_layers``) and the ``mlp2x_gelu``
+    projector over ``num_tiles`` tiles (batch 1). SigLIP has no class token: S = N_p positions per tile."""
+    v = cfg.vision
+    n_p = cfg.tokens_per_tile
+    d = cfg.text.hidden_size
+    patch = 2 * n_p * v.num_channels * v.patch_size**2 * v.hidden_size
+    per_layer = 2 * n_p * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * n_p**2 * v.hidden_size
+    proj = 2 * n_p * (v.hidden_size * len(cfg.vision_feature_layer) * d + d * d)
+    return num_tiles * (patch + (v.num_hidden_layers + extra_layers) * per_layer + proj)
+
+
+def diffusion_flops(cfg, *, prompt_len: int, num_visual: int, num_tiles: int, gen_length: int, steps: int,
+                    keep: int | None = None, reference: bool = False) -> int:
+    """Analytic FLOPs of one generation (batch 1): vision + projector once, then ``steps`` denoising steps over
+    ``prompt_len + gen_length`` positions; with RedVTP (``keep``) the first step runs at full length and the other
+    ``steps − 1`` over ``prompt_len − N_v + keep + gen_length`` (its probe and top-k are O(T·D), ignored).
+    ``reference=True`` counts what the PyTorch loop computes instead: one more SigLIP layer (transformers runs the
+    layer LLaDA-V deletes) and logits of every position."""
+    text = cfg.text
+    full = prompt_len + gen_length
+    rows = (lambda t: t) if reference else (lambda t: gen_length)
+    vision = llada_vision_flops(cfg, num_tiles, extra_layers=1 if reference else 0)
+    if keep is None:
+        return vision + steps * diffusion_step_flops(text, full, rows(full))
+    short = full - num_visual + keep
+    return vision + diffusion_step_flops(text, full, rows(full)) + (steps - 1) * diffusion_step_flops(text, short,
+                                                                                                       rows(short))
+
+
+def make_llada_inputs(model, image_hw: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+    """Fixed batch-1 prompt ``bos`` + 5 text ids + N_v image placeholders + 8 text ids (int64 [1, P]), mask ones,
+    random pixel values float32 [1, n_tiles, 3, S, S] ~ N(0, 1) for an image of (height, width) ``image_hw``."""
+    from vtp_jax.testbed.hf_llada_v import BOS_ID, SPECIAL_TOKENS
+
+    cfg = model.cfg
+    layout = model.layout(image_hw)
+    n_v = layout.num_tokens
+    rng = np.random.default_rng(seed)
+    text = rng.integers(len(SPECIAL_TOKENS), cfg.text.vocab_size, size=PREFIX_TEXT + SUFFIX_TEXT)
+    row = [BOS_ID] + text[:PREFIX_TEXT].tolist() + [cfg.image_token_id] * n_v + text[PREFIX_TEXT:].tolist()
+    ids = np.asarray([row], np.int64)
+    s = cfg.vision.image_size
+    pixels = rng.standard_normal((1, layout.num_tiles, cfg.vision.num_channels, s, s)).astype(np.float32)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "pixel_values": pixels,
+            "image_size": tuple(int(v) for v in image_hw), "num_visual": n_v, "num_tiles": layout.num_tiles,
+            "grid": layout.grid}
+
+
+class JaxDiffusionRunner:
+    """vtp_jax ``DiffusionGenerator`` (greedy) for one setting and one method (None = unpruned)."""
+
+    def __init__(self, model, dcfg, method, inputs: dict):
+        from vtp_jax.generation.diffusion import DiffusionGenerator
+
+        self.gen = DiffusionGenerator(model, dcfg, method)
+        self.dcfg, self.inputs = dcfg, inputs
+        self.image_inputs = {"pixel_values": inputs["pixel_values"], "image_size": inputs["image_size"]}
+        self.compile_s: float | None = None  # wall time of the first call (compilation + one run), seconds
+        self.last_tokens: np.ndarray | None = None
+        self.kept: int | None = None
+
+    def run(self) -> dict:
+        out = self.gen.generate(self.inputs["input_ids"], self.inputs["attention_mask"], self.image_inputs,
+                                temperature=0.0)
+        if out.tokens.shape != (1, self.dcfg.gen_length) or (out.tokens == self.dcfg.mask_id).any():
+            raise RuntimeError(f"jax run left masked positions or returned shape {out.tokens.shape}")
+        self.last_tokens, self.kept = np.asarray(out.tokens), int(out.kept.shape[1])
+        return {"latency_s": out.latency_s, "encode_s": out.encode_s, "denoise_s": out.denoise_s,
+                "tokens_per_s": out.tokens_per_s}
+
+    def warmup(self) -> None:
+        t0 = time.perf_counter()
+        self.run()
+        if self.compile_s is None:
+            self.compile_s = time.perf_counter() - t0
+
+    def breakdown(self) -> dict:
+        """One generation through the generator's three jitted functions, synchronised after each: seconds of the
+        encode (vision + merge), the first denoising step (with RedVTP: scoring and compaction) and the other steps."""
+        import jax
+        import jax.numpy as jnp
+
+        gen, x = self.gen, self.inputs
+        arrays = {"pixel_values": jnp.asarray(x["pixel_values"])}
+        static = (("image_size", x["image_size"]),)
+        t0 = time.perf_counter()
+        prompt = gen.encode(gen.state, jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["attention_mask"]),
+                            arrays, static=static)
+        jax.block_until_ready(prompt.h)
+        t1 = time.perf_counter()
+        x_gen, counts, key, prompt, _ = gen.first_step(gen.state, prompt, jax.random.key(0), temperature=0.0,
+                                                       num_visual=x["num_visual"])
+        jax.block_until_ready(x_gen)
+        t2 = time.perf_counter()
+        jax.block_until_ready(gen.denoise(gen.state, prompt, x_gen, counts, key, temperature=0.0))
+        t3 = time.perf_counter()
+        return {"encode_s": t1 - t0, "first_step_s": t2 - t1, "later_steps_s": t3 - t2}
+
+
+class TorchDiffusionRunner:
+    """The PyTorch reference (:class:`vtp_jax.testbed.torch_llada_v.Reference`, fp32, eval) sampled with LLaDA's loop
+    (:func:`vtp_jax.testbed.torch_llada_v.generate`, greedy): latency = wall time of the whole call (vision, every
+    step recomputing the full sequence)."""
+
+    def __init__(self, ref, dcfg, inputs: dict):
+        from vtp_jax.testbed.torch_llada_v import generate
+
+        self.ref, self.dcfg, self.inputs, self.generate = ref, dcfg, inputs, generate
+        self.last_tokens: np.ndarray | None = None
+
+    def run(self) -> dict:
+        d, x = self.dcfg, self.inputs
+        t0 = time.perf_counter()
+        seq = self.generate(self.ref, x["input_ids"], x["attention_mask"], x["pixel_values"], [x["image_size"]],
+                            d.gen_length, d.steps, d.block_length, d.remasking, 0.0, mask_id=d.mask_id,
+                            suppress_ids=d.suppress_ids)
+        latency = time.perf_counter() - t0
+        tokens = seq[:, x["input_ids"].shape[1]:].numpy()
+        if tokens.shape != (1, d.gen_length) or (tokens == d.mask_id).any():
+            raise RuntimeError(f"torch run left masked positions or returned shape {tokens.shape}")
+        self.last_tokens = tokens
+        return {"latency_s": latency, "tokens_per_s": tokens.size / latency}
+
+    def warmup(self) -> None:
+        self.run()
+
+
+def _agreement(a: np.ndarray | None, b: np.ndarray | None) -> int | None:
+    """Leading positions where two greedy outputs [1, G] agree (G = all of them)."""
+    if a is None or b is None:
+        return None
+    same = (a == b).all(axis=0)
+    return int(same.size) if same.all() else int(np.argmin(same))
+
+
+def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Runs the LLaDA-V section and returns its JSON-able report (see the module docstring for units)."""
+    import jax
+
+    from convert import convert
+    from vtp_jax.checkpoint import load
+    from vtp_jax.generation.diffusion import DiffusionConfig
+    from vtp_jax.pruning import resolve_keep
+    from vtp_jax.pruning.redvtp import RedVTP
+    from vtp_jax.testbed.hf_llada_v import SUPPRESS_IDS, tiny_llada_v_config
+
+    if args.runs < 1 or args.warmup < 0:
+        raise BenchError("need --runs ≥ 1, --warmup ≥ 0")
+    load_start = _loadavg()
+    probe = ForeignLoad()
+    time.sleep(1.0)
+    busy_before = probe.share()
+    preset = dict(LLADA_V_PRESETS[args.preset])
+    image_hw = tuple(preset.pop("image"))
+    hf_config = tiny_llada_v_config(**preset)
+
+    log("-" * 100)
+    log("LLaDA-V (masked diffusion): PyTorch reference (LLaDA's loop) vs vtp_jax, unpruned and RedVTP")
+    log("-" * 100)
+    _warn_busy(busy_before, log)
+    report: dict[str, Any] = {"preset": args.preset, "model": preset, "image_size": list(image_hw)}
+
+    torch_skip, ref = None, None
+    if args.no_torch:
+        torch_skip = "--no-torch"
+    else:
+        try:
+            import torch
+
+            from vtp_jax.testbed.torch_llada_v import Reference
+        except ImportError as e:
+            torch_skip = f"torch / transformers unavailable: {e}"
+            log(f"WARNING: skipping the PyTorch reference ({torch_skip})")
+        else:
+            if args.torch_threads is not None:
+                torch.set_num_threads(args.torch_threads)
+            ref = Reference(hf_config, seed=0, attn_implementation=args.torch_attn)
+
+    with tempfile.TemporaryDirectory(prefix="vtp-bench-llada-") as workdir:
+        hf_dir, jax_dir = os.path.join(workdir, "hf"), os.path.join(workdir, "converted")
+        times = {}
+        t0 = time.perf_counter()
+        if ref is not None:  # the reference's own weights: both sides run the same model
+            from vtp_jax.testbed.torch_llada_v import write_reference_checkpoint
+
+            write_reference_checkpoint(ref, hf_dir)
+            weights = "the PyTorch reference's random weights (torch seed 0), exported under LLaDA-V names"
+        else:
+            from vtp_jax.testbed.hf_llada_v import write_random_llada_v
+
+            write_random_llada_v(hf_dir, hf_config, seed=0)
+            weights = "random numpy weights (build_tiny_llada_v)"
+        times["write_hf_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        convert(hf_dir, jax_dir, dtype="float32", progress=False)
+        times["convert_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model, cfg, _meta = load(jax_dir)
+        times["load_s"] = time.perf_counter() - t0
+        log(f"checkpoint: wrote {weights} in {times['write_hf_s']:.1f} s, converted in {times['convert_s']:.1f} s, "
+            f"loaded in {times['load_s']:.1f} s")
+    report["checkpoint"] = {**times, "weights": weights}
+
+    inputs = make_llada_inputs(model, image_hw)
+    n_v, prompt_len, n_tiles = inputs["num_visual"], inputs["input_ids"].shape[1], inputs["num_tiles"]
+    max_gen = max(g for g, _, _ in LLADA_V_SETTINGS)
+    if prompt_len + max_gen > cfg.text.max_position_embeddings:
+        raise BenchError(f"prompt ({prompt_len}) + gen_length ({max_gen}) exceeds max positions")
+    keeps: dict[str, int | None] = {"jax none": None}
+    for label, ratio in REDVTP_KEEPS:
+        keeps[f"jax redvtp-{label}"] = resolve_keep(n_v, None, ratio, rounding="floor")
+    device = jax.devices()[0]
+    report["env"] = {
+        "jax_version": jax.__version__, "platform": device.platform, "device_kind": device.device_kind,
+        "jax_device_count": jax.device_count(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "machine": platform.machine(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "loadavg_start": load_start, "foreign_cpu_share_before": busy_before,
+    }
+    if ref is not None:
+        report["env"].update({"torch_version": torch.__version__, "torch_num_threads": torch.get_num_threads(),
+                              "torch_attn_implementation": args.torch_attn})
+    v, t = cfg.vision, cfg.text
+    report["settings"] = {
+        "runs": args.runs, "warmup": args.warmup, "batch": 1, "prompt_len": prompt_len, "num_visual_tokens": n_v,
+        "num_tiles": n_tiles, "grid": list(inputs["grid"]), "tokens_per_tile": cfg.tokens_per_tile,
+        "visual_fraction": {_setting_name(*s): n_v / (prompt_len + s[0]) for s in LLADA_V_SETTINGS},
+        "diffusion": [{"gen_length": g, "steps": st, "block_length": bl, "remasking": "low_confidence",
+                       "temperature": 0.0} for g, st, bl in LLADA_V_SETTINGS],
+        "keep": {name: (n_v if k is None else k) for name, k in keeps.items()},
+    }
+    log(f"model: SigLIP {v.num_hidden_layers}L×{v.hidden_size} @ {v.image_size}px/{v.patch_size} "
+        f"({cfg.tokens_per_tile} features per tile); image {image_hw[0]}×{image_hw[1]} → grid "
+        f"{inputs['grid'][0]}×{inputs['grid'][1]} + base tile → {n_v} visual tokens; LLaDA {t.num_hidden_layers}L×"
+        f"{t.hidden_size} ({t.num_attention_heads} heads, MLP {t.intermediate_size}, vocab {t.vocab_size})")
+    log(f"prompt: {prompt_len} tokens ({n_v} visual), batch 1; settings gen_length/steps "
+        + ", ".join(f"{g}/{st} (block {bl})" for g, st, bl in LLADA_V_SETTINGS)
+        + f"; {args.warmup} warm-up + {args.runs} timed runs per variant")
+
+    # Runners per setting: torch first when present.
+    runners: dict[str, dict[str, Any]] = {}
+    dcfgs = {}
+    for g, st, bl in LLADA_V_SETTINGS:
+        sname = _setting_name(g, st, bl)
+        dcfg = DiffusionConfig(gen_length=g, block_length=bl, steps=st, mask_id=int(cfg.mask_token_id),
+                               suppress_ids=tuple(i for i in SUPPRESS_IDS if i != cfg.mask_token_id))
+        dcfgs[sname] = dcfg
+        runners[sname] = {}
+        if ref is not None:
+            runners[sname]["torch"] = TorchDiffusionRunner(ref, dcfg, inputs)
+        for name, keep in keeps.items():
+            runners[sname][name] = JaxDiffusionRunner(model, dcfg, None if keep is None else RedVTP(keep=keep),
+                                                      inputs)
+
+    for sname, variants in runners.items():
+        for name, runner in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(max(args.warmup, 1 if isinstance(runner, JaxDiffusionRunner) else 0)):
+                runner.warmup()
+            log(f"warm-up {sname} {name}: {time.perf_counter() - t0:.1f} s")
+    raw: dict[str, dict[str, list[dict]]] = {s: {n: [] for n in v} for s, v in runners.items()}
+    during = ForeignLoad()
+    for r in range(args.runs):
+        for sname, variants in runners.items():
+            for name, runner in variants.items():
+                raw[sname][name].append(runner.run())
+        if not args.quiet:
+            log(f"run {r + 1}/{args.runs} done")
+    foreign_runs = during.share()
+    breakdown: dict[str, dict[str, dict]] = {}
+    for sname, variants in runners.items():
+        breakdown[sname] = {}
+        for name, runner in variants.items():
+            if isinstance(runner, JaxDiffusionRunner):
+                parts = [runner.breakdown() for _ in range(min(BREAKDOWN_RUNS, args.runs))]
+                steps = dcfgs[sname].steps
+                breakdown[sname][name] = {
+                    "encode_ms": 1e3 * _median([p["encode_s"] for p in parts]),
+                    "first_step_ms": 1e3 * _median([p["first_step_s"] for p in parts]),
+                    "later_steps_ms": 1e3 * _median([p["later_steps_s"] for p in parts]),
+                    "later_step_ms_each": (1e3 * _median([p["later_steps_s"] for p in parts]) / (steps - 1)
+                                           if steps > 1 else None),
+                    "runs": len(parts),
+                }
+    report["env"]["loadavg_end"] = _loadavg()
+    report["env"]["foreign_cpu_share_during_runs"] = foreign_runs
+    report["raw_runs"] = raw
+    report["time_split_ms"] = breakdown
+
+    # Aggregate per setting.
+    sections: dict[str, dict] = {}
+    flops_vision = llada_vision_flops(cfg, n_tiles)
+    for (g, st, bl), (sname, variants) in zip(LLADA_V_SETTINGS, runners.items()):
+        rows: dict[str, dict] = {}
+        for name, runs in raw[sname].items():
+            runner = variants[name]
+            keep = keeps.get(name)
+            lat = [x["latency_s"] for x in runs]
+            fl = diffusion_flops(cfg, prompt_len=prompt_len, num_visual=n_v, num_tiles=n_tiles, gen_length=g,
+                                 steps=st, keep=keep, reference=name == "torch")
+            rows[name] = {
+                "visual_tokens_kept": n_v if keep is None else keep,
+                "seq_len_after_pruning": prompt_len + g - (0 if keep is None else n_v - keep),
+                "latency_ms": 1e3 * _median(lat),
+                "latency_ms_min": 1e3 * min(lat),
+                "latency_ms_runs": [1e3 * x for x in lat],
+                "tokens_per_s": g / _median(lat),
+                "tokens_per_s_max": g / min(lat),
+                "encode_ms": (1e3 * _median([x["encode_s"] for x in runs]) if "encode_s" in runs[0] else None),
+                "denoise_ms": (1e3 * _median([x["denoise_s"] for x in runs]) if "denoise_s" in runs[0] else None),
+                "flops": fl,
+                "compile_s": getattr(runner, "compile_s", None),
+            }
+        base = rows["jax none"]
+        torch_row = rows.get("torch")
+        for name, row in rows.items():
+            tps_ratio = _ratio(row["tokens_per_s"], base["tokens_per_s"])
+            row["throughput_gain_vs_jax_none"] = None if tps_ratio is None else tps_ratio - 1.0
+            best = _ratio(row["tokens_per_s_max"], base["tokens_per_s_max"])
+            row["throughput_gain_vs_jax_none_best_of_runs"] = None if best is None else best - 1.0
+            row["x_torch"] = _ratio(row["tokens_per_s"], torch_row["tokens_per_s"]) if torch_row else None
+            row["flop_ratio_vs_jax_none"] = _ratio(base["flops"], row["flops"])
+        agree = _agreement(variants["torch"].last_tokens, variants["jax none"].last_tokens) if torch_row else None
+        sections[sname] = {
+            "gen_length": g, "steps": st, "block_length": bl, "rows": rows,
+            "flops": {"vision_and_projector": flops_vision, **{n: r["flops"] for n, r in rows.items()}},
+            "torch_jax_greedy_agreement_tokens": agree,
+            "torch_jax_agree": None if agree is None else agree == g,
+            "torch_tokens": None if not torch_row else variants["torch"].last_tokens[0].tolist(),
+            "jax_tokens": variants["jax none"].last_tokens[0].tolist(),
+        }
+    report["sections"] = sections
+    report["torch_skipped"] = torch_skip
+    first = _setting_name(*LLADA_V_SETTINGS[0])
+    main_rows = sections[first]["rows"]
+    r50 = main_rows["jax redvtp-50"]
+    reliable = foreign_runs is None or foreign_runs <= FOREIGN_LOAD_WARN
+    gain = r50["throughput_gain_vs_jax_none"]
+    report["targets"] = {
+        "reliable": reliable,
+        "redvtp50_throughput_gain": {
+            "setting": first, "value": gain, "value_best_of_runs": r50["throughput_gain_vs_jax_none_best_of_runs"],
+            "target": TARGET_REDVTP50_GAIN, "flop_ratio": r50["flop_ratio_vs_jax_none"],
+            "status": "PASS" if gain >= TARGET_REDVTP50_GAIN else "MISS",
+        },
+        "torch_jax_agree": sections[first]["torch_jax_agree"],
+    }
+    return report
+
+
+def _gain(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.0f}%"
+
+
+def format_llada_v(report: dict) -> str:
+    """The LLaDA-V section's tables and target line."""
+    env, s = report["env"], report["settings"]
+    lines = ["", "LLaDA-V — masked diffusion, RedVTP (PyTorch reference vs vtp_jax)", "=" * 100,
+             f"jax {env['jax_version']} · device {env['platform']} ({env['device_kind']}) · {env['cpu_count']} CPUs"
+             + (f" · torch {env['torch_version']} ({env['torch_num_threads']} threads, "
+                f"{env['torch_attn_implementation']} attention)" if "torch_version" in env else ""),
+             f"prompt {s['prompt_len']} tokens ({s['num_visual_tokens']} visual: {s['num_tiles']} tiles × "
+             f"{s['tokens_per_tile']} features, grid {s['grid'][0]}×{s['grid'][1]}, unpadded + newlines) × batch 1, "
+             f"greedy low-confidence remasking, medians of {s['runs']} runs",
+             f"CPU share used by other processes: {_fmt(_pct(env.get('foreign_cpu_share_before')), '.0f', ' %')} "
+             f"just before, {_fmt(_pct(env.get('foreign_cpu_share_during_runs')), '.0f', ' %')} during the timed runs"
+             f" (1-min load average {_fmt(env.get('loadavg_start'), '.2f')} → {_fmt(env.get('loadavg_end'), '.2f')})"]
+    if (env.get("foreign_cpu_share_during_runs") or 0.0) > FOREIGN_LOAD_WARN:
+        lines.append("WARNING: other processes competed for the CPUs during the timed runs; the timings (torch's "
+                     "above all) are not representative of an idle machine and PASS / MISS is unreliable")
+    header = (f"{'variant':<15}{'kept':>6}{'seq':>6}{'latency ms':>12}{'tokens/s':>10}{'gain':>8}{'×torch':>8}"
+              f"{'GFLOP':>8}{'FLOP ×':>8}{'encode ms':>11}{'compile s':>11}")
+    for sname, sec in report["sections"].items():
+        frac = s["visual_fraction"][sname]
+        lines += ["", f"gen_length/steps {sname} (block {sec['block_length']}); visual tokens are {100 * frac:.0f} % "
+                      f"of the {s['prompt_len'] + sec['gen_length']}-token sequence", header, "-" * len(header)]
+        for name, r in sec["rows"].items():
+            lines.append(
+                f"{name:<15}{r['visual_tokens_kept']:>6}{r['seq_len_after_pruning']:>6}{r['latency_ms']:>12.1f}"
+                f"{r['tokens_per_s']:>10.2f}{_gain(r['throughput_gain_vs_jax_none']):>8}"
+                f"{_fmt(r['x_torch'], '.2f', '×'):>8}{r['flops'] / 1e9:>8.2f}"
+                f"{_fmt(r['flop_ratio_vs_jax_none'], '.2f', '×'):>8}{_fmt(r['encode_ms'], '.1f'):>11}"
+                f"{_fmt(r['compile_s'], '.1f'):>11}")
+        split = report["time_split_ms"].get(sname, {})
+        if split:
+            lines.append("jax time split (separately synchronised runs): " + "; ".join(
+                f"{name.removeprefix('jax ')} encode {p['encode_ms']:.0f} + first step {p['first_step_ms']:.0f}"
+                + (f" + {sec['steps'] - 1} × {p['later_step_ms_each']:.0f}" if p["later_step_ms_each"] else "")
+                + " ms" for name, p in split.items()))
+        lines.append("best of runs: " + "; ".join(
+            f"{name} {r['latency_ms_min']:.0f} ms ({_gain(r['throughput_gain_vs_jax_none_best_of_runs'])})"
+            for name, r in sec["rows"].items()))
+        if sec["torch_jax_greedy_agreement_tokens"] is not None:
+            lines.append(f"greedy tokens torch vs jax none: first {sec['torch_jax_greedy_agreement_tokens']} of "
+                         f"{sec['gen_length']} identical"
+                         + (" (agree)" if sec["torch_jax_agree"] else " (DISAGREE)"))
+    lines.append("(tokens/s = gen_length / latency, latency = vision encoding + every denoising step; gain = token "
+                 "throughput over jax none; FLOP × = analytic FLOP ratio jax none / variant, the gain that FLOPs "
+                 "alone would give; torch's FLOPs include LLaDA's logits at every position and transformers' extra "
+                 "SigLIP layer)")
+    if report["torch_skipped"]:
+        lines.append(f"torch reference skipped: {report['torch_skipped']}")
+    t = report["targets"]["redvtp50_throughput_gain"]
+    mark = "" if report["targets"]["reliable"] else " (unreliable: CPUs shared with other processes)"
+    lines += ["",
+              f"RedVTP keep 50% token-throughput gain at {t['setting']}: {_gain(t['value']):>6}  "
+              f"(target ≥ {_gain(t['target'])})  {t['status']}{mark}   [best of runs: "
+              f"{_gain(t['value_best_of_runs'])}; FLOP bound: {_gain(t['flop_ratio'] - 1.0)}]",
+              ""]
+    return "\n".join(lines)
+
+
+def _warn_busy(busy_before: float | None, log: Callable[[str], None]) -> None:
+    if (busy_before or 0.0) > FOREIGN_LOAD_WARN:
+        log(f"WARNING: other processes used {100 * busy_before:.0f} % of the CPUs in the second before this section: "
+            "timings will be noisy (torch's multi-threaded ops most of all)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -276,18 +777,25 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtp-bench", description=__doc__.splitlines()[0].split(": ", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=RANDOM_WEIGHTS_NOTE + ".")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
+    p.add_argument("--family", choices=["llava", "llada_v", "all"], default="all",
+                   help="which section(s) to run: LLaVA (FastV), LLaDA-V (RedVTP) or both (default all)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="model sizes of every section (default tiny)")
     for key in PRESETS["tiny"]:
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"override the preset's {key}")
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+                       help=f"override the LLaVA preset's {key}")
     p.add_argument("--runs", type=int, default=5, help="timed runs per variant; medians are reported (default 5)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed runs per variant before timing (≥ 1 for jax: the first call compiles; default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (the prompt repeated; default 1)")
-    p.add_argument("--fastv-layer", type=int, default=2, help="FastV decoder layer K (default 2)")
-    p.add_argument("--no-torch", action="store_true", help="skip the transformers / PyTorch baseline")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="LLaVA: tokens generated per run (default 32)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="LLaVA: batch size (the prompt repeated; default 1; LLaDA-V always runs batch 1)")
+    p.add_argument("--fastv-layer", type=int, default=2, help="LLaVA: FastV decoder layer K (default 2)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch.set_num_threads for the baseline (default: torch's own default, left untouched)")
+                   help="torch.set_num_threads for the baselines (default: torch's own default, left untouched)")
+    p.add_argument("--torch-attn", choices=["sdpa", "eager"], default="sdpa",
+                   help="LLaDA-V: attention of the PyTorch reference's decoder (default sdpa, as LLaDA's own code)")
     p.add_argument("--json", metavar="PATH", help="write every setting and measurement as JSON to PATH")
     p.add_argument("--quiet", action="store_true", help="print only the final report")
     return p
@@ -347,8 +855,8 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if x is None else format(x, spec) + suffix
 
 
-def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    """Runs the benchmark and returns the JSON-able report (see the module docstring for units)."""
+def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Runs the LLaVA section and returns its JSON-able report (see the module docstring for units)."""
     import jax
 
     from vtp_jax.checkpoint import load
@@ -371,14 +879,11 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
                          f"got {args.fastv_layer}")
     hf_config = tiny_llava_config(vision_feature_select_strategy="default", **model_kwargs)
 
-    log("=" * 100)
-    log(f"vtp-bench — {RANDOM_WEIGHTS_NOTE.upper()}")
-    log("=" * 100)
-    if (busy_before or 0.0) > FOREIGN_LOAD_WARN:
-        log(f"WARNING: other processes used {100 * busy_before:.0f} % of the CPUs in the second before the benchmark: "
-            "timings will be noisy (torch's multi-threaded ops most of all)")
-    report: dict[str, Any] = {"random_weights": True, "note": RANDOM_WEIGHTS_NOTE, "preset": args.preset,
-                              "model": model_kwargs}
+    log("-" * 100)
+    log("LLaVA (autoregressive): transformers vs vtp_jax, unpruned and FastV")
+    log("-" * 100)
+    _warn_busy(busy_before, log)
+    report: dict[str, Any] = {"preset": args.preset, "model": model_kwargs}
 
     with tempfile.TemporaryDirectory(prefix="vtp-bench-") as workdir:
         hf_dir, jax_dir, ck_times = build_checkpoint(workdir, hf_config, log)
@@ -514,10 +1019,36 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     return report
 
 
+def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Runs the sections that ``--family`` selects and returns the JSON-able report: ``{"random_weights": true,
+    "note", "families": [...], "llava": {...}, "llada_v": {...}}`` (a section is absent when not run)."""
+    families = ["llava", "llada_v"] if args.family == "all" else [args.family]
+    log("=" * 100)
+    log(f"vtp-bench — {RANDOM_WEIGHTS_NOTE.upper()}")
+    log("=" * 100)
+    report: dict[str, Any] = {"random_weights": True, "note": RANDOM_WEIGHTS_NOTE, "families": families}
+    for family in families:
+        t0 = time.perf_counter()
+        report[family] = (run_llava if family == "llava" else run_llada_v)(args, log)
+        report[family]["section_wall_s"] = time.perf_counter() - t0
+        log(f"{family} section: {report[family]['section_wall_s']:.0f} s")
+    return report
+
+
 def format_report(report: dict) -> str:
-    """The human-readable table and target lines."""
+    """The human-readable tables and target lines of every section that ran."""
+    parts = ["", "#" * 100, f"# {RANDOM_WEIGHTS_NOTE.upper()}", "#" * 100]
+    if "llava" in report:
+        parts.append(format_llava(report["llava"]))
+    if "llada_v" in report:
+        parts.append(format_llada_v(report["llada_v"]))
+    return "\n".join(parts)
+
+
+def format_llava(report: dict) -> str:
+    """The LLaVA section's table and target lines."""
     rows, env, s = report["rows"], report["env"], report["settings"]
-    lines = ["", "#" * 100, f"# {RANDOM_WEIGHTS_NOTE.upper()}", "#" * 100,
+    lines = ["", "LLaVA — autoregressive generation, FastV (transformers vs vtp_jax)", "=" * 100,
              f"jax {env['jax_version']} · device {env['platform']} ({env['device_kind']}) · {env['cpu_count']} CPUs"
              + (f" · torch {env['torch_version']} ({env['torch_num_threads']} threads)"
                 if "torch_version" in env else ""),

@@ -36,7 +36,8 @@ from vtp_jax.testbed import hf_llada_v
 
 torch = pytest.importorskip("torch")
 import transformers  # noqa: E402
-from transformers.models.llava_onevision import modeling_llava_onevision as hf_ov  # noqa: E402
+
+from vtp_jax.testbed.torch_llada_v import Reference  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -49,93 +50,7 @@ MAX_TILES = 5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# reference
-
-
-class Reference(torch.nn.Module):
-    """The PyTorch LLaDA-V stand-in (see module docstring)."""
-
-    def __init__(self, config: dict, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        vc = config["vision_config"]
-        self.config = config
-        self.siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
-            hidden_size=vc["hidden_size"], intermediate_size=vc["intermediate_size"],
-            num_hidden_layers=vc["num_hidden_layers"] + 1, num_attention_heads=vc["num_attention_heads"],
-            image_size=vc["image_size"], patch_size=vc["patch_size"], hidden_act="gelu_pytorch_tanh",
-            layer_norm_eps=vc["layer_norm_eps"], vision_use_head=False)).eval()
-        d = config["hidden_size"]
-        self.projector = torch.nn.Sequential(torch.nn.Linear(vc["hidden_size"], d), torch.nn.GELU(),
-                                             torch.nn.Linear(d, d))
-        self.image_newline = torch.nn.Parameter(torch.randn(d))
-        llama_cfg = transformers.LlamaConfig(
-            vocab_size=config["vocab_size"], hidden_size=d, intermediate_size=config["intermediate_size"],
-            num_hidden_layers=config["num_hidden_layers"], num_attention_heads=config["num_attention_heads"],
-            num_key_value_heads=config["num_key_value_heads"], rms_norm_eps=config["rms_norm_eps"],
-            max_position_embeddings=config["max_position_embeddings"],
-            rope_parameters={"rope_type": "default", "rope_theta": config["rope_theta"]})
-        llama_cfg._attn_implementation = "eager"
-        self.llama = transformers.LlamaModel(llama_cfg).eval()
-        for layer in self.llama.layers:
-            layer.self_attn.is_causal = False
-        self.lm_head = torch.nn.Linear(d, config["vocab_size"], bias=False)
-        with torch.no_grad():  # O(0.1) weights, non-trivial norm scales and biases: every tensor matters
-            for name, p in self.named_parameters():
-                is_norm = p.ndim == 1 and "norm" in name and name.endswith("weight")
-                p.copy_(1.0 + 0.1 * torch.randn_like(p) if is_norm else 0.1 * torch.randn_like(p))
-        self.eval()
-
-    # LLaDA-V's tensors: the tower without its last layer, projector, newline, LLM, head.
-    def llada_v_state(self) -> dict[str, np.ndarray]:
-        last = self.config["vision_config"]["num_hidden_layers"]  # index of the deleted layer
-        out = {}
-        for k, v in self.siglip.state_dict().items():
-            if f"encoder.layers.{last}." in k:
-                continue
-            k = k if k.startswith("vision_model.") else f"vision_model.{k}"  # transformers 5 dropped that level
-            out[f"model.vision_tower.vision_tower.{k}"] = v
-        for k, v in self.projector.state_dict().items():
-            out[f"model.mm_projector.{k}"] = v
-        out["model.image_newline"] = self.image_newline
-        for k, v in self.llama.state_dict().items():
-            out[f"model.{k}"] = v
-        out["lm_head.weight"] = self.lm_head.weight
-        return {k: v.detach().numpy().copy() for k, v in out.items()}
-
-    def tile_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.siglip(pixels, output_hidden_states=True).hidden_states
-        return self.projector(hidden[-2])
-
-    def image_features(self, pixel_values: torch.Tensor, image_sizes, max_num_patches: int) -> list[torch.Tensor]:
-        pins = self.config["image_grid_pinpoints"]
-        tile = self.config["vision_config"]["image_size"]
-        feats = []
-        for b, size in enumerate(image_sizes):
-            n = hf_ov.image_size_to_num_patches(list(size), pins, tile)
-            feats.append(self.tile_features(pixel_values[b, :n]))
-        cfg = types.SimpleNamespace(vision_config=types.SimpleNamespace(
-            image_size=tile, patch_size=self.config["vision_config"]["patch_size"]), image_grid_pinpoints=pins)
-        packed, _ = hf_ov.LlavaOnevisionModel.pack_image_features(
-            types.SimpleNamespace(config=cfg), feats, torch.tensor([list(s) for s in image_sizes]),
-            image_newline=self.image_newline, vision_aspect_ratio=f"anyres_max_{max_num_patches}")
-        return packed
-
-    def logits(self, ids: np.ndarray, mask: np.ndarray, visual: list[torch.Tensor], *, causal: bool = False):
-        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-        is_img = ids_t == self.config["image_token_index"]
-        emb = self.llama.embed_tokens(torch.where(is_img, 0, ids_t)).clone()
-        for b in range(ids.shape[0]):
-            emb[b, is_img[b]] = visual[b]
-        pos = (mask_t.cumsum(1) - 1).clamp(min=0)
-        if causal:  # control: transformers' default (causal) mask construction
-            h = self.llama(inputs_embeds=emb, attention_mask=mask_t, position_ids=pos).last_hidden_state
-        else:
-            t = ids.shape[1]
-            bias = torch.zeros(ids.shape[0], 1, t, t)
-            bias = bias.masked_fill(~mask_t.bool()[:, None, None, :], torch.finfo(torch.float32).min)
-            h = self.llama(inputs_embeds=emb, attention_mask=bias, position_ids=pos).last_hidden_state
-        return self.lm_head(h)
+# reference: vtp_jax.testbed.torch_llada_v.Reference (see the module docstring above)
 
 
 def abstract_model(cfg) -> LladaV:
