@@ -67,7 +67,9 @@ from typing import Any
 
 import numpy as np
 
-from vtp_jax.runtime import DEFAULT_KEEP_RATIO, FAMILY_STAGES, check_method_family, eos_token_ids
+from vtp_jax.runtime import (
+    DEFAULT_KEEP_RATIO, FAMILY_STAGES, add_sampler_arguments, check_method_family, eos_token_ids,
+)
 
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
 DEFAULT_RATIOS = "1.0,0.5,0.25,0.1"
@@ -99,21 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v; default 0.5)")
     p.add_argument("--layer", type=int, default=None, help="method option: layer K (FastV, LLaDA-FastV)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows")
-    r = p.add_mutually_exclusive_group()
-    r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
-                   help="renumber positions of kept tokens contiguously")
-    r.add_argument("--original-positions", dest="reindex", action="store_const", const=False,
-                   help="kept tokens keep their original positions")
-    a = p.add_argument_group("autoregressive (llava)")
-    a.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
-    a.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1.0)")
-    d = p.add_argument_group("masked diffusion (llada_v)")
-    d.add_argument("--gen-length", type=int, default=None, help="response length in tokens (default 32)")
-    d.add_argument("--steps", type=int, default=None, help="denoising steps in all (default 16)")
-    d.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen length)")
-    d.add_argument("--remasking", default=None, choices=["low_confidence", "random"], help="default low_confidence")
-    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one)")
     p.add_argument("--batch-size", type=int, default=8, help="most records per generation call (default 8)")
     p.add_argument("--warmup", type=int, default=1,

@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from vtp_jax.runtime import build_methods, check_method_family, check_positions, diffusion_config, eos_token_ids
+from vtp_jax.runtime import add_sampler_arguments, build_methods, check_method_family, check_positions, diffusion_config, eos_token_ids
 
 DIFFUSION_DEFAULTS = {"gen_length": 32, "steps": 16, "remasking": "low_confidence", "cfg": 0.0}
 AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
@@ -64,22 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cls-layer", type=int, default=None,
                    help="ToDRE pivot cls: vision layer of the class-token attention, HF hidden_states indexing "
                         "(default: the vision feature layer; -1: the tower's last layer)")
-    r = p.add_mutually_exclusive_group()
-    r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
-                   help="renumber positions of kept tokens contiguously (RedVTP default)")
-    r.add_argument("--original-positions", dest="reindex", action="store_const", const=False,
-                   help="kept tokens keep their original positions (FastV default)")
-    a = p.add_argument_group("autoregressive (llava)")
-    a.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
-    a.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1.0)")
-    d = p.add_argument_group("masked diffusion (llada_v)")
-    d.add_argument("--gen-length", type=int, default=None, help="response length in tokens (default 32)")
-    d.add_argument("--steps", type=int, default=None, help="denoising steps in all (default 16)")
-    d.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen length)")
-    d.add_argument("--remasking", default=None, choices=["low_confidence", "random"],
-                   help="which predictions to keep at each step (default low_confidence)")
-    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one: random)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
     p.add_argument("--runs", type=int, default=1, help="timed runs; timings are their medians")

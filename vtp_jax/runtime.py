@@ -148,3 +148,24 @@ def diffusion_config(
     )
     dcfg.validate()
     return dcfg
+
+
+def add_sampler_arguments(p) -> None:
+    """The flags ``vtp-generate`` and ``vtp-eval`` share: position handling of kept tokens, and the sampler
+    settings of each family (``None`` defaults are filled per family by ``vtp_jax.cli.family_flags``)."""
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
+                   help="renumber positions of kept tokens contiguously (RedVTP default)")
+    r.add_argument("--original-positions", dest="reindex", action="store_const", const=False,
+                   help="kept tokens keep their original positions (FastV default)")
+    a = p.add_argument_group("autoregressive (llava)")
+    a.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
+    a.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1.0)")
+    d = p.add_argument_group("masked diffusion (llada_v)")
+    d.add_argument("--gen-length", type=int, default=None, help="response length in tokens (default 32)")
+    d.add_argument("--steps", type=int, default=None, help="denoising steps in all (default 16)")
+    d.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen length)")
+    d.add_argument("--remasking", default=None, choices=["low_confidence", "random"],
+                   help="which predictions to keep at each step (default low_confidence)")
+    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
