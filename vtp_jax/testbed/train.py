@@ -327,13 +327,14 @@ class Encoder:
     Args:
       processor: :func:`vtp_jax.processing.load_processor` of a directory with the processor files.
       cfg: the model config (``vtp_jax.config``).
-      max_turns: most question turns per conversation (an optional description turn comes on top).
+      max_turns: most question turns per conversation.
+      describe: whether conversations may end with a description turn (room is made for it).
     """
 
-    def __init__(self, family: str, processor, cfg, max_turns: int = 1):
+    def __init__(self, family: str, processor, cfg, max_turns: int = 1, describe: bool = False):
         self.family, self.processor, self.cfg = family, processor, cfg
         self.tokenizer = processor.tokenizer
-        self.max_turns = max_turns
+        self.max_turns, self.describe = max_turns, describe
         s = shapes_image_size(cfg)
         self._dummy = shapes.render(shapes.Scene("noise", (), 0), s)
         if family == "llada_v":
@@ -438,14 +439,15 @@ class Encoder:
 
     @property
     def seq_len(self) -> int:
-        """Fixed training length (one compiled step): the longest first turn, ``max_turns − 1`` longest later question
-        turns and a description turn (LLaDA-V: the last response padded to MAX_RESPONSE), rounded up to 8."""
-        n = self.max_prompt + (self.max_turns - 1) * (self.max_user + self.max_answer)
-        if self.family == "llava":
-            n += self.max_answer + self.max_user + self.max_description
-        else:
-            n += self.max_answer + self.max_user + MAX_RESPONSE
-        return -(-n // 8) * 8
+        """Fixed training length (one compiled step), rounded up to 8: the longest first turn, ``max_turns − 1``
+        longest later question turns, a description turn if enabled; LLaDA-V: the last response padded to
+        MAX_RESPONSE."""
+        n = self.max_prompt + (self.max_turns - 1) * (self.max_user + self.max_answer)  # all but the last response
+        if self.describe:  # a last description turn
+            n += self.max_answer + self.max_user
+        last = MAX_RESPONSE if self.family == "llada_v" else (self.max_description if self.describe else
+                                                               self.max_answer)
+        return -(-(n + last) // 8) * 8
 
     # ---- arrays ----------------------------------------------------------------------------------------------
     def pixels(self, images) -> np.ndarray:
@@ -886,7 +888,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         with open(os.path.join(work, "config.json"), encoding="utf-8") as fh:
             cfg = config_from_hf(json.load(fh))
         processor = load_processor(work, cfg)
-        encoder = Encoder(family, processor, cfg, settings.max_turns)
+        encoder = Encoder(family, processor, cfg, settings.max_turns, settings.describe > 0)
         size = shapes_image_size(cfg)
         static = {}
         if family == "llada_v":
