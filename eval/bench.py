@@ -83,8 +83,8 @@ denoising step (jax: ``DiffusionOutput.latency_s`` = encode + denoise, each ende
 ``generate`` call). **tokens/s** = gen_length / latency (batch 1; every position is decoded whatever the answer's
 length). **gain** = tokens/s over jax none − 1 (+x %). **×torch** = tokens/s over torch's. Greedy tokens of torch and
 jax none are compared position by position (sanity check that both compute the same model). A time split of the jax
-variants (encode / first step / the other steps, each synchronised, :data:`BREAKDOWN_RUNS` extra runs) shows where
-the time goes.
+variants (encode / first step / the other steps, each synchronised; :data:`BREAKDOWN_RUNS` extra runs interleaved
+with the first timed rounds, so inside the same load window; medians) shows where the time goes.
 
 Analytic FLOPs of one generation (:func:`diffusion_flops`): vision (patch embedding + the stored SigLIP layers,
 ``2·S·(4·D_v² + 2·D_v·F_v) + 4·S²·D_v`` per layer and tile, S = p² positions, no class token) + projector
@@ -338,7 +338,7 @@ LLADA_V_PRESETS: dict[str, dict[str, Any]] = {
 LLADA_V_SETTINGS = ((32, 16, 32), (2, 2, 2))
 REDVTP_KEEPS = ((50, 0.5), (25, 0.25))  # (label %, keep ratio; keep = max(1, int(N_v · ratio)) as in RedVTP's code)
 TARGET_REDVTP50_GAIN = 1.0  # token-throughput gain of RedVTP keep 50 % over jax none at 32/16: ≥ +100 %
-BREAKDOWN_RUNS = 3  # extra runs per jax variant that time the encode / first step / later steps separately
+BREAKDOWN_RUNS = 3  # extra runs per jax variant (in the first timed rounds) that time encode / first step / the rest
 
 
 def _setting_name(gen_length: int, steps: int, block_length: int) -> str:
@@ -612,29 +612,33 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
                 runner.warmup()
             log(f"warm-up {sname} {name}: {time.perf_counter() - t0:.1f} s")
     raw: dict[str, dict[str, list[dict]]] = {s: {n: [] for n in v} for s, v in runners.items()}
+    split_raw: dict[str, dict[str, list[dict]]] = {
+        s: {n: [] for n, r in v.items() if isinstance(r, JaxDiffusionRunner)} for s, v in runners.items()}
     during = ForeignLoad()
     for r in range(args.runs):
         for sname, variants in runners.items():
             for name, runner in variants.items():
                 raw[sname][name].append(runner.run())
+        if r < BREAKDOWN_RUNS:  # the time split: extra runs in the same rounds (same load window), not reported above
+            for sname, variants in runners.items():
+                for name in split_raw[sname]:
+                    split_raw[sname][name].append(variants[name].breakdown())
         if not args.quiet:
             log(f"run {r + 1}/{args.runs} done")
     foreign_runs = during.share()
     breakdown: dict[str, dict[str, dict]] = {}
-    for sname, variants in runners.items():
+    for sname, per_variant in split_raw.items():
+        steps = dcfgs[sname].steps
         breakdown[sname] = {}
-        for name, runner in variants.items():
-            if isinstance(runner, JaxDiffusionRunner):
-                parts = [runner.breakdown() for _ in range(min(BREAKDOWN_RUNS, args.runs))]
-                steps = dcfgs[sname].steps
-                breakdown[sname][name] = {
-                    "encode_ms": 1e3 * _median([p["encode_s"] for p in parts]),
-                    "first_step_ms": 1e3 * _median([p["first_step_s"] for p in parts]),
-                    "later_steps_ms": 1e3 * _median([p["later_steps_s"] for p in parts]),
-                    "later_step_ms_each": (1e3 * _median([p["later_steps_s"] for p in parts]) / (steps - 1)
-                                           if steps > 1 else None),
-                    "runs": len(parts),
-                }
+        for name, parts in per_variant.items():
+            later = 1e3 * _median([p["later_steps_s"] for p in parts])
+            breakdown[sname][name] = {
+                "encode_ms": 1e3 * _median([p["encode_s"] for p in parts]),
+                "first_step_ms": 1e3 * _median([p["first_step_s"] for p in parts]),
+                "later_steps_ms": later,
+                "later_step_ms_each": later / (steps - 1) if steps > 1 else None,
+                "runs": len(parts),
+            }
     report["env"]["loadavg_end"] = _loadavg()
     report["env"]["foreign_cpu_share_during_runs"] = foreign_runs
     report["raw_runs"] = raw

@@ -61,6 +61,8 @@ from vtp_jax.testbed import shapes
 FAMILIES = ("llava", "llada_v")
 VOCAB_SIZE = 512
 CORPUS_REPEATS = 30  # weight of the shapes lines in the tokenizer corpus: makes every answer a single token
+# The plain text around the turns of both chat templates ("USER: … ASSISTANT:", LLaDA's role names and blank line).
+TEMPLATE_LINES = ("USER: ", " ASSISTANT:", "user\n\n", "assistant\n\n")
 MAX_RESPONSE = 32  # LLaDA-V: training response lengths are drawn from [len(answer<|eot_id|>), MAX_RESPONSE]
 MASK_EPS = 1e-3  # LLaDA: p_mask = (1 − ε) t + ε
 SUBSET_N = 24  # the fixed test subset (first SUBSET_N test examples) whose accuracy the tests check
@@ -133,12 +135,13 @@ def _family_module(family: str):
 @contextlib.contextmanager
 def _shapes_corpus():
     """While active, the built-in tokenizer corpus of :mod:`hf_llava` and :mod:`hf_llada_v` (``_corpus``, which their
-    ``train_tokenizer`` reads) is followed by ``CORPUS_REPEATS`` copies of :func:`shapes.corpus`."""
+    ``train_tokenizer`` reads) is followed by ``CORPUS_REPEATS`` copies of :func:`shapes.corpus` and of the chat
+    templates' plain-text scaffolding (:data:`TEMPLATE_LINES`)."""
     from vtp_jax.testbed import hf_llada_v, hf_llava
 
     saved = (hf_llava._corpus, hf_llada_v._corpus)
     builtin = hf_llava._corpus
-    extra = list(shapes.corpus())
+    extra = list(shapes.corpus()) + list(TEMPLATE_LINES)
 
     def corpus():
         yield from builtin()
@@ -503,13 +506,18 @@ class Encoder:
 
 
 def make_conversation(example, rng: np.random.Generator, max_turns: int, describe: float) -> Conversation:
-    """The example's question first, then up to ``max_turns − 1`` other questions about the same scene (one per
-    kind, random order), then — with probability ``describe`` — the description turn (last, so it cannot give
+    """The example's question first, then up to ``max_turns − 1`` other distinct questions about the same scene
+    (drawn with :func:`shapes.make_questions`, random order), then — with probability ``describe`` — the description turn (last, so it cannot give
     away the answers of the questions before it)."""
     turns = [(example.question, example.answer)]
-    others = [qa for qa in shapes.make_questions(example.scene, rng) if qa.kind != example.kind]
-    for j in rng.permutation(len(others))[: max_turns - 1]:
-        turns.append((others[j].question, others[j].answer))
+    others: dict[str, str] = {}
+    for _ in range(-(-max_turns // len(shapes.KINDS)) + 1):  # enough draws for max_turns distinct questions
+        for qa in shapes.make_questions(example.scene, rng):
+            if qa.question != example.question:
+                others.setdefault(qa.question, qa.answer)
+    questions = list(others)
+    for j in rng.permutation(len(questions))[: max_turns - 1]:
+        turns.append((questions[j], others[questions[j]]))
     if rng.random() < describe:
         turns.append((shapes.DESCRIBE, shapes.describe(example.scene)))
     return Conversation(example.image, tuple(turns))
@@ -687,10 +695,12 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
     """Stage 1: supervised pre-training of the vision tower. LLaVA's tower comes pretrained (CLIP); ours starts from
     scratch, so it gets a short stage of its own on the same synthetic scenes.
 
-    A temporary linear head reads the tower's features (the layer(s) the VLM uses), averaged over the patches of each
-    3 × 3-grid cell, and predicts the cell's shape and colour (or "empty"): cross-entropy, AdamW. Averaging makes
-    every patch of a cell carry the cell's content — what an attention read-out in the language model needs. The
-    head is discarded; the tower's parameters (shared with ``model``) are updated in place.
+    Temporary linear heads read the tower's features (the layer(s) the VLM uses): averaged over the patches of each
+    3 × 3-grid cell, they predict the cell's shape and colour (or "empty"); per patch, the row and column of the
+    patch's cell. Cross-entropy, AdamW. Averaging makes every patch of a cell carry the cell's content — what an
+    attention read-out in the language model needs —, and the position targets keep the coarse location in the
+    features themselves (the decoder's RoPE acts on queries and keys, not on the values it reads). The heads are
+    discarded; the tower's parameters (shared with ``model``) are updated in place.
 
     Returns (losses, accuracy on 128 validation images: shape and colour of occupied cells, "empty" of empty ones).
     """
@@ -711,19 +721,22 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
     k = 1 + len(shapes.SHAPES)
     n_out = k + 1 + len(shapes.COLOURS)
     drop_cls = vision.kind == "clip"
+    d_feat = vision.hidden_size * len(cfg.vision_feature_layer)
+    # the grid row and column of every patch's cell: int32 [grid², 2]
+    where = np.asarray([(i // g, j // g) for i in range(grid) for j in range(grid)], np.int32)
 
     class Probe(nnx.Module):
         def __init__(self, tower, rngs):
             self.tower = tower
-            self.head = linear(vision.hidden_size * len(cfg.vision_feature_layer), n_out, bias=True,
-                               dtype=jnp.float32, rngs=rngs)
+            self.head = linear(d_feat, n_out, bias=True, dtype=jnp.float32, rngs=rngs)
+            self.where = linear(d_feat, 2 * shapes.GRID, bias=True, dtype=jnp.float32, rngs=rngs)
 
         def __call__(self, pixels):
             feats = self.tower.features(pixels, cfg.vision_feature_layer)
             feats = feats[:, 1:] if drop_cls else feats
             b, d = feats.shape[0], feats.shape[-1]
             cells = feats.reshape(b, shapes.GRID, g, shapes.GRID, g, d).mean(axis=(2, 4)).reshape(b, -1, d)
-            return self.head(cells)
+            return self.head(cells), self.where(feats)
 
     probe = Probe(model.vision_tower, nnx.Rngs(settings.seed + 1))
     graphdef, params = nnx.split(probe)
@@ -732,10 +745,14 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
     opt_state = tx.init(params)
 
     def loss_fn(params, pixels, shape, colour):
-        logits = nnx.merge(graphdef, params)(pixels)
+        logits, pos = nnx.merge(graphdef, params)(pixels)
         ce_s = optax.softmax_cross_entropy_with_integer_labels(logits[..., :k], shape)
         ce_c = optax.softmax_cross_entropy_with_integer_labels(logits[..., k:], colour)
-        return jnp.mean(ce_s + ce_c)
+        row = jnp.broadcast_to(where[:, 0], pos.shape[:2])
+        col = jnp.broadcast_to(where[:, 1], pos.shape[:2])
+        ce_p = (optax.softmax_cross_entropy_with_integer_labels(pos[..., : shapes.GRID], row)
+                + optax.softmax_cross_entropy_with_integer_labels(pos[..., shapes.GRID:], col))
+        return jnp.mean(ce_s + ce_c) + jnp.mean(ce_p)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, pixels, shape, colour):
@@ -766,13 +783,15 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
 
     pixels, shape, colour = arrays([shapes.make_example("val", i, TEST_SEED, size=vision.image_size)
                                     for i in range(128)])
-    logits = np.asarray(jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, pixels))
+    logits, pos = (np.asarray(a) for a in jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, pixels))
     occupied = shape > 0
     pred_shape = np.argmax(logits[..., :k], -1)
     accuracy = {
         "shape": float(np.mean(pred_shape[occupied] == shape[occupied])),
         "colour": float(np.mean(np.argmax(logits[..., k:], -1)[occupied] == colour[occupied])),
         "empty": float(np.mean(pred_shape[~occupied] == 0)),
+        "patch_row_col": float(np.mean((np.argmax(pos[..., : shapes.GRID], -1) == where[:, 0])
+                                       & (np.argmax(pos[..., shapes.GRID:], -1) == where[:, 1]))),
     }
     print(f"[vision] cell accuracy on 128 val images: {accuracy}", file=sys.stderr)
     return losses, accuracy
