@@ -540,22 +540,13 @@ def shapes_image_marker() -> str:
 
 
 def diffusion_config(processor, cfg, settings: dict | None = None):
-    """The :class:`DiffusionConfig` ``vtp-generate`` would build for this checkpoint, with ``settings`` (default
-    :data:`GENERATION`["llada_v"]): suppress / stop ids looked up in the checkpoint's tokenizer."""
-    from vtp_jax.cli import LLADA_STOP_TOKENS, LLADA_SUPPRESS_TOKENS
-    from vtp_jax.generation.diffusion import DiffusionConfig
+    """The :class:`DiffusionConfig` ``vtp-generate`` would build for this checkpoint (:func:`runtime.diffusion_config`)
+    with ``settings`` (default :data:`GENERATION`["llada_v"])."""
+    from vtp_jax.runtime import diffusion_config as runtime_config
 
     s = {**GENERATION["llada_v"], **(settings or {})}
-    mask_id = int(cfg.mask_token_id)
-    suppress = tuple(i for i in processor.token_ids(LLADA_SUPPRESS_TOKENS) if i < cfg.text.vocab_size and i != mask_id)
-    stops = list(processor.token_ids(LLADA_STOP_TOKENS))
-    eos = processor.tokenizer.eos_token_id
-    if eos is not None and int(eos) not in stops:
-        stops.append(int(eos))
-    return DiffusionConfig(
-        gen_length=s["gen_length"], block_length=s["block_length"], steps=s["steps"], remasking=s["remasking"],
-        cfg=s["cfg"], mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
-    )
+    return runtime_config(cfg, processor, gen_length=s["gen_length"], block_length=s["block_length"],
+                          steps=s["steps"], remasking=s["remasking"], cfg_scale=s["cfg"])
 
 
 class Evaluator:
