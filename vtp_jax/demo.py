@@ -1,4 +1,16 @@
-"""``make demo``: the main job end to end on a real photograph.
+"""``make demo``: the main job end to end: a TRAINED testbed first, then the speed parts on a real photograph.
+
+Part 0 — the trained testbed (LLaVA architecture, TRAINED weights; printed first, skipped with a message when
+``testbed_models/llava_shapes`` is missing):
+0. Converts the shipped checkpoint ``testbed_models/llava_shapes`` (HF format, a tiny LLaVA trained by
+   ``vtp-train-testbed`` on the synthetic shapes VQA task of :mod:`vtp_jax.testbed.shapes`; its ``config.json``
+   ``vtp_testbed`` record holds the measured test accuracy, printed here) with ``vtp-convert``. Renders two test-split
+   images at the model's input size to PNG and asks each three of its questions (colour, count, location): the
+   expected answer, the answer unpruned, with ToDRE keeping 10% and with FastV keeping 25% of the visual tokens, and
+   the kept counts. The 18 answers run in one process through the same loader, processor, method builder and
+   generator as ``vtp-generate`` (one batch and one compilation per method; separate ``vtp-generate`` calls would
+   spend ~10 s each on start-up and compilation). Then one real ``vtp-generate`` call asks a question about the
+   photograph — out of distribution: the testbed has only ever seen synthetic shapes.
 
 Part A — LLaVA (autoregressive):
 1. Builds a small LLaVA-1.5-architecture checkpoint with RANDOM weights in real Hugging Face format
@@ -17,8 +29,8 @@ Part B — LLaDA-V (masked diffusion):
 5. Converts it with ``vtp-convert`` and runs ``vtp-generate`` unpruned and with ``--method redvtp`` (keep 50%),
    printing both outputs, the kept count, the token-throughput gain and the latency reduction.
 
-The weights are random: the generated text is meaningless by design; the point is the pipeline and the speed.
-Timings are medians of several runs after a warm-up (compilation excluded), on whatever CPU runs the demo.
+Parts A and B use random weights: their generated text is meaningless by design; the point is the pipeline and the
+speed. Timings are medians of several runs after a warm-up (compilation excluded), on whatever CPU runs the demo.
 """
 
 from __future__ import annotations
@@ -59,6 +71,114 @@ def _generate(jax_dir: str, image: str, prompt: str, extra: list[str]) -> dict:
     """One ``vtp-generate --json`` call → its result dict."""
     return json.loads(_run([_bin("vtp-generate"), "--model", jax_dir, "--image", image, "--prompt", prompt,
                             "--json", *extra]))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTBED = os.path.join(ROOT, "testbed_models", "llava_shapes")
+# Part 0: fixed test-split examples (seed 0) and the question kinds asked of each (in this order).
+TESTBED_EXAMPLES = (0, 1)
+TESTBED_KINDS = ("colour", "count", "location")
+# (label, --method, --keep-ratio)
+TESTBED_METHODS = (("unpruned", "none", None), ("todre-10%", "todre", 0.1), ("fastv-25%", "fastv", 0.25))
+
+
+def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED) -> None:
+    """Part 0: the TRAINED tiny LLaVA testbed answers shapes questions, unpruned / ToDRE 10% / FastV 25%."""
+    import time
+
+    if not os.path.isfile(os.path.join(testbed, "config.json")):
+        print("== 0. the trained testbed: SKIPPED ==")
+        print(f"no trained testbed checkpoint at {testbed} (expected the HF-format tiny LLaVA written by "
+              "vtp-train-testbed); skipping part 0.")
+        return
+
+    import numpy as np
+
+    from vtp_jax import checkpoint
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+    from vtp_jax.processing import load_processor
+    from vtp_jax.runtime import build_methods, eos_token_ids
+    from vtp_jax.testbed import shapes, train
+
+    t_start = time.perf_counter()
+    jax_dir = os.path.join(out, "llava_shapes_jax")
+    record = train.read_record(testbed)
+    print("== 0. the trained testbed: a tiny LLaVA with TRAINED weights (not random) ==")
+    print(f"checkpoint: {testbed}")
+    print("These weights were TRAINED (vtp-train-testbed) on a synthetic visual question answering task: coloured "
+          "circles, squares and triangles on a 3x3 grid over a busy background (vtp_jax.testbed.shapes). "
+          "Parts A and B below use RANDOM weights.")
+    test = record.get("test") or {}
+    if "accuracy" in test:
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in (test.get("per_kind") or {}).items())
+        print(f"recorded test accuracy (exact match, {test.get('n', '?')} held-out test examples): "
+              f"{test['accuracy']:.1%}" + (f"  [{kinds}]" if kinds else ""))
+    else:
+        print("recorded test accuracy: not in the checkpoint's vtp_testbed record")
+
+    print("== 0.1 converting with vtp-convert ==")
+    print(_run([_bin("vtp-convert"), testbed, jax_dir, "--no-progress"]).strip() or f"converted → {jax_dir}")
+
+    model, cfg, _ = checkpoint.load(jax_dir)
+    processor = load_processor(jax_dir, cfg)
+    size = train.shapes_image_size(cfg)
+    max_new = int((record.get("generation") or {}).get("max_new_tokens", 4))
+
+    print(f"== 0.2 questions about two test-split images ({size}x{size} px, {cfg.num_visual_tokens} visual tokens) ==")
+    rows = []  # (png, example index, QA)
+    for i in TESTBED_EXAMPLES:
+        ex = shapes.make_example("test", i, 0, size=size)
+        png = os.path.join(out, f"shapes_test_{i}.png")
+        ex.image.save(png)
+        qas = {qa.kind: qa for qa in shapes.make_questions(ex.scene, np.random.default_rng(i))}
+        picked = [qas[k] for k in TESTBED_KINDS if k in qas]
+        picked += [qa for k, qa in qas.items() if k not in TESTBED_KINDS][: 3 - len(picked)]
+        objects = ", ".join(f"{o.colour} {o.shape} {shapes.place_name(o.cell)}" for o in ex.scene.objects)
+        print(f"image {png}: test example {i} — {objects}")
+        rows += [(png, i, qa) for qa in picked]
+    print("(each answer is what `vtp-generate --model " + jax_dir + " --image PNG --prompt QUESTION --method M "
+          f"[--keep-ratio R] --max-new-tokens {max_new}` prints; here the {len(rows)} questions run as one batch per "
+          "method in this process, so the model is loaded and compiled once per method)")
+
+    from PIL import Image
+
+    images = [Image.open(png).convert("RGB") for png, _, _ in rows]
+    batch = processor(images, [qa.question for _, _, qa in rows])
+    answers, kept = {}, {}
+    for label, name, ratio in TESTBED_METHODS:
+        method = build_methods(name, cfg.family, cfg.num_visual_tokens, cfg.text.num_hidden_layers, keep_ratio=ratio)
+        res = AutoregressiveGenerator(model, method).generate(
+            batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"], max_new_tokens=max_new,
+            eos_token_ids=eos_token_ids(cfg, processor), pad_token_id=processor.pad_token_id, temperature=0.0,
+        )
+        answers[label] = [processor.decode([int(t) for t in row[:n]]).strip()
+                          for row, n in zip(res.tokens, res.num_new_tokens)]
+        kept[label] = sorted({int(np.asarray(res.kept[b]).shape[0]) for b in range(len(rows))})
+
+    print()
+    labels = [label for label, _, _ in TESTBED_METHODS]
+    print(f"{'image':>5s}  {'question':46s} {'expected':9s} " + " ".join(f"{lb:10s}" for lb in labels))
+    for r, (_, i, qa) in enumerate(rows):
+        cells = []
+        for lb in labels:
+            a = answers[lb][r]
+            mark = "✓" if train.normalise(a) == train.normalise(qa.answer) else "✗"
+            cells.append(f"{(a or '∅') + ' ' + mark:10s}")
+        print(f"{i:>5d}  {qa.question:46s} {qa.answer:9s} " + " ".join(cells))
+    right = [sum(train.normalise(a) == train.normalise(qa.answer) for a, (_, _, qa) in zip(answers[lb], rows))
+             for lb in labels]
+    print(f"{'':5s}  {'correct':46s} {'':9s} " + " ".join(f"{f'{c}/{len(rows)}':10s}" for c in right))
+    print("visual tokens kept: " + " | ".join(
+        f"{lb} {'/'.join(map(str, kept[lb]))}/{cfg.num_visual_tokens}" for lb in labels))
+
+    print("== 0.3 the same trained testbed on the photograph (out of distribution) ==")
+    r = _generate(jax_dir, image, prompt, ["--method", "none", "--max-new-tokens", str(max_new), "--warmup", "0"])
+    print(f"question: {prompt!r} → answer: {r['text'].strip()!r}  "
+          f"(kept {len(r['kept_visual_indices'])}/{r['num_visual_tokens']} visual tokens)")
+    print("NOTE: the testbed has only ever seen synthetic shapes and answers with the shapes task's words (a colour, "
+          "a shape, a count, yes/no): on a photograph its answer is out of distribution and says nothing about the "
+          "photo.")
+    print(f"part 0 wall time: {time.perf_counter() - t_start:.1f} s")
 
 
 def demo_llava(out: str, image: str, prompt: str, max_new_tokens: int) -> None:
@@ -130,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24, help="LLaVA part")
     p.add_argument("--gen-length", type=int, default=32, help="LLaDA-V part")
     p.add_argument("--steps", type=int, default=16, help="LLaDA-V part")
-    p.add_argument("--only", choices=["llava", "llada_v"], default=None, help="run one part only")
+    p.add_argument("--only", choices=["testbed", "llava", "llada_v"], default=None, help="run one part only")
+    p.add_argument("--testbed", default=TESTBED, help="part 0: the trained HF-format testbed checkpoint")
     args = p.parse_args(argv)
 
     from PIL import Image
@@ -141,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     image = os.path.join(args.out, "chelsea.png")
     Image.fromarray(data.chelsea()).save(image)
 
+    if args.only in (None, "testbed"):
+        demo_testbed(args.out, image, args.prompt, args.testbed)
     if args.only in (None, "llava"):
+        if args.only is None:
+            print()
         demo_llava(args.out, image, args.prompt, args.max_new_tokens)
     if args.only in (None, "llada_v"):
         if args.only is None:

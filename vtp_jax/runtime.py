@@ -10,7 +10,7 @@ from typing import Any
 from vtp_jax.processing import InputError
 
 # Pruning stages each family's generator runs (see vtp_jax.pruning.registry).
-FAMILY_STAGES = {"llava": ("pre_llm", "in_llm"), "llada_v": ("pre_llm", "during_generation")}
+FAMILY_STAGES = {"llava": ("pre_llm", "in_llm", "decode"), "llada_v": ("pre_llm", "during_generation")}
 # LLaDA-V: never predicted at masked positions (EOS, BOS, start/end header) / where the answer ends (EOS, EOT).
 LLADA_SUPPRESS_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
 LLADA_STOP_TOKENS = ("<|endoftext|>", "<|eot_id|>")

@@ -29,6 +29,7 @@ from flax import nnx
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
+from vtp_jax.pruning import dyrate as dyrate_lib
 from vtp_jax.pruning.todre_relevance import relevance_ratios
 
 
@@ -39,6 +40,7 @@ class PrefillResult(NamedTuple):
     kept: jax.Array  # int32 [B, keep] kept visual indices (all of them when unpruned)
     key: jax.Array  # PRNG key to continue with
     kept_pre: jax.Array  # int32 [B, k] the pre-LLM stage's kept indices (all of them without one)
+    dyrate: dict | None = None  # DyRate's loop state after the prefill's decision (see _dyrate_init), else None
 
 
 @dataclasses.dataclass
@@ -50,6 +52,8 @@ class GenerationOutput:
     "layer": ℓ, "tau": τ}``. stage2_dropped: bool [B] when ToDRE stage 2 ran (else None): rows where it fired kept
     no visual token from layer ℓ on; ``kept`` is then the set before stage 2 (layers < ℓ saw it) — the final kept
     set of row b is ``kept[b]`` if not ``stage2_dropped[b]`` else empty.
+    kept_per_token / rate_per_token (DyRate only, else None): int32 [B, max_new_tokens] — the visual tokens in the KV
+    cache when token i was generated (token 0 by prefill: all of them) and the rate index chosen after it.
     """
 
     tokens: np.ndarray
@@ -59,6 +63,18 @@ class GenerationOutput:
     num_new_tokens: list[int]
     stages: dict = dataclasses.field(default_factory=dict)
     stage2_dropped: np.ndarray | None = None
+    kept_per_token: np.ndarray | None = None
+    rate_per_token: np.ndarray | None = None
+
+    def decode_visual_kv_cut(self, num_visual: int) -> float:
+        """DyRate: share of the visual KV entries the decode steps did not attend, over every row's decode steps
+        (tokens 1 … n − 1 of each row; token 0 comes from prefill): 1 − Σ kept / (steps · N_v). NaN without
+        decode steps or without DyRate."""
+        if self.kept_per_token is None:
+            return float("nan")
+        kept = [self.kept_per_token[b, 1:n] for b, n in enumerate(self.num_new_tokens)]
+        steps = sum(len(k) for k in kept)
+        return 1.0 - float(sum(int(k.sum()) for k in kept)) / (steps * num_visual) if steps else float("nan")
 
     @property
     def tokens_per_s(self) -> float:
@@ -90,7 +106,7 @@ class AutoregressiveGenerator:
         methods = () if method is None else tuple(method) if isinstance(method, (tuple, list)) else (method,)
         self.method = method
         self.methods = methods
-        self._pre = self._in_llm = self._relevance = None
+        self._pre = self._in_llm = self._relevance = self._dyrate = None
         self._cls_layer = None  # 1-based vision layer whose class-token attention the pre-LLM method reads
         num_layers = self.cfg.text.num_hidden_layers
         for m in methods:
@@ -107,11 +123,21 @@ class AutoregressiveGenerator:
                     self._rel_layer = m.resolve_layer(num_layers)
                 else:
                     self._in_llm = m
+            elif m.stage == "decode":
+                self._dyrate = m
             else:
                 raise ValueError(f"method {m.name!r} (stage {m.stage}) is not supported by this generator")
+        if self._dyrate is not None and (self._in_llm is not None or self._relevance is not None):
+            raise ValueError("DyRate combines with a pre-LLM method only (in-LLM methods give layers different KV "
+                             "cache layouts)")
         n_v = self.cfg.num_visual_tokens
         for m in methods:  # in-LLM methods see the visual tokens stage 1 kept
             m.validate(self._pre.keep if (self._pre is not None and m.stage == "in_llm") else n_v, num_layers)
+        if self._dyrate is not None:
+            self._predictor = self._dyrate.load_predictor()
+            self._dy_layer = self._dyrate.resolve_layer(self._predictor)
+            self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
+            self._dy_weights = (jnp.asarray(self._predictor.weight), jnp.asarray(self._predictor.bias))
         self.graphdef, self.state = nnx.split(model)
         self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens",))
         self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens",))
@@ -139,12 +165,18 @@ class AutoregressiveGenerator:
             n_v = pre.keep
         return seq, visual_mask, kept, n_v
 
-    def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, *, max_new_tokens):
+    def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, dy_weights=None, *,
+                 max_new_tokens):
         model = nnx.merge(self.graphdef, state)
         seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, pixel_values)
         kept_pre = kept
         method = self._in_llm
-        if method is None:
+        if method is None and self._dyrate is not None:
+            b, t = seq.key_valid.shape
+            last = jnp.full((b, 1), t - 1, jnp.int32)  # left padding: the last prompt token is at T − 1
+            out = model.language_model(seq, cache_extra=max_new_tokens, probe_rows=last,
+                                       probe_layers=(self._dy_layer,))
+        elif method is None:
             out = model.language_model(seq, cache_extra=max_new_tokens)
         else:
 
@@ -167,7 +199,38 @@ class AutoregressiveGenerator:
         key, sub = jax.random.split(key)
         token = sample_token(logits, sub, temperature, top_p)
         next_pos = jnp.max(out.state.positions, axis=1) + 1
-        return PrefillResult(token, out.caches, next_pos.astype(jnp.int32), kept, key, kept_pre)
+        caches, dy = out.caches, None
+        if self._dyrate is not None:
+            caches, dy = self._dyrate_init(out, visual_mask, n_v, max_new_tokens, dy_weights)
+        return PrefillResult(token, caches, next_pos.astype(jnp.int32), kept, key, kept_pre, dy)
+
+    # ---- DyRate ----------------------------------------------------------------------------------------------
+    def _dyrate_update(self, dy, probs, caches, weights):
+        """One DyRate decision from one query row's attention at the probe layer, probs float32 [B, H, S]:
+        features → rate index (monotone) → keep count → drop the least-attended kept visual tokens from every
+        layer's cache. Returns (caches, dy)."""
+        w, bias = weights
+        feats = dyrate_lib.features(probs, dy["groups"])
+        k = dyrate_lib.choose_rate(feats @ w + bias, dy["rate"], self._dyrate.monotone)
+        target = jnp.asarray(dy["counts"])[k]
+        scores = jnp.take_along_axis(probs.mean(axis=1), dy["slots"], axis=1)  # [B, N_v]
+        kept = dyrate_lib.drop_visual(scores, dy["kept"], target)
+        caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy["slots"], kept)) for c in caches]
+        return caches, {**dy, "rate": k, "kept": kept}
+
+    def _dyrate_init(self, out, visual_mask, n_v, max_new_tokens, weights):
+        """DyRate's loop state from the prefill (the last prompt row at the probe layer decides the first rate):
+        groups int32 [B, S], slots int32 [B, N_v], kept bool [B, N_v], rate int32 [B], counts int32 [K]."""
+        b = visual_mask.shape[0]
+        dy = {
+            "groups": dyrate_lib.slot_groups(out.state.key_valid, visual_mask, max_new_tokens),
+            "slots": dyrate_lib.visual_slots(visual_mask, n_v),
+            "kept": jnp.ones((b, n_v), bool),
+            "rate": jnp.zeros((b,), jnp.int32),
+            "counts": jnp.asarray(dyrate_lib.keep_counts(n_v, self._predictor.num_rates)),
+        }
+        probs = jnp.pad(out.probe_heads[:, :, 0], [(0, 0), (0, 0), (0, max_new_tokens)])  # over all cache slots
+        return self._dyrate_update(dy, probs, out.caches, weights)
 
     def _prefill_head(self, state, input_ids, attention_mask, pixel_values, *, max_new_tokens):
         """ToDRE stage 2, part 1: front + layers < ℓ + layer ℓ's attention rows (all T rows, float32).
@@ -207,28 +270,46 @@ class AutoregressiveGenerator:
         next_pos = jnp.max(out.state.positions, axis=1) + 1
         return token, out.caches, next_pos.astype(jnp.int32), key
 
-    def _decode(self, state, caches, token, next_pos, key, temperature, top_p, eos_ids, pad_id, *, max_new_tokens):
+    def _decode(self, state, caches, token, next_pos, key, temperature, top_p, eos_ids, pad_id, dy=None,
+                dy_weights=None, *, max_new_tokens):
+        """The decode loop. With DyRate, ``dy`` (from prefill) is carried through the loop and the result has a
+        third element: {"kept": int32 [B, max_new_tokens] visual tokens in the cache per generated token,
+        "rate": int32 [B, max_new_tokens] rate index after it}."""
         model = nnx.merge(self.graphdef, state)
         b = token.shape[0]
         out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
         done = jnp.isin(token, eos_ids)
+        probe_layer = self._dy_layer if dy is not None else None
+        if dy is not None:
+            n_v = dy["slots"].shape[1]
+            log = {"kept": jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(n_v),
+                   "rate": jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy["rate"])}
+        else:
+            log = {}
 
         def cond(carry):
-            i, _, _, _, _, done, _ = carry
+            i, done = carry[0], carry[5]
             return (i < max_new_tokens) & ~jnp.all(done)
 
         def body(carry):
-            i, tok, pos, caches, key, done, out = carry
+            i, tok, pos, caches, key, done, out, dy, log = carry
             h = model.language_model.embed_tokens(tok)[:, None, :]
-            h, caches = model.language_model.decode_step(h, pos[:, None], caches)
+            if dy is not None:
+                log = {**log, "kept": log["kept"].at[:, i].set(jnp.sum(dy["kept"], axis=1, dtype=jnp.int32))}
+            h, caches, probs = model.language_model.decode_step(h, pos[:, None], caches, probe_layer=probe_layer)
+            if dy is not None:
+                caches, dy = self._dyrate_update(dy, probs, caches, dy_weights)
+                log = {**log, "rate": log["rate"].at[:, i].set(dy["rate"])}
             key, sub = jax.random.split(key)
             nxt = sample_token(model.logits(h[:, 0]), sub, temperature, top_p)
             nxt = jnp.where(done, pad_id, nxt)
             out = out.at[:, i].set(nxt)
-            return i + 1, nxt, pos + 1, caches, key, done | jnp.isin(nxt, eos_ids), out
+            return i + 1, nxt, pos + 1, caches, key, done | jnp.isin(nxt, eos_ids), out, dy, log
 
-        carry = (jnp.int32(1), token, next_pos, caches, key, done, out)
-        i, _, _, caches, _, _, out = jax.lax.while_loop(cond, body, carry)
+        carry = (jnp.int32(1), token, next_pos, caches, key, done, out, dy, log)
+        i, _, _, caches, _, _, out, dy, log = jax.lax.while_loop(cond, body, carry)
+        if dy is not None:
+            return out, caches, log
         return out, caches
 
     # ---- host API ------------------------------------------------------------------------------------------
@@ -256,8 +337,11 @@ class AutoregressiveGenerator:
         stages: dict = {}
         dropped = None
         t0 = time.perf_counter()
+        dy_weights = self._dy_weights if self._dyrate is not None else None
+        dy = None
         if self._relevance is None:
-            pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens)
+            pre = self.prefill(self.state, *args, key, temp, top_p_, dy_weights, max_new_tokens=max_new_tokens)
+            dy = pre.dyrate
             token, caches, next_pos, key, kept = pre.token, pre.caches, pre.next_pos, pre.key, pre.kept
             kept_pre = pre.kept_pre
             jax.block_until_ready(token)
@@ -284,14 +368,24 @@ class AutoregressiveGenerator:
             elif m is self._in_llm:
                 stages[m.name] = kept
         eos = jnp.asarray(list(eos_token_ids) or [-1], jnp.int32)
-        tokens, _caches = self.decode(
-            self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id),
+        result = self.decode(
+            self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id), dy, dy_weights,
             max_new_tokens=max_new_tokens,
         )
-        tokens = np.asarray(jax.block_until_ready(tokens))
+        tokens = np.asarray(jax.block_until_ready(result[0]))
         t2 = time.perf_counter()
         counts = [_count_new(row, eos_token_ids) for row in tokens]
-        return GenerationOutput(tokens, kept, t1 - t0, t2 - t1, counts, stages, dropped)
+        out = GenerationOutput(tokens, kept, t1 - t0, t2 - t1, counts, stages, dropped)
+        if dy is not None:
+            out.kept_per_token = np.array(result[2]["kept"])
+            out.rate_per_token = np.array(result[2]["rate"])
+            for b, n in enumerate(counts):  # rows that stopped early: nothing was generated after token n − 1
+                out.kept_per_token[b, n:] = 0
+                out.rate_per_token[b, n:] = 0
+            stages[self._dyrate.name] = {"kept_per_token": out.kept_per_token, "rate_per_token": out.rate_per_token,
+                                         "rates": dyrate_lib.rates(self._predictor.num_rates).tolist(),
+                                         "layer": self._dy_layer}
+        return out
 
     def compiled_counts(self) -> dict[str, Any]:
         """Number of compiled variants of each jitted function (for static-shape tests)."""

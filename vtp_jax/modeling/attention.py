@@ -71,8 +71,11 @@ def attention_rows(
     return jnp.where(row_mask, probs, 0.0)
 
 
-def cached_attention(q: jax.Array, cache: LayerCache, scale: float) -> jax.Array:
-    """Decode-step attention of q [B, T, H, D] over every valid cache slot → [B, T, H, D].
+def cached_attention(
+    q: jax.Array, cache: LayerCache, scale: float, *, return_probs: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Decode-step attention of q [B, T, H, D] over every valid cache slot → [B, T, H, D] (and, with
+    ``return_probs``, the softmax probabilities float32 [B, H, T, S]; invalid slots 0 — DyRate reads them).
 
     Grouped einsums read the cache in its stored [B, S, K, D] layout; the fused ``dot_product_attention`` call
     transposed the whole cache on every decode step (measured on CPU: ~1 ms of a ~6.8 ms step, see eval/bench.py).
@@ -82,9 +85,12 @@ def cached_attention(q: jax.Array, cache: LayerCache, scale: float) -> jax.Array
     qg = q.reshape(b, t, kv, h // kv, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, cache.k.astype(q.dtype)) * scale
     logits = jnp.where(cache.valid[:, None, None, None, :], logits.astype(jnp.float32), -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, cache.v.astype(q.dtype))
-    return out.reshape(b, t, h, d)
+    probs32 = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs32.astype(q.dtype), cache.v.astype(q.dtype))
+    out = out.reshape(b, t, h, d)
+    if return_probs:
+        return out, probs32.reshape(b, h, t, -1)
+    return out
 
 
 class Attention(nnx.Module):
@@ -125,7 +131,8 @@ class Attention(nnx.Module):
         Without a cache: keys are this call's own T tokens, ``mask`` bool [B, 1, T, T] (or None: all visible);
         returns ``(k, v)`` [B, T, K, D] for the caller to cache. With a cache (decode, T = 1): the step's key is
         appended at ``cache.end`` and the query attends to every valid slot; returns the updated cache.
-        ``probe_rows`` int [B, R] (no-cache mode only) → probabilities float32 [B, H, R, T], else None.
+        ``probe_rows`` int [B, R] → probabilities float32 [B, H, R, T], else None; with a cache any non-None
+        ``probe_rows`` asks for the step's own rows → float32 [B, H, T, S] over the cache slots.
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -136,6 +143,9 @@ class Attention(nnx.Module):
         scale = self.head_dim**-0.5
         if cache is not None:
             cache = cache.append(k, v)
+            if probe_rows is not None:  # decode: the probe is the step's own query row(s)
+                out, probs = cached_attention(q, cache, scale, return_probs=True)
+                return self.o_proj(out.reshape(b, t, -1)), cache, probs
             out = cached_attention(q, cache, scale)
             return self.o_proj(out.reshape(b, t, -1)), cache, None
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)

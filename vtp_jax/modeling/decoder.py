@@ -89,6 +89,7 @@ class DecoderOutput(NamedTuple):
     caches: list | None  # one LayerCache per layer when ``cache_extra`` was given
     probe: jax.Array | None  # mean over heads and probed layers, float32 [B, R, T_probe]
     aux: dict  # whatever the compaction returned (e.g. kept indices)
+    probe_heads: jax.Array | None = None  # per-head probabilities of the last probed layer, float32 [B, H, R, T]
 
 
 class Decoder(nnx.Module):
@@ -133,7 +134,7 @@ class Decoder(nnx.Module):
         cfg = self.cfg
         caches = [] if cache_extra is not None else None
         probe_sum, n_probe, aux = None, 0, {}
-        probe_mean = None
+        probe_mean = probe_heads = None
         start, stop = layer_range if layer_range is not None else (0, len(self.layers))
         for i in range(start, stop):
             layer = self.layers[i]
@@ -147,13 +148,14 @@ class Decoder(nnx.Module):
             h, (k, v), probs = layer(state.h, cos=cos, sin=sin, mask=mask, probe_rows=rows)
             state = state._replace(h=h)
             if probs is not None:
+                probe_heads = probs
                 p = probs.mean(axis=1)
                 probe_sum, n_probe = (p if probe_sum is None else probe_sum + p), n_probe + 1
             if caches is not None:
                 caches.append(LayerCache.from_prefill(k, v, state.key_valid, cache_extra))
         if probe_mean is None and probe_sum is not None:
             probe_mean = probe_sum / n_probe
-        return DecoderOutput(self.norm(state.h), state, caches, probe_mean, aux)
+        return DecoderOutput(self.norm(state.h), state, caches, probe_mean, aux, probe_heads)
 
     def attention_probe(self, index: int, state: SequenceState, rows: jax.Array) -> jax.Array:
         """Head-averaged attention probabilities layer ``index`` would compute on ``state`` (its input), for query
@@ -168,11 +170,18 @@ class Decoder(nnx.Module):
         mask = attention_mask(state.key_valid, self.cfg.causal)
         return attention_rows(q, k, rows, mask, attn.head_dim**-0.5).mean(axis=1)
 
-    def decode_step(self, h: jax.Array, positions: jax.Array, caches: list) -> tuple[jax.Array, list]:
-        """One autoregressive step: h [B, 1, D], positions int32 [B, 1] → (normed h [B, 1, D], updated caches)."""
+    def decode_step(
+        self, h: jax.Array, positions: jax.Array, caches: list, *, probe_layer: int | None = None
+    ) -> tuple[jax.Array, list, jax.Array | None]:
+        """One autoregressive step: h [B, 1, D], positions int32 [B, 1] → (normed h [B, 1, D], updated caches,
+        probe). ``probe_layer`` (0-based): also return that layer's softmax attention of the step's query over its
+        cache slots, per head, float32 [B, H, S] (invalid slots 0); else the probe is None."""
         cos, sin = self.angles(positions, h.dtype)
-        new = []
-        for layer, cache in zip(self.layers, caches):
-            h, cache, _ = layer(h, cos=cos, sin=sin, cache=cache)
+        new, probe = [], None
+        dummy = jnp.zeros((h.shape[0], 1), jnp.int32)
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            h, cache, probs = layer(h, cos=cos, sin=sin, cache=cache, probe_rows=dummy if i == probe_layer else None)
+            if probs is not None:
+                probe = probs[:, :, 0]
             new.append(cache)
-        return self.norm(h), new
+        return self.norm(h), new, probe

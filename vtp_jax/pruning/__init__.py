@@ -8,6 +8,7 @@ from vtp_jax.pruning import divprune as _divprune  # noqa: F401  (registers "div
 from vtp_jax.pruning import random_prune as _random_prune  # noqa: F401  (registers "random")
 from vtp_jax.pruning import todre as _todre  # noqa: F401  (registers "todre")
 from vtp_jax.pruning import todre_relevance as _todre_relevance  # noqa: F401  (registers "todre-relevance")
+from vtp_jax.pruning import dyrate as _dyrate  # noqa: F401  (registers "dyrate")
 
 __all__ = [
     "METHODS",

@@ -3,7 +3,8 @@
 Each method declares its ``stage``:
   - ``"pre_llm"``: shrinks the visual span before the decoder (ToDRE stage 1, DivPrune, random);
   - ``"in_llm"``: scores tokens from attention rows at layer ``layer − 1`` and compacts before ``layer`` (FastV);
-  - ``"during_generation"``: prunes between denoising steps or decode steps (RedVTP, DyRate).
+  - ``"during_generation"``: prunes between denoising steps of a diffusion decoder (RedVTP);
+  - ``"decode"``: prunes the KV cache between autoregressive decode steps (DyRate).
 """
 
 from __future__ import annotations

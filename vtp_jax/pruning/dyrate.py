@@ -1,0 +1,209 @@
+"""DyRate — a pruning rate that rises during autoregressive decoding (arXiv 2501.14204, "Dynamic Token Reduction
+during Generation for Vision Language Models"; no public code; summarised in METHODS.md and seed 001).
+
+The paper's observation: the attention the generated tokens pay to the visual tokens falls as generation proceeds,
+so the pruning rate can rise. At each generated token a lightweight predictor reads the attention distribution and
+picks a pruning rate from K discrete rates; the least-attended visual tokens are dropped from the KV cache.
+
+What the paper leaves open, and what this port does (each choice is tested):
+
+* **Features** (:func:`group_shares`): at the probe layer ℓ (``layer``, 0-based; default ⌊L/2⌋), the softmax
+  attention of the query that generates the token, per head, summed over four groups of cache slots — system
+  (valid prompt tokens before the image), image (the visual tokens still in the cache), instruction (valid prompt
+  tokens after the image) and response (generated tokens) — shares that sum to 1 per head. Flattened to
+  ``[H · 4]`` (head-major).
+* **Predictor** (:class:`RatePredictor`): linear, ``logits = f · W + b`` with W float32 [H · 4, K], b [K]; the rate
+  index is the argmax (at inference; training uses Gumbel-softmax, :mod:`vtp_jax.pruning.dyrate_train`). Rates
+  ``r_k = k / K`` for k = 0 … K − 1 (the paper's (k − 1)/K with 1-based k): K = 5 → 0, 20, 40, 60, 80 %.
+* **Monotone rate** (:func:`choose_rate`): the rate index never falls (``max`` with the previous one) — dropped
+  tokens are gone from the cache, and the paper's rate "rises over the generation".
+* **Which tokens** (:func:`drop_visual`): the visual tokens still kept are ranked by the head-averaged attention of
+  the same query at layer ℓ (FastV-style ranking); the top ``N_v − ⌊r · N_v⌋`` stay, the rest are dropped.
+* **When**: the prefill's last prompt row decides the rate for the first decode step; every decode step's query
+  decides it for the next step. The token produced by prefill always saw every visual token.
+* **Where**: dropped tokens leave the KV cache of every decoder layer.
+
+Static shapes: the KV cache keeps its static size; a dropped visual token's slot is marked invalid (its key gets
+probability exactly 0 in every later step, in every layer). The rate index and the kept set are loop-carried
+arrays of the jitted decode loop, so a rate change never recompiles (tested). The alternative — fixed rate buckets,
+each a smaller compiled cache, with a host round trip whenever the rate crosses a bucket — was not built: on the
+testbed the decode step is dominated by the weight mat-vecs (see eval/bench.py), so a shorter cache would save
+little wall time, while each bucket costs one compilation and a cache gather. The KV cut is therefore reported as
+visual KV entries attended per generated token (``GenerationOutput.kept_per_token``), not as wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vtp_jax.pruning.core import PruningError
+from vtp_jax.pruning.registry import register
+
+GROUPS = ("system", "image", "instruction", "response")
+SYSTEM, IMAGE, INSTRUCTION, RESPONSE = range(4)
+PREDICTOR_FILE = "dyrate_predictor.safetensors"
+
+
+def slot_groups(key_valid: jax.Array, visual_mask: jax.Array, extra: int) -> jax.Array:
+    """Group id of every KV-cache slot, int32 [B, T + extra]: 0 system, 1 image, 2 instruction, 3 response (the
+    ``extra`` decode slots), −1 padding.
+
+    key_valid, visual_mask: bool [B, T] of the prompt the decoder saw (after any pre-LLM compaction).
+    """
+    t = visual_mask.shape[1]
+    idx = jnp.arange(t)[None]
+    first = jnp.min(jnp.where(visual_mask, idx, t), axis=1, keepdims=True)
+    prompt = jnp.where(visual_mask, IMAGE, jnp.where(idx < first, SYSTEM, INSTRUCTION))
+    prompt = jnp.where(key_valid, prompt, -1)
+    response = jnp.full((prompt.shape[0], extra), RESPONSE, prompt.dtype)
+    return jnp.concatenate([prompt, response], axis=1).astype(jnp.int32)
+
+
+def visual_slots(visual_mask: jax.Array, num_visual: int) -> jax.Array:
+    """int32 [B, num_visual]: the slot (sequence index) of each visual token, in order (every row holds exactly
+    ``num_visual`` visual tokens)."""
+    t = visual_mask.shape[1]
+    idx = jnp.arange(t, dtype=jnp.int32)[None]
+    return jnp.sort(jnp.where(visual_mask, idx, t), axis=1)[:, :num_visual]
+
+
+def group_shares(probs: jax.Array, groups: jax.Array) -> jax.Array:
+    """Per-head attention share of each group: probs float32 [B, H, S] (one query row; invalid slots 0), groups
+    int32 [B, S] (:func:`slot_groups`; −1 counts nowhere) → float32 [B, H, 4] (rows sum to 1 where the head's
+    probabilities do)."""
+    onehot = (groups[..., None] == jnp.arange(len(GROUPS))[None, None]).astype(jnp.float32)  # [B, S, 4]
+    return jnp.einsum("bhs,bsg->bhg", probs.astype(jnp.float32), onehot)
+
+
+def features(probs: jax.Array, groups: jax.Array) -> jax.Array:
+    """The predictor's input: :func:`group_shares` flattened head-major, float32 [B, H · 4]."""
+    g = group_shares(probs, groups)
+    return g.reshape(g.shape[0], -1)
+
+
+def rates(num_rates: int) -> np.ndarray:
+    """The K pruning rates r_k = k / K, k = 0 … K − 1 (float64 [K])."""
+    return np.arange(num_rates) / num_rates
+
+
+def keep_counts(num_visual: int, num_rates: int) -> np.ndarray:
+    """Visual tokens kept at each rate: ``N_v − ⌊r_k · N_v⌋`` (int32 [K]), computed in integers."""
+    return np.asarray([num_visual - (k * num_visual) // num_rates for k in range(num_rates)], np.int32)
+
+
+def restrict_cache_valid(valid: jax.Array, slots: jax.Array, kept: jax.Array) -> jax.Array:
+    """valid bool [B, S] with the visual slots int32 [B, N_v] whose ``kept`` bool [B, N_v] is False made invalid."""
+    valid = jnp.asarray(valid)
+    rows = jnp.arange(valid.shape[0])[:, None]
+    return valid.at[rows, slots].set(valid[rows, slots] & kept)
+
+
+def choose_rate(logits: jax.Array, previous: jax.Array, monotone: bool = True) -> jax.Array:
+    """Rate index int32 [B]: argmax of the predictor's logits float32 [B, K], never below ``previous`` int32 [B]
+    when ``monotone``."""
+    k = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jnp.maximum(k, previous) if monotone else k
+
+
+def drop_visual(scores: jax.Array, kept: jax.Array, target: jax.Array) -> jax.Array:
+    """Keeps the ``target`` best-scored of the still-kept visual tokens.
+
+    scores float32 [B, N_v] (attention received), kept bool [B, N_v], target int32 [B] (≤ the kept count; a larger
+    target keeps every kept token). Returns bool [B, N_v] ⊆ ``kept``. Ties go to the lower index.
+    """
+    s = jnp.where(kept, scores.astype(jnp.float32), -jnp.inf)
+    order = jnp.argsort(-s, axis=1, stable=True)
+    rank = jnp.argsort(order, axis=1)
+    return kept & (rank < target[:, None])
+
+
+@dataclasses.dataclass(frozen=True)
+class RatePredictor:
+    """The trained linear predictor. weight float32 [H · 4, K], bias float32 [K]; ``layer`` the probe layer it was
+    trained on (0-based); ``meta`` free-form training record (JSON-able)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    layer: int
+    meta: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def num_rates(self) -> int:
+        return int(self.bias.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.weight.shape[0]) // len(GROUPS)
+
+    def logits(self, feats: jax.Array) -> jax.Array:
+        """feats float32 [B, H · 4] → logits float32 [B, K]."""
+        return feats @ jnp.asarray(self.weight) + jnp.asarray(self.bias)
+
+    def save(self, path: str) -> None:
+        """Writes ``path`` (safetensors: ``weight``, ``bias``; metadata ``layer`` and ``meta`` as JSON)."""
+        from safetensors.numpy import save_file
+
+        tmp = path + ".tmp"
+        save_file({"weight": np.asarray(self.weight, np.float32), "bias": np.asarray(self.bias, np.float32)}, tmp,
+                  metadata={"layer": str(self.layer), "meta": json.dumps(self.meta), "format": "vtp_jax.dyrate.v1"})
+        os.replace(tmp, path)
+
+    @staticmethod
+    def load(path: str) -> "RatePredictor":
+        """Reads a file written by :meth:`save`. Raises PruningError (missing or malformed file)."""
+        from safetensors import safe_open
+
+        if not os.path.isfile(path):
+            raise PruningError(f"DyRate predictor {path!r} not found (train one with vtp-train-dyrate)")
+        try:
+            with safe_open(path, "np") as fh:
+                meta = fh.metadata() or {}
+                weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
+            layer = int(meta["layer"])
+        except Exception as e:  # noqa: BLE001 — any parse failure is a bad file
+            raise PruningError(f"DyRate predictor {path!r} is not a vtp-train-dyrate file: {e}") from None
+        if weight.ndim != 2 or bias.ndim != 1 or weight.shape[1] != bias.shape[0] or weight.shape[0] % len(GROUPS):
+            raise PruningError(f"DyRate predictor {path!r}: weight {weight.shape} / bias {bias.shape} do not fit "
+                               f"[H·{len(GROUPS)}, K] / [K]")
+        return RatePredictor(weight.astype(np.float32), bias.astype(np.float32), layer, json.loads(meta.get("meta", "{}")))
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class DyRate:
+    """DyRate (see the module docstring). predictor: path of a :class:`RatePredictor` file (``vtp-train-dyrate``);
+    None = ``dyrate_predictor.safetensors`` next to the checkpoint (resolved by the front ends). layer: probe layer
+    override (0-based; default: the predictor's). monotone: the rate never falls (default True)."""
+
+    predictor: str | None = None
+    layer: int | None = None
+    monotone: bool = True
+
+    name = "dyrate"
+    stage = "decode"  # during autoregressive generation, between decode steps
+    takes_keep = False  # the predictor picks the keep count at every generated token
+
+    def load_predictor(self) -> RatePredictor:
+        """The predictor file's contents. Raises PruningError."""
+        if self.predictor is None:
+            raise PruningError("DyRate needs a trained predictor: pass --predictor PATH (vtp-train-dyrate writes one)")
+        return RatePredictor.load(self.predictor)
+
+    def resolve_layer(self, predictor: RatePredictor) -> int:
+        return self.layer if self.layer is not None else predictor.layer
+
+    def validate(self, num_visual: int, num_layers: int, num_heads: int | None = None) -> None:
+        """Raises PruningError: predictor missing or malformed, probe layer outside [0, L − 1], head count of the
+        predictor ≠ the decoder's."""
+        p = self.load_predictor()
+        layer = self.resolve_layer(p)
+        if not 0 <= layer < num_layers:
+            raise PruningError(f"DyRate probe layer must be in [0, {num_layers - 1}], got {layer}")
+        if num_heads is not None and p.num_heads != num_heads:
+            raise PruningError(f"DyRate predictor {self.predictor!r} reads {p.num_heads} heads; this decoder has {num_heads}")
