@@ -90,7 +90,7 @@ class EvalError(ValueError):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtp-eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="converted checkpoint directory (from vtp-convert)")
-    p.add_argument("--task", required=True, help="'shapes' or 'jsonl:PATH'")
+    p.add_argument("--task", required=True, help="'shapes', 'shapes-describe' or 'jsonl:PATH'")
     p.add_argument("--split", default="test", help="shapes split: train | val | test (default test)")
     p.add_argument("--task-seed", type=int, default=0, help="shapes generator seed (default 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records (shapes: generate N)")
@@ -534,7 +534,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if rows[1:] and base == 0:
         notes.append("retention is undefined (null): the unpruned accuracy is 0")
     result = {
-        "task": args.task, "split": args.split if args.task == "shapes" else None, "records": len(records), "model": os.path.abspath(args.model), "family": ev.family,
+        "task": args.task, "split": args.split if args.task.startswith("shapes") else None, "records": len(records), "model": os.path.abspath(args.model), "family": ev.family,
         "random_weights": ev.random_weights, "notes": notes, "settings": ev.generation_settings(), "rows": rows,
         "skipped": skipped, "predictions": predictions,
     }

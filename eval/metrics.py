@@ -28,7 +28,7 @@ import re
 import string
 from collections.abc import Sequence
 
-METRICS = ("exact_match", "vqa", "yes_no", "multiple_choice")
+METRICS = ("exact_match", "vqa", "yes_no", "multiple_choice", "item_f1")
 
 ARTICLES = frozenset({"a", "an", "the"})
 # The VQA script maps "none" and zero … ten; extended to twenty.
@@ -225,6 +225,32 @@ def multiple_choice(pred: str, choices: Sequence[str], answer: str) -> float:
     return float(parse_choice(pred, choices) == gold_choice(answer, choices))
 
 
+def split_items(text: str) -> list[str]:
+    """A list answer ("red circle top left, blue square centre") → its normalised items, split at commas, semicolons
+    and " and " (empty items dropped)."""
+    parts = re.split(r"[,;]|\band\b", str(text).lower())
+    return [n for n in (normalize_answer(p) for p in parts) if n]
+
+
+def item_f1(pred: str, answers: str | Sequence[str]) -> float:
+    """F1 between the item multisets of ``pred`` and of the gold answer (:func:`split_items`); the best over the gold
+    answers. 1.0 when both are empty. For list-like answers such as a scene description, where exact match would
+    score one wrong item the same as an empty answer."""
+    from collections import Counter
+
+    best = 0.0
+    p = Counter(split_items(pred))
+    for gold in _as_list(answers):
+        g = Counter(split_items(gold))
+        if not p and not g:
+            return 1.0
+        tp = sum((p & g).values())
+        if tp:
+            prec, rec = tp / sum(p.values()), tp / sum(g.values())
+            best = max(best, 2 * prec * rec / (prec + rec))
+    return best
+
+
 def score(metric: str, pred: str, answers: Sequence[str], choices: Sequence[str] | None = None) -> float:
     """Per-record score of ``pred`` under ``metric`` (one of :data:`METRICS`); in [0, 1].
 
@@ -237,6 +263,8 @@ def score(metric: str, pred: str, answers: Sequence[str], choices: Sequence[str]
         return vqa_soft_accuracy(pred, answers)
     if metric == "yes_no":
         return yes_no_accuracy(pred, answers)
+    if metric == "item_f1":
+        return item_f1(pred, answers)
     if metric == "multiple_choice":
         if not choices:
             raise MetricError("multiple_choice needs choices")

@@ -5,6 +5,9 @@ Two sources, picked by :func:`load_task`'s spec:
 * ``"shapes"`` — the synthetic shapes VQA of :mod:`vtp_jax.testbed.shapes` (``make_split(split, n, seed)``),
   imported only when asked for. Each example becomes a record with its one answer; the metric is ``"yes_no"`` when
   the answer is yes/no and ``"exact_match"`` otherwise; ``kind`` is kept.
+* ``"shapes-describe"`` — the same scenes, each asked :data:`shapes.DESCRIBE` ("Describe the image."); the gold
+  answer is :func:`shapes.describe` ("red circle top left, blue square centre"), scored with ``"item_f1"`` (F1 over
+  the comma-separated items). The multi-token answer exercises methods that act during decoding (DyRate).
 * ``"jsonl:PATH"`` — one JSON object per line::
 
       {"image": "imgs/0.png", "question": "What colour is the square?", "answer": "red", "metric": "exact_match"}
@@ -89,15 +92,15 @@ def load_task(spec: str, *, split: str = "test", n: int | None = None, seed: int
     """
     if n is not None and n < 1:
         raise TaskError(f"the number of records must be ≥ 1, got {n}")
-    if spec == "shapes":
-        return _load_shapes(split, SHAPES_DEFAULT_N if n is None else n, seed)
+    if spec in ("shapes", "shapes-describe"):
+        return _load_shapes(split, SHAPES_DEFAULT_N if n is None else n, seed, describe=spec == "shapes-describe")
     if spec.startswith("jsonl:"):
         records = load_jsonl(spec[len("jsonl:"):])
         return records if n is None else records[:n]
-    raise TaskError(f"unknown task {spec!r} (use 'shapes' or 'jsonl:PATH')")
+    raise TaskError(f"unknown task {spec!r} (use 'shapes', 'shapes-describe' or 'jsonl:PATH')")
 
 
-def _load_shapes(split: str, n: int, seed: int) -> list[Record]:
+def _load_shapes(split: str, n: int, seed: int, describe: bool = False) -> list[Record]:
     import importlib
 
     try:
@@ -110,6 +113,10 @@ def _load_shapes(split: str, n: int, seed: int) -> list[Record]:
         raise TaskError(f"shapes split {split!r} (n={n}, seed={seed}): {e}") from None
     records = []
     for i, ex in enumerate(examples):
+        if describe:  # the same scenes, asked for their full description (a multi-token answer)
+            records.append(Record(question=shapes.DESCRIBE, answers=[shapes.describe(ex.scene)], metric="item_f1",
+                                  id=f"shapes-describe-{split}-{seed}-{i}", image=ex.image, kind="describe"))
+            continue
         answer = str(ex.answer)
         metric = "yes_no" if metrics.normalize_answer(answer) in ("yes", "no") else "exact_match"
         records.append(Record(question=ex.question, answers=[answer], metric=metric, id=f"shapes-{split}-{seed}-{i}",
