@@ -116,6 +116,7 @@ class Decoder(nnx.Module):
         compact_at: int | None = None,
         compact_fn: CompactFn | None = None,
         layer_range: tuple[int, int] | None = None,
+        extra_mask: jax.Array | None = None,
     ) -> DecoderOutput:
         """Runs every layer over the whole sequence (prefill, or one denoising step).
 
@@ -130,7 +131,11 @@ class Decoder(nnx.Module):
           layer_range: (start, stop) runs only layers [start, stop) on ``state`` (whose ``h`` is then layer
             ``start``'s input); caches are returned for those layers only. ``out.state.h`` is the un-normed output
             (the input of layer ``stop``). Default: every layer.
+          extra_mask: bool [B, 1, T, T] ANDed with every layer's attention mask (per-row key masks, e.g. the
+            DyRate trainer's "row i sees only these visual tokens"); not with ``compact_at``.
         """
+        if extra_mask is not None and compact_at is not None:
+            raise ValueError("extra_mask cannot be combined with compact_at (the sequence length changes)")
         cfg = self.cfg
         caches = [] if cache_extra is not None else None
         probe_sum, n_probe, aux = None, 0, {}
@@ -144,6 +149,8 @@ class Decoder(nnx.Module):
             if i == start or i == compact_at:
                 cos, sin = self.angles(state.positions, state.h.dtype)
                 mask = attention_mask(state.key_valid, cfg.causal)
+                if extra_mask is not None:
+                    mask = mask & extra_mask
             rows = probe_rows if i in probe_layers else None
             h, (k, v), probs = layer(state.h, cos=cos, sin=sin, mask=mask, probe_rows=rows)
             state = state._replace(h=h)
