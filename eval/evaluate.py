@@ -2,13 +2,20 @@
 
 Single run::
 
-    vtp-eval --model DIR --task shapes|jsonl:PATH [--limit N] [--method M] [--keep K | --keep-ratio R]
+    vtp-eval --model DIR --task shapes|shapes-describe|jsonl:PATH [--limit N] [--method M] [--keep K | --keep-ratio R]
              [--layer K --criterion last|all --reindex|--original-positions]
+             [--tau T] [--pivot cls|norm|center|first] [--cls-layer L] [--predictor PATH]
              [--max-new-tokens N | --gen-length N --steps S --block-length B] [--out DIR] [--json PATH]
 
 evaluates the unpruned model and, unless ``--method none`` (the default), the pruned one; it reports the task
 accuracy, the **retention** (pruned accuracy / unpruned accuracy; null when the unpruned accuracy is 0), the mean
-latency and the throughput. A method that does not fit the checkpoint's family is an error (exit 2).
+latency and the throughput. A method that does not fit the checkpoint's family is an error (exit 2). The method
+options mean what they mean in ``vtp-generate``: ``--layer`` (FastV / LLaDA-FastV layer K, ToDRE stage-2 layer ℓ,
+DyRate probe layer), ``--criterion`` (FastV), ``--tau`` (ToDRE stage 2), ``--pivot`` / ``--cls-layer`` (ToDRE stage 1),
+``--predictor`` (DyRate's rate predictor; default ``DIR/dyrate_predictor.safetensors`` when that file exists).
+``--method`` may join stages with ``+`` (``todre+todre-relevance``, ``todre+dyrate``; llava only). Methods that take
+no keep count (``todre-relevance``, ``dyrate``) refuse ``--keep`` / ``--keep-ratio``; their run is labelled by the
+method alone and its ``keep_ratio`` is null.
 
 Sweep::
 
@@ -16,9 +23,13 @@ Sweep::
 
 runs every method × keep ratio plus the unpruned baseline once and writes ``results.csv``, ``results.json`` and
 ``accuracy_vs_keep.png`` (accuracy against keep ratio, one line per method, the unpruned level dashed) into
-``--out``. ``--methods`` defaults to every registered method that fits the family; methods that do not fit are
-skipped with a note. A registered method named ``random`` (if any) is added as a baseline unless ``--no-random``.
-A single run with ``--out`` writes the same three files.
+``--out``. ``--methods`` defaults to every registered method that fits the family (``+``-joined specs allowed);
+methods that do not fit are skipped with a note (and listed under ``"skipped"``). Methods that take no keep count
+(``todre-relevance``, ``dyrate``) run once, not once per ratio, with ``keep_ratio`` null; the plot shows each as one
+marker at its mean kept fraction with a dashed line at its accuracy. ``dyrate`` runs only when a predictor is
+available (``--predictor`` or ``DIR/dyrate_predictor.safetensors``); otherwise it is skipped with that reason. A
+registered method named ``random`` (if any) is added as a baseline unless ``--no-random``. A single run with
+``--out`` writes the same three files.
 
 Definitions (see also :mod:`eval.metrics`):
 
@@ -27,7 +38,14 @@ Definitions (see also :mod:`eval.metrics`):
   POPE's F1, precision, recall and yes-ratio) and ``by_kind`` per-``kind`` means.
 * **keep** — as in ``vtp-generate``: ``--keep`` (a count) or ``--keep-ratio`` R (default 0.5) with
   LLaVA/FastV's ``round(N_v · R)`` and LLaDA-V/RedVTP's ``max(1, int(N_v · R))``. LLaDA-V's N_v depends on the
-  image (anyres), so the count can vary by record; ``kept_fraction`` is the mean of kept / N_v.
+  image (anyres), so the count can vary by record; ``kept_fraction`` is the mean of kept / N_v, where kept is the
+  visual tokens the prefill keeps (ToDRE stage 2: the set before stage 2; DyRate: all of them, 1.0 — DyRate prunes
+  during decoding, see the next item).
+* **decode_visual_kv_cut** — the DyRate metric (null for other methods): the share of the visual KV-cache entries
+  that the decode steps did not attend, ``1 − Σ kept / Σ (steps · N_v)`` over every record's decode steps (answer
+  tokens 1 … n − 1; token 0 comes from prefill), from ``GenerationOutput.kept_per_token``; N_v here is the visual
+  tokens in the cache after prefill (after a pre-LLM stage, its keep count). Null when no record generated two
+  tokens.
 * **latency_s** — seconds of generation per record: the summed wall time of the timed batch calls (LLaVA prefill
   + decode; LLaDA-V encode + all denoising steps) divided by the number of records (with ``--batch-size 1`` this
   is the per-request latency); ``batch_latency_s`` is the mean time of one batch call.
@@ -63,7 +81,7 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -74,8 +92,8 @@ from vtp_jax.runtime import (
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
 DEFAULT_RATIOS = "1.0,0.5,0.25,0.1"
 CACHE_BYTES = 1 << 30  # processed batches kept in memory for reuse across runs (pixel bytes)
-CSV_COLUMNS = ("method", "keep_ratio", "keep", "kept_fraction", "accuracy", "retention", "latency_s",
-               "batch_latency_s", "tokens_per_s", "compile_s", "n", "metric")
+CSV_COLUMNS = ("method", "keep_ratio", "keep", "kept_fraction", "decode_visual_kv_cut", "accuracy", "retention",
+               "latency_s", "batch_latency_s", "tokens_per_s", "compile_s", "n", "metric")
 RESULT_FILES = ("results.csv", "results.json", "accuracy_vs_keep.png")
 
 
@@ -95,12 +113,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task-seed", type=int, default=0, help="shapes generator seed (default 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records (shapes: generate N)")
     p.add_argument("--post-prompt", default="", help="text appended (on a new line) to every question")
-    p.add_argument("--method", default="none", help="pruning method: none (default) | a registered method")
+    p.add_argument("--method", default="none",
+                   help="pruning method: none (default) | a registered method | stages joined by + "
+                        "(e.g. todre+todre-relevance)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
     g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v; default 0.5)")
-    p.add_argument("--layer", type=int, default=None, help="method option: layer K (FastV, LLaDA-FastV)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="method option: layer K (FastV, LLaDA-FastV), layer ℓ (todre-relevance), probe layer (dyrate)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows")
+    p.add_argument("--tau", type=float, default=None, help="todre-relevance: threshold of both ratios (default 0.10)")
+    p.add_argument("--pivot", default=None, choices=["cls", "norm", "center", "first"],
+                   help="ToDRE: first token of the diversity selection (default cls with a class token, else norm)")
+    p.add_argument("--cls-layer", type=int, default=None,
+                   help="ToDRE pivot cls: vision layer of the class-token attention (HF hidden_states indexing)")
+    p.add_argument("--predictor", default=None, metavar="PATH",
+                   help="dyrate: rate predictor file (default: MODEL/dyrate_predictor.safetensors if present)")
     add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one)")
     p.add_argument("--batch-size", type=int, default=8, help="most records per generation call (default 8)")
@@ -213,6 +241,18 @@ def retention(pruned: float, unpruned: float) -> float | None:
 # ---------------------------------------------------------------------------------------------------------------
 # the evaluator
 # ---------------------------------------------------------------------------------------------------------------
+
+class _Call(NamedTuple):
+    """One generation call: answer ids per row, latency (s), tokens counted per row, visual tokens kept by the
+    prefill, and for DyRate per row (Σ visual tokens in the cache over the decode steps, decode steps, visual tokens
+    in the cache after prefill), else None."""
+
+    ids: list[list[int]]
+    latency: float
+    counted: list[int]
+    kept: int
+    dyrate: list[tuple[int, int, int]] | None = None
+
 
 @dataclasses.dataclass
 class _Chunk:
@@ -344,17 +384,27 @@ class Evaluator:
 
     def methods_for(self, name: str, keep: int | None, keep_ratio: float | None,
                     options: dict[str, Any]) -> dict[int, Any]:
-        """{N_v: method instance (None for "none")} for every N_v of the task, validated against the model.
+        """{N_v: method instance (None for "none"; a tuple for a ``+``-joined spec)} for every N_v of the task,
+        validated against the model (LLaVA: the generator is built too, so DyRate's predictor is checked against
+        the decoder's heads before any generation).
 
         ``keep`` / ``keep_ratio`` as in vtp-generate (ratio default 0.5; LLaVA rounds, LLaDA-V floors).
-        Raises InputError (family mismatch) or PruningError (unknown method or option, keep or layer out of range).
+        Raises InputError (family mismatch) or PruningError (unknown method or option, keep or layer out of range,
+        a missing or unfitting DyRate predictor).
         """
-        from vtp_jax.runtime import build_method
+        from vtp_jax.processing import InputError
+        from vtp_jax.runtime import build_methods
 
-        return {
-            n_v: build_method(name, self.family, n_v, self.num_layers, keep=keep, keep_ratio=keep_ratio, **options)
+        out = {
+            n_v: build_methods(name, self.family, n_v, self.num_layers, keep=keep, keep_ratio=keep_ratio, **options)
             for n_v in self.visual_counts()
         }
+        for method in out.values():
+            if isinstance(method, tuple) and self.family == "llada_v":
+                raise InputError(f"--method {name!r}: combined stages run on llava checkpoints only")
+            if method is not None and self.family != "llada_v":
+                self._generator(method)
+        return out
 
     def _generator(self, method):
         if method not in self._generators:
@@ -368,20 +418,24 @@ class Evaluator:
                 self._generators[method] = AutoregressiveGenerator(self.model, method)
         return self._generators[method]
 
-    def _generate(self, gen, batch) -> tuple[list[list[int]], float, list[int], int]:
-        """One call → (answer ids per row, latency s, tokens counted per row, kept visual tokens)."""
+    def _generate(self, gen, batch) -> "_Call":
+        """One generation call (see :class:`_Call`)."""
         a = self.args
         if self.family == "llada_v":
             out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
                                temperature=a.temperature, seed=a.seed)
             ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
-            return ids, out.latency_s, [out.tokens.shape[1]] * len(ids), int(out.kept.shape[1])
+            return _Call(ids, out.latency_s, [out.tokens.shape[1]] * len(ids), int(out.kept.shape[1]))
         eos = eos_token_ids(self.cfg, self.processor)
         out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
                            max_new_tokens=a.max_new_tokens, eos_token_ids=eos, pad_token_id=self.processor.pad_token_id,
                            temperature=a.temperature, top_p=a.top_p, seed=a.seed)
         ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
-        return ids, out.prefill_s + out.decode_s, list(out.num_new_tokens), int(out.kept.shape[1])
+        dy = None
+        if out.kept_per_token is not None:  # DyRate: visual tokens attended by each row's decode steps
+            kpt = np.asarray(out.kept_per_token)
+            dy = [(int(kpt[b, 1:n].sum()), max(int(n) - 1, 0), int(kpt[b, 0])) for b, n in enumerate(out.num_new_tokens)]
+        return _Call(ids, out.prefill_s + out.decode_s, list(out.num_new_tokens), int(out.kept.shape[1]), dy)
 
     # ---- a run ---------------------------------------------------------------------------------------------
     def run(self, name: str, methods: dict[int, Any], *, keep_ratio: float | None, label: str) -> dict[str, Any]:
@@ -395,6 +449,8 @@ class Evaluator:
         compile_s = 0.0
         kept_frac = np.zeros(n)
         keeps = set()
+        dy_kept = dy_total = 0  # DyRate: Σ visual tokens attended, Σ steps · N_v (real rows of every batch)
+        dyrate = False
         with tqdm(total=n, desc=label, unit="rec", disable=not self.progress, file=sys.stderr, mininterval=0.5,
                   leave=False) as bar:
             for ci, chunk in enumerate(self.chunks):
@@ -409,7 +465,7 @@ class Evaluator:
                     for w in range(self.args.warmup):
                         latency = self._generate(gen, batch)[1]
                         compile_s += latency if w == 0 else 0.0
-                ids, latency, counted, kept = self._generate(gen, batch)
+                ids, latency, counted, kept, dy = self._generate(gen, batch)
                 timed_s += latency
                 batches += 1
                 tokens += sum(counted[: chunk.real])
@@ -417,11 +473,17 @@ class Evaluator:
                 for row, i in enumerate(chunk.rows[: chunk.real]):
                     preds[i] = self.processor.decode(ids[row])
                     kept_frac[i] = kept / n_v
+                if dy is not None:
+                    dyrate = True
+                    dy_kept += sum(k for k, _, _ in dy[: chunk.real])
+                    dy_total += sum(steps * nv for _, steps, nv in dy[: chunk.real])
                 bar.update(chunk.real)
         scores, summary = score_predictions(self.records, preds)
         row = {
             "method": name, "keep_ratio": keep_ratio, "keep": keeps.pop() if len(keeps) == 1 else None,
-            "kept_fraction": float(kept_frac.mean()), "accuracy": summary["accuracy"], "retention": None,
+            "kept_fraction": float(kept_frac.mean()),
+            "decode_visual_kv_cut": 1.0 - dy_kept / dy_total if dyrate and dy_total else None,
+            "accuracy": summary["accuracy"], "retention": None,
             "latency_s": timed_s / n, "batch_latency_s": timed_s / batches,
             "tokens_per_s": tokens / timed_s if timed_s > 0 else None, "compile_s": compile_s, "n": n,
             "metric": summary["metric"], "by_metric": summary["by_metric"], "by_kind": summary["by_kind"],
@@ -437,22 +499,54 @@ class Evaluator:
 # single run and sweep
 # ---------------------------------------------------------------------------------------------------------------
 
-def _method_options(args: argparse.Namespace, name: str, *, strict: bool) -> tuple[dict[str, Any], list[str]]:
-    """Method options from the flags → (options, notes). ``seed`` is passed to methods that have that field.
+METHOD_OPTIONS = ("layer", "criterion", "reindex", "tau", "pivot", "cls_layer", "predictor")  # flags → options
 
-    strict: pass every given option (make_method refuses those the method lacks); otherwise drop them with a note.
-    """
+
+def _spec_classes(spec: str) -> list:
+    """The registered classes of a method spec (one name or several joined by ``+``); None for unknown names."""
     from vtp_jax.pruning import METHODS
 
-    given = {"layer": args.layer, "criterion": args.criterion, "reindex": args.reindex}
+    return [METHODS.get(n.strip()) for n in spec.split("+")]
+
+
+def takes_keep(spec: str) -> bool:
+    """Whether a method spec takes a keep count (``--keep`` / ``--keep-ratio``, the sweep's ratios): False for
+    ``none`` and for specs whose methods all decide for themselves (``todre-relevance``, ``dyrate``)."""
+    if spec == "none":
+        return False
+    return any(cls is None or getattr(cls, "takes_keep", True) for cls in _spec_classes(spec))
+
+
+def _predictor(args: argparse.Namespace, spec: str) -> str | None:
+    """DyRate's predictor for ``spec``: ``--predictor``, else the model folder's default file (vtp-generate's rule)."""
+    from vtp_jax.cli import default_predictor
+
+    model = getattr(args, "model", None)
+    given = getattr(args, "predictor", None)
+    return default_predictor(spec, given, model) if model is not None else given
+
+
+def _method_options(args: argparse.Namespace, name: str, *, strict: bool) -> tuple[dict[str, Any], list[str]]:
+    """Method options from the flags → (options, notes). ``seed`` is passed to methods that have that field;
+    ``predictor`` defaults to the model folder's ``dyrate_predictor.safetensors`` (if present) for specs with
+    ``dyrate``. ``name`` may join methods with ``+`` (the options of all of them count).
+
+    strict: pass every given option (make_method / build_methods refuse those no method takes); otherwise drop
+    them with a note.
+    """
+    given = {k: getattr(args, k, None) for k in METHOD_OPTIONS}
+    given["predictor"] = _predictor(args, name)
     given = {k: v for k, v in given.items() if v is not None}
-    cls = METHODS.get(name)
-    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
+    fields: set[str] = set()
+    for cls in _spec_classes(name):
+        if cls is not None and dataclasses.is_dataclass(cls):
+            fields |= {f.name for f in dataclasses.fields(cls)}
     notes = []
     if not strict:
         dropped = sorted(k for k in given if k not in fields)
         if dropped:
-            notes.append(f"{name}: ignored option(s) {', '.join('--' + k for k in dropped)} (not options of it)")
+            flags = ", ".join("--" + k.replace("_", "-") for k in dropped)
+            notes.append(f"{name}: ignored option(s) {flags} (not options of it)")
         given = {k: v for k, v in given.items() if k in fields}
     if "seed" in fields:
         given["seed"] = args.seed
@@ -469,7 +563,7 @@ def _sweep_plan(args: argparse.Namespace, family: str) -> tuple[list[str], list[
         names = [n for n in sorted(METHODS) if METHODS[n].stage in stages]
     else:
         names = list(dict.fromkeys(n.strip() for n in args.methods.split(",") if n.strip() and n.strip() != "none"))
-        unknown = [n for n in names if n not in METHODS]
+        unknown = sorted({p.strip() for n in names for p in n.split("+") if p.strip() not in METHODS})
         if unknown:
             raise PruningError(f"unknown pruning method(s) {', '.join(map(repr, unknown))} "
                                f"(available: none, {', '.join(sorted(METHODS))})")
@@ -480,9 +574,15 @@ def _sweep_plan(args: argparse.Namespace, family: str) -> tuple[list[str], list[
     run, skipped = [], []
     for n in names:
         try:
-            check_method_family(n, family)
+            for part in n.split("+"):
+                check_method_family(part.strip(), family)
         except InputError as e:
             skipped.append({"method": n, "reason": str(e)})
+            continue
+        if "dyrate" in [p.strip() for p in n.split("+")] and _predictor(args, n) is None:
+            skipped.append({"method": n, "reason": "DyRate needs a trained predictor: pass --predictor PATH or put "
+                                                   "dyrate_predictor.safetensors in the model folder "
+                                                   "(vtp-train-dyrate writes one)"})
             continue
         run.append(n)
     return run, skipped, notes
@@ -512,16 +612,23 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.sweep:
         names, skipped, sweep_notes = _sweep_plan(args, ev.family)
         notes += sweep_notes + [f"skipped {s['method']}: {s['reason']}" for s in skipped]
-        for name in names:
+        for name in names:  # all validated before any generation
             options, opt_notes = _method_options(args, name, strict=False)
             notes += opt_notes
-            for r in ratios:  # all validated before any generation
+            if not takes_keep(name):  # decides for itself (todre-relevance, dyrate): one run
+                runs.append((name, None, ev.methods_for(name, None, None, options), name))
+                continue
+            for r in ratios:
                 runs.append((name, r, ev.methods_for(name, None, r, options), f"{name} keep={r:g}"))
     elif args.method != "none":
         options, _ = _method_options(args, args.method, strict=True)
-        ratio = DEFAULT_KEEP_RATIO if args.keep is None and args.keep_ratio is None else args.keep_ratio
-        label = f"{args.method} keep={args.keep}" if args.keep is not None else f"{args.method} keep={ratio:g}"
-        runs.append((args.method, ratio, ev.methods_for(args.method, args.keep, args.keep_ratio, options), label))
+        methods = ev.methods_for(args.method, args.keep, args.keep_ratio, options)
+        if not takes_keep(args.method):
+            ratio, label = None, args.method
+        else:
+            ratio = DEFAULT_KEEP_RATIO if args.keep is None and args.keep_ratio is None else args.keep_ratio
+            label = f"{args.method} keep={args.keep}" if args.keep is not None else f"{args.method} keep={ratio:g}"
+        runs.append((args.method, ratio, methods, label))
 
     rows, predictions = [], {}
     for name, ratio, methods, label in runs:
@@ -572,7 +679,9 @@ def write_results(out_dir: str, result: dict) -> list[str]:
 
 def plot_accuracy_vs_keep(result: dict, path: str) -> None:
     """Accuracy (y, [0, 1]) against keep ratio (x; the kept fraction when a count was given), one line per method,
-    the unpruned accuracy as a dashed horizontal line. Drawn with matplotlib's Agg canvas (no display needed)."""
+    the unpruned accuracy as a dashed horizontal line. Methods that take no keep count (todre-relevance, dyrate)
+    are one marker at their mean kept fraction with a thin dashed line at their accuracy, labelled with the method
+    (DyRate: and its decode visual KV cut). Drawn with matplotlib's Agg canvas (no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -584,7 +693,16 @@ def plot_accuracy_vs_keep(result: dict, path: str) -> None:
     ax.axhline(base["accuracy"], color="black", linestyle="--", linewidth=1.2,
                label=f"unpruned ({base['accuracy']:.3f})")
     methods = list(dict.fromkeys(r["method"] for r in rows[1:]))
+    markers = iter("Ds^vP*X")
     for m in methods:
+        if not takes_keep(m):
+            for r in (r for r in rows[1:] if r["method"] == m):
+                cut = r.get("decode_visual_kv_cut")
+                label = m + (f" (decode visual KV cut {cut:.0%})" if cut is not None else "")
+                (line,) = ax.plot([r["kept_fraction"]], [r["accuracy"]], marker=next(markers, "o"), markersize=8,
+                                  linestyle="none", label=label)
+                ax.axhline(r["accuracy"], color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.6)
+            continue
         pts = sorted((r["keep_ratio"] if r["keep_ratio"] is not None else r["kept_fraction"], r["accuracy"])
                      for r in rows[1:] if r["method"] == m)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
@@ -617,16 +735,21 @@ def format_table(result: dict) -> str:
     s = result["settings"]
     lines.append(f"task {result['task']} ({result['records']} records) | model {result['family']} | "
                  f"batch ≤ {s['batch_size']}")
-    lines.append(f"{'method':<14}{'keep':>7}{'kept':>7}{'accuracy':>10}{'retention':>11}{'latency_s':>11}"
-                 f"{'tokens/s':>10}{'compile_s':>11}")
+    w = max([14] + [len(r["method"]) + 1 for r in result["rows"]])
+    lines.append(f"{'method':<{w}}{'keep':>7}{'kept':>7}{'kv_cut':>8}{'accuracy':>10}{'retention':>11}"
+                 f"{'latency_s':>11}{'tokens/s':>10}{'compile_s':>11}")
     for r in result["rows"]:
-        keep = _fmt(r["keep_ratio"], ".2f") if r["keep_ratio"] is not None else str(r["keep"])
-        lines.append(f"{r['method']:<14}{keep:>7}{_fmt(r['kept_fraction'], '.2f'):>7}{_fmt(r['accuracy'], '.3f'):>10}"
+        if r["keep_ratio"] is not None:
+            keep = _fmt(r["keep_ratio"], ".2f")
+        else:  # a --keep count, or "-" for a method that takes none
+            keep = str(r["keep"]) if takes_keep(r["method"]) or r["method"] == "none" else "-"
+        lines.append(f"{r['method']:<{w}}{keep:>7}{_fmt(r['kept_fraction'], '.2f'):>7}"
+                     f"{_fmt(r.get('decode_visual_kv_cut'), '.3f'):>8}{_fmt(r['accuracy'], '.3f'):>10}"
                      f"{_fmt(r['retention'], '.3f'):>11}{_fmt(r['latency_s'], '.4f'):>11}"
                      f"{_fmt(r['tokens_per_s'], '.1f'):>10}{_fmt(r['compile_s'], '.2f'):>11}")
         yn = r["by_metric"].get("yes_no")
         if yn:
-            lines.append(f"{'':<14}yes/no: accuracy {yn['accuracy']:.3f}, F1 {yn['f1']:.3f}, "
+            lines.append(f"{'':<{w}}yes/no: accuracy {yn['accuracy']:.3f}, F1 {yn['f1']:.3f}, "
                          f"yes-ratio {yn['yes_ratio']:.2f} ({yn['n']} records)")
     return "\n".join(lines)
 

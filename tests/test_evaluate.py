@@ -189,6 +189,12 @@ def test_bad_jsonl_exits_2_with_the_line(task_dir, tmp_path, capsys, lines, need
         (["--method", "fastv", "--keep", "9"], "keep must be between 1 and the number of visual tokens (4)"),
         (["--method", "fastv", "--layer", "2"], "layer K must be in [1, 1]"),
         (["--keep", "2"], "--keep / --keep-ratio need a pruning --method"),
+        (["--method", "dyrate"], "DyRate needs a trained predictor: pass --predictor PATH"),
+        (["--method", "dyrate", "--keep", "2"], "pruning method 'dyrate' takes no --keep / --keep-ratio"),
+        (["--method", "todre-relevance", "--keep-ratio", "0.5"], "takes no --keep / --keep-ratio"),
+        (["--method", "dyrate", "--predictor", "FILE"], "is not a vtp-train-dyrate file"),
+        (["--method", "fastv", "--predictor", "FILE"], "does not take option(s) predictor"),
+        (["--method", "todre+nosuch"], "unknown pruning method 'nosuch'"),
         (["--gen-length", "8"], "--gen-length only apply to diffusion (llada_v) checkpoints"),
         (["--sweep", "--out", "OUT", "--ratios", "1.5"], "keep ratios must be in (0, 1]"),
         (["--sweep", "--out", "OUT", "--methods", "fastv,nosuch"], "unknown pruning method(s) 'nosuch'"),
@@ -369,3 +375,111 @@ def test_llada_v_wrong_family_flags(llada_dir, fake_shapes, capsys):
         code, out, err = run_eval(capsys, "--model", llada_dir, "--task", "shapes", "--limit", "2", *extra,
                                   "--no-progress")
         assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+# ---- methods without a keep count: DyRate, ToDRE stage 2 -------------------------------------------------------
+
+DY_RATES = 4
+
+
+def _predictor(path, rate: int, heads: int = 4, layer: int = 1) -> str:
+    """A DyRate predictor that always picks rate index ``rate``: zero weights, the largest bias at ``rate``."""
+    from vtp_jax.pruning.dyrate import RatePredictor
+
+    bias = np.zeros(DY_RATES, np.float32)
+    bias[rate] = 1.0
+    RatePredictor(np.zeros((heads * 4, DY_RATES), np.float32), bias, layer, {"note": "test"}).save(str(path))
+    return str(path)
+
+
+def test_single_run_dyrate_decode_kv_cut(llava_dir, task_dir, tmp_path, capsys):
+    import shutil
+
+    from vtp_jax.pruning import dyrate
+    from vtp_jax.pruning.dyrate import PREDICTOR_FILE
+
+    model = shutil.copytree(llava_dir, tmp_path / "model")  # the predictor in the model folder: the default
+    _predictor(model / PREDICTOR_FILE, DY_RATES - 1)  # always the highest rate, decided at prefill
+    out_dir = tmp_path / "out"
+    code, out, err = run_eval(capsys, "--model", model, "--task", f"jsonl:{task_dir / 'task.jsonl'}",
+                              "--method", "dyrate", *AR_FAST, "--out", out_dir)
+    assert code == 0, err
+    res = _check_files(out_dir)
+    base, row = res["rows"]
+    assert row["method"] == "dyrate" and row["keep_ratio"] is None and set(res["predictions"]) == {"none", "dyrate"}
+    _check_row(row, 3)
+    assert row["kept_fraction"] == 1.0 and row["keep"] == 4  # the prefill keeps every visual token
+    assert base["decode_visual_kv_cut"] is None
+    # every decode step attends keep_counts[-1] of the N_v = 4 visual tokens: the cut is exactly that rate's drop
+    counts = dyrate.keep_counts(4, DY_RATES)
+    assert row["decode_visual_kv_cut"] is not None  # these records generate ≥ 2 tokens (4 at most)
+    assert row["decode_visual_kv_cut"] == 1.0 - counts[-1] / 4
+    assert 0.0 < row["decode_visual_kv_cut"] < 1.0
+    csv_rows = _csv_rows(out_dir / "results.csv")
+    assert [r["keep_ratio"] for r in csv_rows] == ["1.0", ""]
+    assert csv_rows[0]["decode_visual_kv_cut"] == "" and float(csv_rows[1]["decode_visual_kv_cut"]) == 0.75
+    assert "kv_cut" in out and "0.750" in out
+
+    # ToDRE stage 1 then DyRate (a + spec): N_v of the cut is the 2 tokens stage 1 left in the cache. Pivot "norm":
+    # this one-layer vision tower has no layer before the feature layer for the class-token attention.
+    code, out, err = run_eval(capsys, "--model", model, "--task", f"jsonl:{task_dir / 'task.jsonl'}",
+                              "--method", "todre+dyrate", "--keep", "2", "--pivot", "norm", *AR_FAST,
+                              "--json", tmp_path / "r.json")
+    assert code == 0, err
+    with open(tmp_path / "r.json", encoding="utf-8") as fh:
+        row = json.load(fh)["rows"][1]
+    assert (row["method"], row["keep"], row["kept_fraction"], row["keep_ratio"]) == ("todre+dyrate", 2, 0.5, None)
+    assert row["decode_visual_kv_cut"] == 1.0 - dyrate.keep_counts(2, DY_RATES)[-1] / 2
+
+
+def test_sweep_methods_without_keep_run_once(llava_dir, task_dir, tmp_path, capsys):
+    out_dir = tmp_path / "sweep"
+    pred = _predictor(tmp_path / "p.safetensors", 1)
+    code, out, err = run_eval(capsys, "--model", llava_dir, "--task", f"jsonl:{task_dir / 'task.jsonl'}",
+                              "--sweep", "--methods", "fastv,todre-relevance,dyrate", "--ratios", "1.0,0.5",
+                              "--layer", "1", "--predictor", pred, "--limit", "2", "--no-random", *AR_FAST,
+                              "--out", out_dir)
+    assert code == 0, err
+    res = _check_files(out_dir)
+    assert [(r["method"], r["keep_ratio"]) for r in res["rows"]] == [
+        ("none", 1.0), ("fastv", 1.0), ("fastv", 0.5), ("todre-relevance", None), ("dyrate", None)]
+    assert set(res["predictions"]) == {"none", "fastv keep=1", "fastv keep=0.5", "todre-relevance", "dyrate"}
+    assert res["skipped"] == []
+    assert any("fastv: ignored option(s) --predictor" in n for n in res["notes"])
+    for row in res["rows"]:
+        _check_row(row, 2)
+        assert (row["decode_visual_kv_cut"] is not None) == (row["method"] == "dyrate")
+    cut = res["rows"][-1]["decode_visual_kv_cut"]  # rate 1 of 4 on 4 visual tokens: 3 kept, a cut of 1/4
+    assert cut == 0.25
+    rows = _csv_rows(out_dir / "results.csv")
+    assert [(r["method"], r["keep_ratio"]) for r in rows] == [
+        ("none", "1.0"), ("fastv", "1.0"), ("fastv", "0.5"), ("todre-relevance", ""), ("dyrate", "")]
+    assert "todre-relevance" in out and "dyrate" in out
+
+
+def test_sweep_plan_dyrate_needs_a_predictor(tmp_path):
+    import argparse
+
+    from vtp_jax.pruning.dyrate import PREDICTOR_FILE
+
+    args = argparse.Namespace(methods=None, no_random=True, model=str(tmp_path), predictor=None, layer=None,
+                              criterion=None, reindex=None, tau=0.2, pivot=None, cls_layer=3, seed=0)
+    run, skipped, _ = evaluate._sweep_plan(args, "llava")
+    assert "dyrate" not in run and "todre-relevance" in run and "fastv" in run
+    (reason,) = [s["reason"] for s in skipped if s["method"] == "dyrate"]
+    assert "DyRate needs a trained predictor" in reason
+    assert evaluate._method_options(args, "dyrate", strict=False)[0] == {}
+
+    default = _predictor(tmp_path / PREDICTOR_FILE, 0)  # the model folder's predictor is the default
+    run, skipped, _ = evaluate._sweep_plan(args, "llava")
+    assert "dyrate" in run and "dyrate" not in [s["method"] for s in skipped]
+    assert evaluate._method_options(args, "dyrate", strict=False)[0] == {"predictor": default}
+    args.predictor = "/elsewhere/p.safetensors"  # --predictor wins
+    assert evaluate._method_options(args, "dyrate", strict=False)[0] == {"predictor": args.predictor}
+    options, notes = evaluate._method_options(args, "fastv", strict=False)
+    assert options == {} and "ignored option(s) --cls-layer, --predictor, --tau" in notes[0]
+    assert evaluate._method_options(args, "todre+todre-relevance", strict=False)[0] == {"tau": 0.2, "cls_layer": 3}
+    assert evaluate._sweep_plan(argparse.Namespace(**{**vars(args), "methods": "todre+dyrate"}), "llada_v")[0] == []
+
+    assert not evaluate.takes_keep("dyrate") and not evaluate.takes_keep("todre-relevance")
+    assert evaluate.takes_keep("todre+todre-relevance") and evaluate.takes_keep("fastv")

@@ -1,4 +1,5 @@
-"""eval.metrics on hand-made cases: normalisation, exact match, VQA soft accuracy, POPE yes/no, multiple choice."""
+"""eval.metrics on hand-made cases: normalisation, exact match, VQA soft accuracy, POPE yes/no, multiple choice, item
+F1 (list answers); eval.tasks' shapes-describe task."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 
 from eval import metrics
 from eval.metrics import (
-    MetricError, exact_match, gold_choice, multiple_choice, normalize_answer, parse_choice, parse_yes_no, score,
-    vqa_soft_accuracy, yes_no_f1,
+    MetricError, exact_match, gold_choice, item_f1, multiple_choice, normalize_answer, parse_choice, parse_yes_no,
+    score, split_items, vqa_soft_accuracy, yes_no_f1,
 )
 
 
@@ -166,4 +167,81 @@ def test_score_dispatch():
         score("bleu", "x", ["y"])
     with pytest.raises(MetricError, match="needs choices"):
         score("multiple_choice", "A", ["A"], None)
-    assert set(metrics.METRICS) == {"exact_match", "vqa", "yes_no", "multiple_choice"}
+    assert score("item_f1", "red circle, blue square", ["red circle"]) == pytest.approx(2 / 3)
+    assert set(metrics.METRICS) == {"exact_match", "vqa", "yes_no", "multiple_choice", "item_f1"}
+
+
+# ---- list answers: split_items / item_f1 -----------------------------------------------------------------------
+
+GOLD = "red circle top left, blue square centre"
+
+
+@pytest.mark.parametrize(
+    "text,items",
+    [
+        (GOLD, ["red circle top left", "blue square centre"]),
+        ("The Red Circle; a blue square.", ["red circle", "blue square"]),  # ";" splits; normalised (articles, case)
+        ("red circle and blue square", ["red circle", "blue square"]),       # " and " splits
+        ("candle, sand", ["candle", "sand"]),                                # "and" only as a whole word
+        ("red circle,, ,blue square,", ["red circle", "blue square"]),       # empty items dropped
+        ("two circles", ["2 circles"]),                                      # number words → digits
+        ("", []),
+        (" , ; and ", []),
+    ],
+)
+def test_split_items(text, items):
+    assert split_items(text) == items
+
+
+def test_item_f1_exact_and_order():
+    assert item_f1(GOLD, GOLD) == 1.0
+    assert item_f1("blue square centre, red circle top left", GOLD) == 1.0  # a set of items: order does not matter
+    assert item_f1("Red circle top left; the blue square centre.", [GOLD]) == 1.0  # normalised like exact match
+
+
+def test_item_f1_partial():
+    # one of two items right and one wrong: precision 1/2, recall 1/2 → F1 1/2
+    assert item_f1("red circle top left, green triangle centre", GOLD) == pytest.approx(0.5)
+    # one of two items, nothing wrong: precision 1, recall 1/2 → F1 2 · (1 · 1/2) / (3/2) = 2/3
+    assert item_f1("red circle top left", GOLD) == pytest.approx(2 / 3)
+    # three items, both gold items among them: precision 2/3, recall 1 → F1 (4/3) / (5/3) = 4/5
+    assert item_f1(GOLD + ", green triangle bottom", GOLD) == pytest.approx(4 / 5)
+    # multisets: a repeated item counts once against a gold that has it once: precision 1/2, recall 1 → 2/3
+    assert item_f1("red circle, red circle", "red circle") == pytest.approx(2 / 3)
+    # an item is matched whole: a near miss scores nothing
+    assert item_f1("red circle top right, blue square centre left", GOLD) == 0.0
+
+
+def test_item_f1_empty():
+    assert item_f1("", "") == 1.0  # nothing listed on either side
+    assert item_f1("", GOLD) == 0.0
+    assert item_f1(GOLD, "") == 0.0
+    assert item_f1("the, a", "") == 1.0  # only articles: no items
+    with pytest.raises(MetricError, match="no gold answers"):
+        item_f1(GOLD, [])
+
+
+def test_item_f1_multiple_gold_answers():
+    golds = ["green triangle bottom", GOLD]
+    assert item_f1("red circle top left", golds) == pytest.approx(2 / 3)  # the best over the gold answers
+    assert item_f1("green triangle bottom", golds) == 1.0
+    assert item_f1("", ["", GOLD]) == 1.0
+    assert item_f1("yellow star", golds) == 0.0
+
+
+# ---- the shapes-describe task ----------------------------------------------------------------------------------
+
+def test_load_shapes_describe_task():
+    shapes = pytest.importorskip("vtp_jax.testbed.shapes")
+    from eval import tasks
+
+    recs = tasks.load_task("shapes-describe", n=3)
+    exs = shapes.make_split("test", 3, 0)  # load_task's defaults: split "test", seed 0
+    assert len(recs) == 3 and len({r.id for r in recs}) == 3
+    for r, ex in zip(recs, exs):
+        assert r.question == shapes.DESCRIBE and r.prompt() == shapes.DESCRIBE
+        assert r.metric == "item_f1" and r.kind == "describe"
+        assert r.answers == [shapes.describe(ex.scene)]
+        assert r.load_image().mode == "RGB" and r.image_path is None
+        assert score(r.metric, r.answers[0], r.answers) == 1.0
+        assert len(split_items(r.answers[0])) == len(ex.scene.objects)  # one item per object

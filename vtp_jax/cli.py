@@ -15,14 +15,24 @@ The model family comes from the converted config (``cfg.family``):
   ⌊7L/8⌋; no keep count: all visual tokens are dropped from layer ℓ on when both attention ratios fall below τ).
   Stages combine with ``+``, at most one per stage, in stage order: ``--method todre+todre-relevance`` runs ToDRE
   stage 1 (``--keep``/``--keep-ratio``, ``--pivot``) then stage 2 (``--tau``, ``--layer``).
+* llava — DyRate during decoding: ``--method dyrate`` (``--predictor PATH``, a ``vtp-train-dyrate`` file; default
+  ``<--model>/dyrate_predictor.safetensors`` when that file exists; ``--layer``: probe layer, default the
+  predictor's; no keep count: the predictor picks the pruning rate at every generated token and the least-attended
+  visual tokens leave the KV cache). Combines with a pre-LLM method: ``--method todre+dyrate``.
 
 ``--json`` prints one object: ``text``, ``prompt_ids`` (image placeholders expanded), ``output_ids`` (answer tokens
-before the first stop id), ``num_visual_tokens``, ``kept_visual_indices`` (ascending), ``method``, ``family``,
+up to and including the first stop id), ``num_visual_tokens``, ``kept_visual_indices`` (ascending), ``method``, ``family``,
 ``stages`` (per method of ``--method``: its kept indices, or for ``todre-relevance`` ``{"dropped", "alpha_t2v",
-"alpha_v2t", "layer", "tau"}``; ``kept_visual_indices`` is the final set — empty when stage 2 fired), ``random_weights``, ``timings`` (seconds, medians over ``--runs``: ``prefill_s`` — LLaVA prefill / LLaDA-V encode;
+"alpha_v2t", "layer", "tau"}``, for ``dyrate`` ``{"kept_per_token", "rate_per_token", "rates", "layer"}``;
+``kept_visual_indices`` is the final set — empty when stage 2 fired; with DyRate the set the prefill saw),
+DyRate only: ``kept_per_token`` (visual tokens in the KV cache when each answer token was generated, one entry per
+``output_ids`` token; the first, made by prefill, saw all N_v of them — N_v being the visual tokens the decoder
+got, a pre-LLM stage's keep count with one) and ``decode_visual_kv_cut`` (share of those visual KV entries the
+decode steps did not attend, ``1 − Σ kept / (steps · N_v)`` over tokens 1 … n − 1; null with fewer than two
+tokens), ``random_weights``, ``timings`` (seconds, medians over ``--runs``: ``prefill_s`` — LLaVA prefill / LLaDA-V encode;
 ``decode_s`` — LLaVA decode loop / LLaDA-V denoising; ``latency_s``; ``tokens_per_s`` — LLaVA decode throughput /
 LLaDA-V decoded positions (gen_length) per second of latency; ``runs``; ``first_call_s``, compilation included); LLaDA-V adds
-``diffusion`` (the sampler settings).
+``diffusion`` (the sampler settings). Per-row arrays are reported for row 0 (the one prompt), as plain lists.
 
 Exit codes: 0 on success, 2 on bad input (message on stderr, no traceback).
 """
@@ -31,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
 import numpy as np
@@ -47,15 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True, help="question / instruction text")
     p.add_argument("--method", default="none",
-                   help="pruning method: none | fastv, todre-relevance (llava) | redvtp, llada-fastv (llada_v) | "
-                        "todre, divprune, random (both, before the LLM); combine stages with +, e.g. "
+                   help="pruning method: none | fastv, todre-relevance, dyrate (llava) | redvtp, llada-fastv "
+                        "(llada_v) | todre, divprune, random (both, before the LLM); combine stages with +, e.g. "
                         "todre+todre-relevance")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
     g.add_argument("--keep-ratio", type=float,
                    help="visual tokens to keep (fraction of N_v; default 0.5: FastV round(N_v·R), RedVTP int(N_v·R))")
     p.add_argument("--layer", type=int, default=None,
-                   help="FastV: decoder layer K at which to prune (default 2); todre-relevance: layer ℓ (default 7L/8)")
+                   help="FastV: decoder layer K at which to prune (default 2); todre-relevance: layer ℓ (default "
+                        "7L/8); dyrate: probe layer (0-based; default the predictor's)")
     p.add_argument("--tau", type=float, default=None,
                    help="todre-relevance: drop all visual tokens when both attention ratios are below tau (default 0.10)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows (default last)")
@@ -64,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cls-layer", type=int, default=None,
                    help="ToDRE pivot cls: vision layer of the class-token attention, HF hidden_states indexing "
                         "(default: the vision feature layer; -1: the tower's last layer)")
+    p.add_argument("--predictor", default=None, metavar="PATH",
+                   help="dyrate: rate predictor file from vtp-train-dyrate (default: MODEL/dyrate_predictor.safetensors "
+                        "if present)")
     add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one: random)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
@@ -179,6 +195,18 @@ def _run_llada_v(args, image, model, cfg) -> dict:
     return result
 
 
+def default_predictor(method: str, predictor: str | None, model_dir: str) -> str | None:
+    """DyRate's predictor path: ``predictor`` when given; else, when the ``+``-joined ``method`` includes
+    ``dyrate``, ``<model_dir>/dyrate_predictor.safetensors`` if that file exists; else None (DyRate then refuses
+    with its own message). Shared with ``vtp-eval``."""
+    from vtp_jax.pruning.dyrate import PREDICTOR_FILE
+
+    if predictor is not None or "dyrate" not in [n.strip() for n in method.split("+")]:
+        return predictor
+    path = os.path.join(model_dir, PREDICTOR_FILE)
+    return path if os.path.isfile(path) else None
+
+
 def _method(args, family: str, num_visual: int, num_layers: int):
     import dataclasses
 
@@ -190,7 +218,41 @@ def _method(args, family: str, num_visual: int, num_layers: int):
         args.method, family, num_visual, num_layers, keep=args.keep, keep_ratio=args.keep_ratio,
         layer=args.layer, criterion=args.criterion, reindex=args.reindex, pivot=args.pivot, cls_layer=args.cls_layer,
         seed=args.seed if seeded else None, tau=args.tau,
+        predictor=default_predictor(args.method, args.predictor, args.model),
     )
+
+
+def jsonable(x):
+    """``x`` with every NumPy / JAX array turned into (nested) lists and NumPy scalars into Python numbers, through
+    dicts, lists and tuples; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "__array__") and not isinstance(x, (str, bytes)):
+        x = np.asarray(x)
+        return jsonable(x.tolist()) if x.ndim else jsonable(x.item())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _stage_entry(name: str, value, n_new: int):
+    """A ``stages`` entry for row 0: arrays [B, …] give their row 0 (DyRate's per-token arrays cut to the ``n_new``
+    generated tokens); other values (layer, tau, the rate list) as they are."""
+    if not isinstance(value, dict):
+        return [int(i) for i in np.asarray(value)[0]]
+    out = {}
+    for k, x in value.items():
+        if isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "shape"):
+            x = np.asarray(x)
+            x = x[0] if x.ndim else x
+            if name == "dyrate" and k in ("kept_per_token", "rate_per_token"):
+                x = x[:n_new]
+        out[k] = jsonable(x)
+    return out
 
 
 def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode) -> dict:
@@ -199,20 +261,20 @@ def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode)
     new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
     dropped = getattr(out, "stage2_dropped", None)
     kept = [] if dropped is not None and bool(dropped[0]) else [int(i) for i in np.asarray(out.kept[0])]
-    stages = {}
-    for name, v in (getattr(out, "stages", None) or {}).items():
-        if isinstance(v, dict):
-            stages[name] = {k: (x.item() if hasattr(x, "item") and np.ndim(x) == 0 else
-                                np.asarray(x)[0].item() if np.ndim(x) else x) for k, x in v.items()}
-        else:
-            stages[name] = [int(i) for i in np.asarray(v)[0]]
-    return {
+    n_new = int(out.num_new_tokens[0])
+    stages = {name: _stage_entry(name, v, n_new) for name, v in (getattr(out, "stages", None) or {}).items()}
+    dyrate = {}
+    if getattr(out, "kept_per_token", None) is not None:  # DyRate: N_v = the visual tokens in the cache after prefill
+        dyrate = {"kept_per_token": [int(k) for k in out.kept_per_token[0, :n_new]],
+                  "decode_visual_kv_cut": out.decode_visual_kv_cut(int(out.kept_per_token[0, 0]))}
+    return jsonable({
         "text": processor.decode(new_ids),
         "prompt_ids": batch.prompt_ids[0],
         "output_ids": new_ids,
         "num_visual_tokens": batch.num_visual_tokens,
         "kept_visual_indices": kept,
         "stages": stages,
+        **dyrate,
         "method": args.method,
         "family": cfg.family,
         "timings": {
@@ -223,7 +285,7 @@ def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode)
             "runs": len(runs),
             "first_call_s": first_call_s,
         },
-    }
+    })
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,18 +300,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vtp-generate: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         if result["random_weights"]:
             print("[note] this checkpoint has RANDOM weights: the text below is meaningless by design")
-        t = result["timings"]
+        t = {k: float("nan") if v is None else v for k, v in result["timings"].items()}  # null: not finite
         print(result["text"])
         kept = f"[{result['method']}] kept {len(result['kept_visual_indices'])}/{result['num_visual_tokens']} visual tokens"
         if result["family"] == "llada_v":
             print(f"{kept} | encode {t['prefill_s'] * 1e3:.1f} ms | denoise {t['decode_s'] * 1e3:.1f} ms | "
                   f"latency {t['latency_s'] * 1e3:.1f} ms | {t['tokens_per_s']:.1f} tokens/s")
         else:
-            print(f"{kept} | prefill {t['prefill_s'] * 1e3:.1f} ms | decode {t['tokens_per_s']:.1f} tokens/s")
+            cut = result.get("decode_visual_kv_cut")
+            cut = f" | decode visual KV cut {cut:.1%}" if cut is not None else ""
+            print(f"{kept}{cut} | prefill {t['prefill_s'] * 1e3:.1f} ms | decode {t['tokens_per_s']:.1f} tokens/s")
     return 0
 
 
