@@ -1,9 +1,27 @@
-"""``vtp-bench``: speed of LLaVA (FastV) and LLaDA-V (RedVTP) generation — PyTorch vs vtp_jax, unpruned and pruned.
+"""``vtp-bench``: speed of LLaVA and LLaDA-V generation, every pruning method at keep 50/25/10 % — PyTorch vs vtp_jax.
 
 **The weights are RANDOM.** Each section writes a random-weight checkpoint on disk, converts it with
 :func:`convert.convert` and loads it with :func:`vtp_jax.checkpoint.load`. It measures speed only; the generated text
 is meaningless. ``--family llava|llada_v|all`` (default all) picks the sections; ``--json`` holds one object per
 section under ``"llava"`` / ``"llada_v"``. ``--preset micro|tiny|small`` sizes both sections.
+
+Which variants (flags; bad values exit 2 with ``vtp-bench: error: ...`` before anything runs):
+
+* ``--methods M1,M2,...`` — LLaVA pruning methods (default: every method registered for LLaVA's stages in
+  :data:`vtp_jax.runtime.FAMILY_STAGES` except ``dyrate``, which needs a trained rate predictor: ``fastv, todre,
+  divprune, random, todre-relevance``; ``""`` = only the unpruned baselines).
+* ``--llada-methods M1,M2,...`` — LLaDA-V pruning methods of the 32/16 setting (default every registered one:
+  ``redvtp, llada-fastv, todre, divprune, random``).
+* ``--keeps P1,P2,...`` — percentages of the N_v visual tokens kept (default ``50,25,10``), for both families.
+
+Each method that takes a keep count becomes one jax variant per keep, ``jax <method>-<keep %>`` (e.g.
+``jax todre-10``), built by :func:`vtp_jax.runtime.build_method` exactly as ``vtp-generate --method M --keep-ratio
+P/100`` builds it: keep = ``max(1, round(N_v · P/100))`` for LLaVA, ``max(1, int(N_v · P/100))`` for LLaDA-V;
+method defaults otherwise (FastV layer K = ``--fastv-layer``; ToDRE's pivot automatic: the class-token attention on
+CLIP, the norm pivot on SigLIP; ``random`` seed 0 as vtp-generate's default ``--seed``). A method without a keep count
+(``todre-relevance``, ToDRE stage 2: τ = 0.10 at layer ℓ = ⌊7L/8⌋) is one variant, ``jax todre-relevance``; whether
+it fired — dropped every visual token from layer ℓ on — is data dependent (on random weights it may or may not) and
+is reported per run from ``GenerationOutput.stage2_dropped`` with its two ratios α_t→v, α_v→t.
 
 LLaVA section
 =============
@@ -16,8 +34,9 @@ Everything happens in one process and one run:
 2. A fixed prompt, built from ids directly (no tokenizer): ``bos`` + 5 text ids + N_v image tokens + 8 text ids,
    repeated over the batch; pixel values are random float32 [B, 3, H, W]; attention mask all ones (no padding).
 3. For each variant — ``torch`` (transformers ``LlavaForConditionalGeneration``, fp32, eval mode, default
-   ``torch.get_num_threads()`` unless ``--torch-threads``), ``jax none``, ``jax fastv-50`` and ``jax fastv-25``
-   (FastV keep 50 % / 25 % of the visual tokens at decoder layer K = 2) — ``--warmup`` untimed runs, then
+   ``torch.get_num_threads()`` unless ``--torch-threads``), ``jax none``, then ``--methods`` × ``--keeps`` (default
+   ``jax fastv-50``, ``-25``, ``-10`` (FastV at decoder layer K = 2), ``jax todre-50`` … ``jax random-10``,
+   ``jax todre-relevance``: 14 jax variants) — ``--warmup`` untimed runs, then
    ``--runs`` timed runs; medians are reported (and, as "best of runs", the minimum prefill time and maximum
    decode rate). The variants are interleaved run by run (round robin) so that background load hits them alike.
    The share of CPU time taken by *other* processes is measured (from ``/proc/stat``) in the second before the
@@ -45,17 +64,34 @@ Analytic FLOPs of the prefill (one multiply-add = 2 FLOPs; batch B, every produc
   KV key/value heads, head dim d_h, hidden D, MLP width F; the attention term counts Q·Kᵀ and P·V over the full
   T×T score matrix (what the dense kernel computes; the causal mask does not halve it). Norms, RoPE, softmax and
   residual adds are ignored (O(T·D)).
-* LLM prefill: ``B · (Σ_layers layer(T_l) + 2·D·V)`` — T_l = T for the layers before FastV's K and
-  ``T − N_v + keep`` from layer K on; ``2·D·V`` is the LM head on the last position only. FastV's probe (one
-  attention row at layer K − 1) and top-k are O(T·D) and ignored.
+* LLM prefill (:func:`method_prefill_flops`): ``B · (Σ_layers layer(T_l) + 2·D·V)``, ``2·D·V`` the LM head on the
+  last position only, with T_l per method:
+
+  - none / torch: T_l = T in every layer;
+  - FastV: T for the layers before K, ``T − N_v + keep`` from layer K on; its probe (one attention row at layer
+    K − 1) and top-k are O(T·D) and ignored;
+  - pre-LLM methods (``todre``, ``divprune``, ``random``): ``T − N_v + keep`` in every layer (the selection —
+    ToDRE's pivot from attention the tower computes anyway, the greedy max-sum / max-min diversification
+    O(keep·N_v·D), random's permutation — is ignored);
+  - ``todre-relevance``: T for layers < ℓ; from layer ℓ on ``T − N_v`` if it fired for every row, else T (a batch
+    where some rows did not fire runs at full length); plus its probe at layer ℓ, the q / k projections of layer ℓ's
+    input and the T×T scores of every prompt row, ``B · (2·T·D·(H + KV)·d_h + 2·T²·H·d_h)`` — so when it does not
+    fire its FLOP ratio is below 1.
 * Vision + projector (the same for every variant):
   ``B · (2·N_p·C·p²·D_v + Σ_run-layers [2·S·(4·D_v² + 2·D_v·F_v) + 4·S²·D_v] + 2·N_v·(D_v·n_f·D + D·D))``
   with N_p patches, S = N_p (+1 class token) positions, n_f concatenated feature layers, and only the
   layers up to the selected feature layer counted (vtp_jax runs just those; transformers' CLIP runs them all, so
   torch does one extra vision layer for the default ``vision_feature_layer = −2``).
 
-Targets (reported PASS / MISS): decode tokens/s jax none / torch ≥ 3×; prefill speed-up of FastV keep 25 % over
-jax none ≥ 1.5×.
+The table (one per family) lists every variant: method, keep %, visual tokens kept (FastV: from layer K on;
+todre-relevance: in layers ≥ ℓ), LLM tokens after pruning, prefill ms (median, best), decode tokens/s (median,
+best), prefill speed-up over jax none, decode × torch, LLM prefill GFLOP and the FLOP ratio jax none / variant,
+compile s, and for todre-relevance whether it fired. JSON ``rows`` are keyed by variant name (``"torch"``,
+``"jax none"``, ``"jax fastv-50"``, …) and add ``method``, ``stage``, ``keep_percent`` and ``stage2`` (todre-relevance:
+``fired``, ``fired_runs``, ``layer``, ``tau``, ``alpha_t2v``, ``alpha_v2t``; else null).
+
+Targets (reported PASS / MISS, or SKIPPED when the variant is not selected): decode tokens/s jax none / torch ≥ 3×;
+prefill speed-up of FastV keep 25 % (``jax fastv-25``) over jax none ≥ 1.5×.
 
 LLaDA-V section
 ===============
@@ -73,10 +109,15 @@ N_v image placeholders + 8 text ids (558 tokens), batch 1, random pixel values [
 2. RedVTP's evaluation settings, gen_length / steps = 32 / 16 (block 32) and 2 / 2 (block 2); greedy,
    low-confidence remasking; LLaDA-V's suppressed ids (EOS, BOS, header ids) on both sides.
 3. Variants per setting: ``torch`` (LLaDA's ``generate`` loop, :func:`vtp_jax.testbed.torch_llada_v.generate`: the
-   whole sequence recomputed at every step, logits of every position), ``jax none`` (``DiffusionGenerator``),
-   ``jax redvtp-50`` / ``jax redvtp-25`` (RedVTP keep ``max(1, int(N_v · r))``, r = 0.5 / 0.25, scored at the first
-   step, every later step on the compacted sequence). Warm-up as above (jax compiles there; ``compile s`` is the
-   first call's wall time), then interleaved timed runs, medians.
+   whole sequence recomputed at every step, logits of every position), ``jax none`` (``DiffusionGenerator``), then
+   at 32/16 ``--llada-methods`` × ``--keeps`` (default ``jax redvtp-50`` … ``jax random-10``: 15 variants) and at 2/2
+   only ``jax redvtp-50`` / ``jax redvtp-25`` (:data:`SHORT_SETTING_VARIANTS`, to bound the run time). RedVTP and
+   LLaDA-FastV (stage ``during_generation``) score the visual tokens at the first step and run every later step on
+   the compacted sequence; ToDRE stage 1, DivPrune and random (``pre_llm``) prune before the first step. Keep
+   ``max(1, int(N_v · r))``. Warm-up as above (jax compiles there; ``compile s`` is the first call's wall time), then
+   interleaved timed runs (every variant of both settings, round robin), medians. One table lists every variant of
+   both settings (setting, variant, method, keep %, kept, sequence length, latency ms (median, best), tokens/s, gain,
+   ×torch, GFLOP, FLOP ratio, encode ms, time split, compile s).
 
 Measurements: **latency ms** — wall time of one whole generation: vision + projector + packing once, then every
 denoising step (jax: ``DiffusionOutput.latency_s`` = encode + denoise, each ended by a device sync; torch: the
@@ -89,12 +130,23 @@ with the first timed rounds, so inside the same load window; medians) shows wher
 Analytic FLOPs of one generation (:func:`diffusion_flops`): vision (patch embedding + the stored SigLIP layers,
 ``2·S·(4·D_v² + 2·D_v·F_v) + 4·S²·D_v`` per layer and tile, S = p² positions, no class token) + projector
 (``2·S·(D_v·D + D·D)`` per tile) once; then per step ``L · layer(T) + 2·D·V·R`` with ``layer(T)`` as in the LLaVA
-section (dense bidirectional T×T attention), T = prompt + gen_length (RedVTP: T − N_v + keep after the first step)
-and R = gen_length logit rows (torch: R = T, and one more SigLIP layer). The FLOP ratio jax none / variant is the
-throughput gain that FLOPs alone would give.
+section (dense bidirectional T×T attention), T = prompt + gen_length (RedVTP and LLaDA-FastV: T − N_v + keep after
+the first step, their attention probes ignored; pre-LLM methods: T − N_v + keep at every step, the selection
+ignored) and R = gen_length logit rows (torch: R = T, and one more SigLIP layer). The FLOP ratio jax none / variant is
+the throughput gain that FLOPs alone would give.
 
-Target (PASS / MISS): token-throughput gain of RedVTP keep 50 % over jax none at 32 / 16 ≥ +100 % (the RedVTP paper
-reports up to +186 % on LLaDA-V-8B).
+Target (PASS / MISS, SKIPPED without ``jax redvtp-50`` at 32/16): token-throughput gain of RedVTP keep 50 % over jax
+none at 32 / 16 ≥ +100 % (the RedVTP paper reports up to +186 % on LLaDA-V-8B).
+
+Run time
+========
+
+Most of the wall time is jax compilation, once per jax variant (its ``compile s``, ~4–10 s each on the project's
+2-core CPU); the default run has 14 LLaVA and 16 + 3 LLaDA-V jax variants (before ``--methods`` / ``--llada-methods``
+/ ``--keeps`` existed: 3 and 3 + 3). ``vtp-bench --preset micro --runs 2`` took 91 s before and 197 s after (both
+with other jobs using the CPUs). The default ``tiny`` preset, ``--runs 5``, is estimated (not measured) at ~6–7 min
+on an idle 2-core machine (before: ~2.5–3 min) and about twice that under load; ``--methods``, ``--llada-methods``
+and ``--keeps`` trim it (e.g. ``--keeps 25``).
 """
 
 from __future__ import annotations
@@ -127,7 +179,11 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 PREFIX_TEXT, SUFFIX_TEXT = 5, 8  # text ids before / after the image tokens in the prompt
-FASTV_KEEPS = ((50, 0.5), (25, 0.25))  # (label %, fraction of N_v)
+DEFAULT_KEEPS = "50,25,10"  # --keeps: percent of the visual tokens kept (each method with a keep count, both families)
+# Registered methods not benchmarked by default (and refused by --methods / --llada-methods), with the reason.
+NOT_BENCHED = {"dyrate": "it needs a trained rate predictor (vtp-train-dyrate), which random weights do not have"}
+# Order of the variants in the tables (methods registered later and not listed here follow in registry order).
+METHOD_ORDER = ("fastv", "redvtp", "llada-fastv", "todre", "divprune", "random", "todre-relevance")
 TARGET_DECODE_VS_TORCH = 3.0
 TARGET_FASTV25_PREFILL = 1.5
 FOREIGN_LOAD_WARN = 0.1  # share of all CPU time used by other processes above which timings are flagged
@@ -135,6 +191,124 @@ FOREIGN_LOAD_WARN = 0.1  # share of all CPU time used by other processes above w
 
 class BenchError(ValueError):
     """Bad benchmark settings (reported as ``vtp-bench: error: ...``, exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Methods and keeps (--methods, --llada-methods, --keeps)
+# ---------------------------------------------------------------------------------------------------------------
+
+_FLAG = {"llava": "--methods", "llada_v": "--llada-methods"}
+
+
+def family_methods(family: str) -> list[str]:
+    """Every registered pruning method that ``family``'s generator runs (runtime.FAMILY_STAGES), except
+    :data:`NOT_BENCHED`, in :data:`METHOD_ORDER` (the default of ``--methods`` / ``--llada-methods``)."""
+    from vtp_jax.pruning import METHODS
+    from vtp_jax.runtime import FAMILY_STAGES
+
+    names = [n for n, cls in METHODS.items() if cls.stage in FAMILY_STAGES[family] and n not in NOT_BENCHED]
+    rank = {n: i for i, n in enumerate(METHOD_ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: unlisted ones keep registry order
+
+
+def takes_keep(name: str) -> bool:
+    """Whether the registered method ``name`` takes a keep count (False: ToDRE stage 2, DyRate)."""
+    from vtp_jax.pruning import METHODS
+
+    return bool(getattr(METHODS[name], "takes_keep", True))
+
+
+def parse_methods(spec: str | None, family: str) -> list[str]:
+    """``--methods`` / ``--llada-methods``: comma-separated registered names for ``family`` (None = every one,
+    :func:`family_methods`; "" = none: only the unpruned baselines). Raises BenchError naming the problem."""
+    if spec is None:
+        return family_methods(family)
+    from vtp_jax.pruning import METHODS
+    from vtp_jax.runtime import FAMILY_STAGES
+
+    flag, fitting = _FLAG[family], family_methods(family)
+    names = [n.strip() for n in spec.split(",")] if spec.strip() else []
+    for n in names:
+        if n == "none":
+            raise BenchError(f"{flag}: 'none' is not a pruning method (jax none always runs)")
+        if n not in METHODS:
+            raise BenchError(f"{flag}: unknown pruning method {n!r} (methods for {family}: {', '.join(fitting)})")
+        if METHODS[n].stage not in FAMILY_STAGES[family]:
+            raise BenchError(f"{flag}: pruning method {n!r} (stage {METHODS[n].stage}) does not apply to {family} "
+                             f"(methods for {family}: {', '.join(fitting)})")
+        if n in NOT_BENCHED:
+            raise BenchError(f"{flag}: {n!r} is not benchmarked: {NOT_BENCHED[n]}")
+    if len(set(names)) != len(names):
+        raise BenchError(f"{flag}: method listed twice in {spec!r}")
+    return names
+
+
+def parse_keeps(spec: str) -> list[float]:
+    """``--keeps``: comma-separated percentages in (0, 100] → floats, in the given order. Raises BenchError."""
+    out: list[float] = []
+    if not spec.strip():
+        raise BenchError("--keeps: give at least one percentage (e.g. 50,25,10)")
+    for part in spec.split(","):
+        try:
+            pct = float(part.strip())
+        except ValueError:
+            raise BenchError(f"--keeps: {part.strip()!r} is not a number (give percentages, e.g. 50,25,10)") from None
+        if not 0.0 < pct <= 100.0:  # also rejects nan
+            raise BenchError(f"--keeps: every percentage must be in (0, 100], got {part.strip()}")
+        out.append(pct)
+    if len({keep_label(p) for p in out}) != len(out):
+        raise BenchError(f"--keeps: percentage listed twice in {spec!r}")
+    return out
+
+
+def keep_label(pct: float) -> str:
+    """50.0 → "50", 12.5 → "12.5" (the suffix of a variant's name)."""
+    return f"{pct:g}"
+
+
+def variant_name(method: str, pct: float | None) -> str:
+    """``jax <method>-<keep %>``, or ``jax <method>`` for a method without a keep count."""
+    return f"jax {method}" if pct is None else f"jax {method}-{keep_label(pct)}"
+
+
+def variant_specs(methods: list[str], keeps: list[float]) -> list[tuple[str, str | None, float | None]]:
+    """(name, method, keep %) of every jax variant: ``jax none`` first, then each method (in ``methods``' order) at
+    every keep (methods that take no keep count: once, keep None)."""
+    specs: list[tuple[str, str | None, float | None]] = [("jax none", None, None)]
+    for m in methods:
+        for pct in (keeps if takes_keep(m) else [None]):
+            specs.append((variant_name(m, pct), m, pct))
+    return specs
+
+
+def build_variant_method(name: str | None, family: str, num_visual: int, num_layers: int, pct: float | None,
+                         **options: Any):
+    """The method object of one variant through :func:`vtp_jax.runtime.build_method`, exactly as ``vtp-generate
+    --method NAME --keep-ratio pct/100`` builds it (keep count: LLaVA rounds ``N_v · ratio``, LLaDA-V floors it; at
+    least 1); ``options`` that the method's dataclass does not declare are dropped; methods with a ``seed`` get 0
+    (vtp-generate's default ``--seed``); ToDRE's pivot stays automatic (class-token attention on CLIP, the norm
+    pivot on SigLIP). None for "none". Raises BenchError."""
+    import dataclasses
+
+    from vtp_jax.pruning import METHODS
+    from vtp_jax.runtime import build_method
+
+    if name is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(METHODS[name])}
+    opts = {k: v for k, v in {"seed": 0, **options}.items() if k in fields}
+    try:
+        return build_method(name, family, num_visual, num_layers, keep_ratio=None if pct is None else pct / 100.0,
+                            **opts)
+    except ValueError as e:  # InputError / PruningError
+        raise BenchError(f"{variant_name(name, pct)}: {e}") from e
+
+
+def _selection(args: argparse.Namespace) -> tuple[list[str], list[str], list[float]]:
+    """(LLaVA methods, LLaDA-V methods, keep percentages) from the flags; raises BenchError."""
+    return (parse_methods(getattr(args, "methods", None), "llava"),
+            parse_methods(getattr(args, "llada_methods", None), "llada_v"),
+            parse_keeps(DEFAULT_KEEPS if getattr(args, "keeps", None) is None else args.keeps))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,13 +323,43 @@ def llm_layer_flops(text, tokens: int) -> int:
     return 2 * tokens * p_layer + 4 * tokens * tokens * h * hd
 
 
-def llm_prefill_flops(cfg, prompt_len: int, *, keep: int | None = None, layer: int = 2, batch: int = 1) -> int:
-    """FLOPs of the LLM part of the prefill (decoder layers + last-position LM head), FastV if ``keep`` is given."""
+def llm_prefill_flops(cfg, prompt_len: int, *, keep: int | None = None, layer: int = 2, batch: int = 1,
+                      pre_llm: bool = False) -> int:
+    """FLOPs of the LLM part of the prefill (decoder layers + last-position LM head). With ``keep``: FastV (layers
+    ≥ ``layer`` over ``T − N_v + keep`` tokens) or, ``pre_llm=True``, a pre-LLM method (every layer over them)."""
     text = cfg.text
     short = prompt_len - cfg.num_visual_tokens + keep if keep is not None else prompt_len
-    per_layer = [prompt_len if (keep is None or i < layer) else short for i in range(text.num_hidden_layers)]
+    start = 0 if pre_llm else layer
+    per_layer = [prompt_len if (keep is None or i < start) else short for i in range(text.num_hidden_layers)]
     total = sum(llm_layer_flops(text, t) for t in per_layer) + 2 * text.hidden_size * text.vocab_size
     return batch * total
+
+
+def relevance_probe_flops(text, tokens: int) -> int:
+    """ToDRE stage 2's probe at layer ℓ (batch 1): the q and k projections of layer ℓ's input and the T×T scores
+    Q·Kᵀ of every prompt row: ``2·T·D·(H + KV)·d_h + 2·T²·H·d_h`` (softmax and the α sums are O(T²·H), ignored)."""
+    d, h, kv, hd = text.hidden_size, text.num_attention_heads, text.num_key_value_heads, text.head_dim
+    return 2 * tokens * d * (h + kv) * hd + 2 * tokens * tokens * h * hd
+
+
+def method_prefill_flops(cfg, prompt_len: int, method, *, fired: bool = False, batch: int = 1) -> int:
+    """LLM prefill FLOPs (as :func:`llm_prefill_flops`) of one method object (None = unpruned): pre-LLM methods
+    (ToDRE stage 1, DivPrune, random) shorten every layer to ``T − N_v + keep``; FastV the layers ≥ K; ToDRE stage 2
+    (``todre-relevance``) adds its probe at layer ℓ and, when it ``fired`` for every row, runs layers ≥ ℓ over
+    ``T − N_v`` tokens (otherwise at full length). Raises BenchError for a method it has no formula for."""
+    text = cfg.text
+    if method is None:
+        return llm_prefill_flops(cfg, prompt_len, batch=batch)
+    if method.stage == "pre_llm":
+        return llm_prefill_flops(cfg, prompt_len, keep=method.keep, batch=batch, pre_llm=True)
+    if method.name == "todre-relevance":
+        ell = method.resolve_layer(text.num_hidden_layers)
+        base = (llm_prefill_flops(cfg, prompt_len, keep=0, layer=ell, batch=batch) if fired
+                else llm_prefill_flops(cfg, prompt_len, batch=batch))
+        return base + batch * relevance_probe_flops(text, prompt_len)
+    if method.stage == "in_llm" and hasattr(method, "keep") and hasattr(method, "layer"):  # FastV
+        return llm_prefill_flops(cfg, prompt_len, keep=method.keep, layer=method.layer, batch=batch)
+    raise BenchError(f"no prefill FLOP formula for pruning method {method.name!r} (stage {method.stage})")
 
 
 def vision_flops(cfg, batch: int = 1) -> int:
@@ -231,7 +435,13 @@ class JaxRunner:
         if out.tokens.shape[1] != self.n or any(c != self.n for c in out.num_new_tokens):
             raise RuntimeError(f"jax run decoded {out.num_new_tokens} tokens, expected {self.n} per row")
         self.last_tokens = np.asarray(out.tokens)
-        return {"prefill_s": out.prefill_s, "decode_s": out.decode_s, "tokens_per_s": out.tokens_per_s}
+        result = {"prefill_s": out.prefill_s, "decode_s": out.decode_s, "tokens_per_s": out.tokens_per_s}
+        if out.stage2_dropped is not None:  # ToDRE stage 2: did it fire (per row), and its two ratios
+            info = out.stages.get("todre-relevance", {})
+            result["stage2_dropped"] = [bool(x) for x in np.asarray(out.stage2_dropped)]
+            result["alpha_t2v"] = [float(x) for x in np.asarray(info.get("alpha_t2v", []))]
+            result["alpha_v2t"] = [float(x) for x in np.asarray(info.get("alpha_v2t", []))]
+        return result
 
     def warmup(self) -> None:
         t0 = time.perf_counter()
@@ -336,7 +546,9 @@ LLADA_V_PRESETS: dict[str, dict[str, Any]] = {
 }
 # RedVTP's evaluation settings: (gen_length, steps, block_length).
 LLADA_V_SETTINGS = ((32, 16, 32), (2, 2, 2))
-REDVTP_KEEPS = ((50, 0.5), (25, 0.25))  # (label %, keep ratio; keep = max(1, int(N_v · ratio)) as in RedVTP's code)
+# The 2/2 setting times only these (method, keep %) besides torch and jax none (to bound the run time); the 32/16
+# setting times --llada-methods × --keeps. Keep = max(1, int(N_v · ratio)) as in RedVTP's code.
+SHORT_SETTING_VARIANTS = (("redvtp", 50.0), ("redvtp", 25.0))
 TARGET_REDVTP50_GAIN = 1.0  # token-throughput gain of RedVTP keep 50 % over jax none at 32/16: ≥ +100 %
 BREAKDOWN_RUNS = 3  # extra runs per jax variant (in the first timed rounds) that time encode / first step / the rest
 
@@ -364,10 +576,12 @@ def llada_vision_flops(cfg, num_tiles: int, extra_layers: int = 0) -> int:
 
 
 def diffusion_flops(cfg, *, prompt_len: int, num_visual: int, num_tiles: int, gen_length: int, steps: int,
-                    keep: int | None = None, reference: bool = False) -> int:
+                    keep: int | None = None, reference: bool = False, pre_llm: bool = False) -> int:
     """Analytic FLOPs of one generation (batch 1): vision + projector once, then ``steps`` denoising steps over
-    ``prompt_len + gen_length`` positions; with RedVTP (``keep``) the first step runs at full length and the other
-    ``steps − 1`` over ``prompt_len − N_v + keep + gen_length`` (its probe and top-k are O(T·D), ignored).
+    ``prompt_len + gen_length`` positions; with RedVTP / LLaDA-FastV (``keep``) the first step runs at full length
+    and the other ``steps − 1`` over ``prompt_len − N_v + keep + gen_length`` (their probe and top-k are O(T·D),
+    ignored); with a pre-LLM method (``keep``, ``pre_llm=True``: ToDRE stage 1, DivPrune, random) every step runs
+    over the shorter sequence (the selection, O(keep·N_v·D), is ignored).
     ``reference=True`` counts what the PyTorch loop computes instead: one more SigLIP layer (transformers runs the
     layer LLaDA-V deletes) and logits of every position."""
     text = cfg.text
@@ -377,6 +591,8 @@ def diffusion_flops(cfg, *, prompt_len: int, num_visual: int, num_tiles: int, ge
     if keep is None:
         return vision + steps * diffusion_step_flops(text, full, rows(full))
     short = full - num_visual + keep
+    if pre_llm:
+        return vision + steps * diffusion_step_flops(text, short, rows(short))
     return vision + diffusion_step_flops(text, full, rows(full)) + (steps - 1) * diffusion_step_flops(text, short,
                                                                                                        rows(short))
 
@@ -412,6 +628,8 @@ class JaxDiffusionRunner:
         self.compile_s: float | None = None  # wall time of the first call (compilation + one run), seconds
         self.last_tokens: np.ndarray | None = None
         self.kept: int | None = None
+        # visual tokens that reach the first denoising step (a pre-LLM method's keep): first_step's static argument
+        self.num_left = method.keep if method is not None and method.stage == "pre_llm" else inputs["num_visual"]
 
     def run(self) -> dict:
         out = self.gen.generate(self.inputs["input_ids"], self.inputs["attention_mask"], self.image_inputs,
@@ -443,7 +661,7 @@ class JaxDiffusionRunner:
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
         x_gen, counts, key, prompt, _ = gen.first_step(gen.state, prompt, jax.random.key(0), temperature=0.0,
-                                                       num_visual=x["num_visual"])
+                                                       num_visual=self.num_left)
         jax.block_until_ready(x_gen)
         t2 = time.perf_counter()
         jax.block_until_ready(gen.denoise(gen.state, prompt, x_gen, counts, key, temperature=0.0))
@@ -494,12 +712,11 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
     from convert import convert
     from vtp_jax.checkpoint import load
     from vtp_jax.generation.diffusion import DiffusionConfig
-    from vtp_jax.pruning import resolve_keep
-    from vtp_jax.pruning.redvtp import RedVTP
     from vtp_jax.testbed.hf_llada_v import SUPPRESS_IDS, tiny_llada_v_config
 
     if args.runs < 1 or args.warmup < 0:
         raise BenchError("need --runs ≥ 1, --warmup ≥ 0")
+    _, methods, keep_pcts = _selection(args)
     load_start = _loadavg()
     probe = ForeignLoad()
     time.sleep(1.0)
@@ -509,7 +726,7 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
     hf_config = tiny_llada_v_config(**preset)
 
     log("-" * 100)
-    log("LLaDA-V (masked diffusion): PyTorch reference (LLaDA's loop) vs vtp_jax, unpruned and RedVTP")
+    log("LLaDA-V (masked diffusion): PyTorch reference (LLaDA's loop) vs vtp_jax, unpruned and every pruning method")
     log("-" * 100)
     _warn_busy(busy_before, log)
     report: dict[str, Any] = {"preset": args.preset, "model": preset, "image_size": list(image_hw)}
@@ -560,9 +777,22 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
     max_gen = max(g for g, _, _ in LLADA_V_SETTINGS)
     if prompt_len + max_gen > cfg.text.max_position_embeddings:
         raise BenchError(f"prompt ({prompt_len}) + gen_length ({max_gen}) exceeds max positions")
-    keeps: dict[str, int | None] = {"jax none": None}
-    for label, ratio in REDVTP_KEEPS:
-        keeps[f"jax redvtp-{label}"] = resolve_keep(n_v, None, ratio, rounding="floor")
+    n_layers = cfg.text.num_hidden_layers
+    # Variants per setting: (name, method name, keep %); the method objects and keep counts by variant name.
+    specs_by_setting = {
+        _setting_name(*LLADA_V_SETTINGS[0]): variant_specs(methods, keep_pcts),
+        **{_setting_name(*st): [("jax none", None, None)] + [(variant_name(m, k), m, k)
+                                                              for m, k in SHORT_SETTING_VARIANTS]
+           for st in LLADA_V_SETTINGS[1:]},
+    }
+    method_objs: dict[str, Any] = {}
+    spec_of: dict[str, tuple[str | None, float | None]] = {}
+    for specs in specs_by_setting.values():
+        for name, m, pct in specs:
+            if name not in method_objs:
+                method_objs[name] = build_variant_method(m, "llada_v", n_v, n_layers, pct)
+                spec_of[name] = (m, pct)
+    keeps: dict[str, int | None] = {name: getattr(obj, "keep", None) for name, obj in method_objs.items()}
     device = jax.devices()[0]
     report["env"] = {
         "jax_version": jax.__version__, "platform": device.platform, "device_kind": device.device_kind,
@@ -581,6 +811,8 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
         "diffusion": [{"gen_length": g, "steps": st, "block_length": bl, "remasking": "low_confidence",
                        "temperature": 0.0} for g, st, bl in LLADA_V_SETTINGS],
         "keep": {name: (n_v if k is None else k) for name, k in keeps.items()},
+        "methods": methods, "keeps_percent": keep_pcts,
+        "variants": {sname: [name for name, _, _ in specs] for sname, specs in specs_by_setting.items()},
     }
     log(f"model: SigLIP {v.num_hidden_layers}L×{v.hidden_size} @ {v.image_size}px/{v.patch_size} "
         f"({cfg.tokens_per_tile} features per tile); image {image_hw[0]}×{image_hw[1]} → grid "
@@ -601,9 +833,8 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
         runners[sname] = {}
         if ref is not None:
             runners[sname]["torch"] = TorchDiffusionRunner(ref, dcfg, inputs)
-        for name, keep in keeps.items():
-            runners[sname][name] = JaxDiffusionRunner(model, dcfg, None if keep is None else RedVTP(keep=keep),
-                                                      inputs)
+        for name, _, _ in specs_by_setting[sname]:
+            runners[sname][name] = JaxDiffusionRunner(model, dcfg, method_objs[name], inputs)
 
     for sname, variants in runners.items():
         for name, runner in variants.items():
@@ -652,10 +883,16 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
         for name, runs in raw[sname].items():
             runner = variants[name]
             keep = keeps.get(name)
+            method, pct = spec_of.get(name, (None, None))
+            obj = method_objs.get(name)
             lat = [x["latency_s"] for x in runs]
             fl = diffusion_flops(cfg, prompt_len=prompt_len, num_visual=n_v, num_tiles=n_tiles, gen_length=g,
-                                 steps=st, keep=keep, reference=name == "torch")
+                                 steps=st, keep=keep, reference=name == "torch",
+                                 pre_llm=obj is not None and obj.stage == "pre_llm")
             rows[name] = {
+                "method": "none" if method is None else method,
+                "stage": None if obj is None else obj.stage,
+                "keep_percent": 100.0 if method is None else pct,
                 "visual_tokens_kept": n_v if keep is None else keep,
                 "seq_len_after_pruning": prompt_len + g - (0 if keep is None else n_v - keep),
                 "latency_ms": 1e3 * _median(lat),
@@ -690,15 +927,16 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
     report["torch_skipped"] = torch_skip
     first = _setting_name(*LLADA_V_SETTINGS[0])
     main_rows = sections[first]["rows"]
-    r50 = main_rows["jax redvtp-50"]
+    r50 = main_rows.get("jax redvtp-50")  # absent when --llada-methods / --keeps leave it out
     reliable = foreign_runs is None or foreign_runs <= FOREIGN_LOAD_WARN
-    gain = r50["throughput_gain_vs_jax_none"]
+    gain = None if r50 is None else r50["throughput_gain_vs_jax_none"]
     report["targets"] = {
         "reliable": reliable,
         "redvtp50_throughput_gain": {
-            "setting": first, "value": gain, "value_best_of_runs": r50["throughput_gain_vs_jax_none_best_of_runs"],
-            "target": TARGET_REDVTP50_GAIN, "flop_ratio": r50["flop_ratio_vs_jax_none"],
-            "status": "PASS" if gain >= TARGET_REDVTP50_GAIN else "MISS",
+            "setting": first, "value": gain,
+            "value_best_of_runs": None if r50 is None else r50["throughput_gain_vs_jax_none_best_of_runs"],
+            "target": TARGET_REDVTP50_GAIN, "flop_ratio": None if r50 is None else r50["flop_ratio_vs_jax_none"],
+            "status": "SKIPPED" if gain is None else ("PASS" if gain >= TARGET_REDVTP50_GAIN else "MISS"),
         },
         "torch_jax_agree": sections[first]["torch_jax_agree"],
     }
@@ -709,10 +947,35 @@ def _gain(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.0f}%"
 
 
+def _keep_pct(pct: float | None) -> str:
+    return "—" if pct is None else keep_label(pct)
+
+
+def _table(cols: list[tuple[str, int, str]], rows: list[list]) -> list[str]:
+    """Header, rule and rows; ``cols`` = (title, width, "<" | ">"); width 0 = as wide as needed (last column)."""
+    def line(cells):
+        return "".join(format(str(c), f"{align}{w}") if w else " " + str(c)
+                       for c, (_, w, align) in zip(cells, cols)).rstrip()
+
+    header = line([t for t, _, _ in cols])
+    return [header, "-" * len(header)] + [line(r) for r in rows]
+
+
+def _stage2_note(stage2: dict | None) -> str:
+    """todre-relevance: whether it fired (dropped every visual token from layer ℓ on) and its ratios (first row)."""
+    if not stage2:
+        return ""
+    a_tv = stage2["alpha_t2v"][0] if stage2["alpha_t2v"] else float("nan")
+    a_vt = stage2["alpha_v2t"][0] if stage2["alpha_v2t"] else float("nan")
+    what = ("FIRED" if stage2["fired"] else "did not fire" if not stage2["fired_runs"]
+            else f"fired in {stage2['fired_runs']} of {stage2['runs']} runs")
+    return f"{what} at ℓ={stage2['layer']} (α_t→v {a_tv:.3f}, α_v→t {a_vt:.3f}; τ {stage2['tau']:.2f})"
+
+
 def format_llada_v(report: dict) -> str:
     """The LLaDA-V section's tables and target line."""
     env, s = report["env"], report["settings"]
-    lines = ["", "LLaDA-V — masked diffusion, RedVTP (PyTorch reference vs vtp_jax)", "=" * 100,
+    lines = ["", "LLaDA-V — masked diffusion, every pruning method (PyTorch reference vs vtp_jax)", "=" * 100,
              f"jax {env['jax_version']} · device {env['platform']} ({env['device_kind']}) · {env['cpu_count']} CPUs"
              + (f" · torch {env['torch_version']} ({env['torch_num_threads']} threads, "
                 f"{env['torch_attn_implementation']} attention)" if "torch_version" in env else ""),
@@ -725,44 +988,47 @@ def format_llada_v(report: dict) -> str:
     if (env.get("foreign_cpu_share_during_runs") or 0.0) > FOREIGN_LOAD_WARN:
         lines.append("WARNING: other processes competed for the CPUs during the timed runs; the timings (torch's "
                      "above all) are not representative of an idle machine and PASS / MISS is unreliable")
-    header = (f"{'variant':<15}{'kept':>6}{'seq':>6}{'latency ms':>12}{'tokens/s':>10}{'gain':>8}{'×torch':>8}"
-              f"{'GFLOP':>8}{'FLOP ×':>8}{'encode ms':>11}{'compile s':>11}")
+    cols = [("setting", 8, "<"), ("variant", 22, "<"), ("method", 13, "<"), ("keep %", 7, ">"), ("kept", 6, ">"),
+            ("seq", 6, ">"), ("latency ms", 12, ">"), ("best ms", 9, ">"), ("tokens/s", 10, ">"), ("gain", 8, ">"),
+            ("×torch", 8, ">"), ("GFLOP", 9, ">"), ("FLOP ×", 8, ">"), ("encode ms", 10, ">"),
+            ("split ms", 15, ">"), ("compile s", 10, ">")]
+    table = []
+    for sname, sec in report["sections"].items():
+        split = report["time_split_ms"].get(sname, {})
+        for name, r in sec["rows"].items():
+            p = split.get(name)
+            split_s = "n/a" if not p else (f"{p['encode_ms']:.0f}+{p['first_step_ms']:.0f}"
+                                           + (f"+{sec['steps'] - 1}×{p['later_step_ms_each']:.1f}"
+                                              if p["later_step_ms_each"] is not None else ""))
+            table.append([sname, name, "torch" if name == "torch" else r["method"], _keep_pct(r["keep_percent"]),
+                          r["visual_tokens_kept"], r["seq_len_after_pruning"], f"{r['latency_ms']:.1f}",
+                          f"{r['latency_ms_min']:.1f}", f"{r['tokens_per_s']:.2f}",
+                          _gain(r["throughput_gain_vs_jax_none"]), _fmt(r["x_torch"], ".2f", "×"),
+                          f"{r['flops'] / 1e9:.3f}", _fmt(r["flop_ratio_vs_jax_none"], ".2f", "×"),
+                          _fmt(r["encode_ms"], ".1f"), split_s, _fmt(r["compile_s"], ".1f")])
+    lines += [""] + _table(cols, table)
     for sname, sec in report["sections"].items():
         frac = s["visual_fraction"][sname]
-        lines += ["", f"gen_length/steps {sname} (block {sec['block_length']}); visual tokens are {100 * frac:.0f} % "
-                      f"of the {s['prompt_len'] + sec['gen_length']}-token sequence", header, "-" * len(header)]
-        for name, r in sec["rows"].items():
-            lines.append(
-                f"{name:<15}{r['visual_tokens_kept']:>6}{r['seq_len_after_pruning']:>6}{r['latency_ms']:>12.1f}"
-                f"{r['tokens_per_s']:>10.2f}{_gain(r['throughput_gain_vs_jax_none']):>8}"
-                f"{_fmt(r['x_torch'], '.2f', '×'):>8}{r['flops'] / 1e9:>8.2f}"
-                f"{_fmt(r['flop_ratio_vs_jax_none'], '.2f', '×'):>8}{_fmt(r['encode_ms'], '.1f'):>11}"
-                f"{_fmt(r['compile_s'], '.1f'):>11}")
-        split = report["time_split_ms"].get(sname, {})
-        if split:
-            lines.append("jax time split (separately synchronised runs): " + "; ".join(
-                f"{name.removeprefix('jax ')} encode {p['encode_ms']:.0f} + first step {p['first_step_ms']:.0f}"
-                + (f" + {sec['steps'] - 1} × {p['later_step_ms_each']:.0f}" if p["later_step_ms_each"] else "")
-                + " ms" for name, p in split.items()))
-        lines.append("best of runs: " + "; ".join(
-            f"{name} {r['latency_ms_min']:.0f} ms ({_gain(r['throughput_gain_vs_jax_none_best_of_runs'])})"
-            for name, r in sec["rows"].items()))
-        if sec["torch_jax_greedy_agreement_tokens"] is not None:
-            lines.append(f"greedy tokens torch vs jax none: first {sec['torch_jax_greedy_agreement_tokens']} of "
-                         f"{sec['gen_length']} identical"
-                         + (" (agree)" if sec["torch_jax_agree"] else " (DISAGREE)"))
-    lines.append("(tokens/s = gen_length / latency, latency = vision encoding + every denoising step; gain = token "
-                 "throughput over jax none; FLOP × = analytic FLOP ratio jax none / variant, the gain that FLOPs "
-                 "alone would give; torch's FLOPs include LLaDA's logits at every position and transformers' extra "
-                 "SigLIP layer)")
+        lines.append(f"{sname}: gen_length/steps {sname} (block {sec['block_length']}); visual tokens are "
+                     f"{100 * frac:.0f} % of the {s['prompt_len'] + sec['gen_length']}-token sequence"
+                     + ("" if sec["torch_jax_greedy_agreement_tokens"] is None else
+                        f"; greedy tokens torch vs jax none: first {sec['torch_jax_greedy_agreement_tokens']} of "
+                        f"{sec['gen_length']} identical" + (" (agree)" if sec["torch_jax_agree"] else " (DISAGREE)")))
+    lines.append("(tokens/s = gen_length / latency, latency = vision encoding + every denoising step; best ms = "
+                 "fastest run; gain = token throughput over jax none; FLOP × = analytic FLOP ratio jax none / "
+                 "variant, the gain that FLOPs alone would give; torch's FLOPs include LLaDA's logits at every "
+                 "position and transformers' extra SigLIP layer; split ms = encode + first step + later steps × ms "
+                 "each, from separately synchronised runs)")
     if report["torch_skipped"]:
         lines.append(f"torch reference skipped: {report['torch_skipped']}")
     t = report["targets"]["redvtp50_throughput_gain"]
     mark = "" if report["targets"]["reliable"] else " (unreliable: CPUs shared with other processes)"
     lines += ["",
               f"RedVTP keep 50% token-throughput gain at {t['setting']}: {_gain(t['value']):>6}  "
-              f"(target ≥ {_gain(t['target'])})  {t['status']}{mark}   [best of runs: "
-              f"{_gain(t['value_best_of_runs'])}; FLOP bound: {_gain(t['flop_ratio'] - 1.0)}]",
+              f"(target ≥ {_gain(t['target'])})  {t['status']}{mark if t['status'] != 'SKIPPED' else ''}   "
+              f"[best of runs: "
+              f"{_gain(t['value_best_of_runs'])}; FLOP bound: "
+              f"{_gain(None if t['flop_ratio'] is None else t['flop_ratio'] - 1.0)}]",
               ""]
     return "\n".join(lines)
 
@@ -782,7 +1048,17 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=RANDOM_WEIGHTS_NOTE + ".")
     p.add_argument("--family", choices=["llava", "llada_v", "all"], default="all",
-                   help="which section(s) to run: LLaVA (FastV), LLaDA-V (RedVTP) or both (default all)")
+                   help="which section(s) to run: LLaVA, LLaDA-V or both (default all)")
+    p.add_argument("--methods", default=None, metavar="M1,M2,...",
+                   help="LLaVA: pruning methods to time, comma-separated (default: every one registered for LLaVA "
+                        f"except {', '.join(NOT_BENCHED)}: {', '.join(family_methods('llava'))}; \"\" = none)")
+    p.add_argument("--llada-methods", default=None, metavar="M1,M2,...",
+                   help="LLaDA-V, setting 32/16: pruning methods to time, comma-separated (default: every one "
+                        f"registered for LLaDA-V: {', '.join(family_methods('llada_v'))}; \"\" = none); the 2/2 "
+                        "setting always times none, redvtp-50 and redvtp-25")
+    p.add_argument("--keeps", default=DEFAULT_KEEPS, metavar="P1,P2,...",
+                   help="percentages of the visual tokens kept, each a variant of every method that takes a keep "
+                        f"count, both families (default {DEFAULT_KEEPS})")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="model sizes of every section (default tiny)")
     for key in PRESETS["tiny"]:
@@ -864,11 +1140,11 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     import jax
 
     from vtp_jax.checkpoint import load
-    from vtp_jax.pruning.fastv import FastV
     from vtp_jax.testbed.hf_llava import PAD_ID, tiny_llava_config
 
     if args.runs < 1 or args.warmup < 0 or args.max_new_tokens < 2 or args.batch < 1:
         raise BenchError("need --runs ≥ 1, --warmup ≥ 0, --max-new-tokens ≥ 2, --batch ≥ 1")
+    methods, _, keep_pcts = _selection(args)
     load_start = _loadavg()
     probe = ForeignLoad()
     time.sleep(1.0)
@@ -884,7 +1160,7 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     hf_config = tiny_llava_config(vision_feature_select_strategy="default", **model_kwargs)
 
     log("-" * 100)
-    log("LLaVA (autoregressive): transformers vs vtp_jax, unpruned and FastV")
+    log("LLaVA (autoregressive): transformers vs vtp_jax, unpruned and every pruning method")
     log("-" * 100)
     _warn_busy(busy_before, log)
     report: dict[str, Any] = {"preset": args.preset, "model": model_kwargs}
@@ -909,7 +1185,8 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
             "loadavg_start": load_start, "foreign_cpu_share_before": busy_before,
         }
         report["settings"] = {"runs": args.runs, "warmup": args.warmup, "max_new_tokens": n, "batch": args.batch,
-                              "prompt_len": prompt_len, "num_visual_tokens": n_v, "fastv_layer": args.fastv_layer}
+                              "prompt_len": prompt_len, "num_visual_tokens": n_v, "fastv_layer": args.fastv_layer,
+                              "methods": methods, "keeps_percent": keep_pcts}
         log(f"model: CLIP {cfg.vision.num_hidden_layers}L×{cfg.vision.hidden_size} @ {cfg.vision.image_size}px/"
             f"{cfg.vision.patch_size} → {n_v} visual tokens; Llama {cfg.text.num_hidden_layers}L×"
             f"{cfg.text.hidden_size} ({cfg.text.num_attention_heads} heads, MLP {cfg.text.intermediate_size}, "
@@ -918,17 +1195,16 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
             f"{args.warmup} warm-up + {args.runs} timed runs per variant")
         log(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs")
 
-        # Variants: name → runner (torch first when present); LLM prefill FLOPs per variant.
-        variants: dict[str, Any] = {}
-        flops = {"vision_and_projector": vision_flops(cfg, args.batch)}
-        keeps: dict[str, int | None] = {"jax none": None}
-        for label, frac in FASTV_KEEPS:
-            keeps[f"jax fastv-{label}"] = max(1, round(n_v * frac))
-        for name, keep in keeps.items():
-            method = None if keep is None else FastV(keep=keep, layer=args.fastv_layer)
-            variants[name] = JaxRunner(model, method, inputs, n, PAD_ID)
-            flops[name] = llm_prefill_flops(cfg, prompt_len, keep=keep, layer=args.fastv_layer, batch=args.batch)
-        flops["torch"] = flops["jax none"]
+        # Variants (table-driven): name → runner (torch first when present); method objects by name. The LLM
+        # prefill FLOPs come after the runs (ToDRE stage 2's depend on whether it fired).
+        specs = variant_specs(methods, keep_pcts)
+        objs = {name: build_variant_method(m, "llava", n_v, cfg.text.num_hidden_layers, pct,
+                                           layer=args.fastv_layer if m == "fastv" else None)
+                for name, m, pct in specs}
+        spec_of = {name: (m, pct) for name, m, pct in specs}
+        report["settings"]["variants"] = [name for name, _, _ in specs]
+        variants: dict[str, Any] = {name: JaxRunner(model, objs[name], inputs, n, PAD_ID) for name, _, _ in specs}
+        log(f"{len(specs)} jax variants: {', '.join(name.removeprefix('jax ') for name, _, _ in specs)}")
 
         torch_skip = None
         if args.no_torch:
@@ -963,11 +1239,27 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
 
     # Aggregate.
     rows: dict[str, dict] = {}
+    flops = {"vision_and_projector": vision_flops(cfg, args.batch)}
     for name, runs in raw.items():
         runner = variants[name]
-        keep = keeps.get(name, None)
+        obj = objs.get(name)
+        method, pct = spec_of.get(name, (None, None))
+        stage2 = None
+        if obj is not None and obj.name == "todre-relevance":
+            dropped = [all(x["stage2_dropped"]) for x in runs]
+            fired = all(dropped)
+            stage2 = {"fired": fired, "fired_runs": sum(dropped), "runs": len(runs),
+                      "layer": obj.resolve_layer(cfg.text.num_hidden_layers), "tau": obj.tau,
+                      "alpha_t2v": runs[-1]["alpha_t2v"], "alpha_v2t": runs[-1]["alpha_v2t"]}
+            keep = 0 if fired else None  # visual tokens in layers ≥ ℓ
+        else:
+            fired, keep = False, getattr(obj, "keep", None)
+        flops[name] = method_prefill_flops(cfg, prompt_len, obj, fired=fired, batch=args.batch)
         llm_tokens = prompt_len if keep is None else prompt_len - n_v + keep
         rows[name] = {
+            "method": "none" if method is None else method,
+            "stage": None if obj is None else obj.stage,
+            "keep_percent": 100.0 if method is None else pct,
             "prefill_ms": 1e3 * _median([x["prefill_s"] for x in runs]),
             "decode_tokens_per_s": _median([x["tokens_per_s"] for x in runs]),
             "decode_ms_per_step": 1e3 * _median([x["decode_s"] for x in runs]) / (n - 1),
@@ -980,6 +1272,7 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
             "llm_prefill_flops": flops[name],
             "prefill_flops": flops[name] + flops["vision_and_projector"],
             "compile_s": getattr(runner, "compile_s", None),
+            "stage2": stage2,
         }
     base = rows["jax none"]
     torch_row = rows.get("torch")
@@ -998,9 +1291,10 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
         agreement = int(np.argmin(same)) if not same.all() else int(same.size)
 
     decode_x = base["decode_x_torch"]
-    fastv25 = rows["jax fastv-25"]["prefill_speedup_vs_jax_none"]
+    f25 = rows.get("jax fastv-25")  # absent when --methods / --keeps leave it out
+    fastv25 = None if f25 is None else f25["prefill_speedup_vs_jax_none"]
     decode_x_best = _ratio(base["decode_tokens_per_s_max"], torch_row["decode_tokens_per_s_max"]) if torch_row else None
-    fastv25_best = _ratio(base["prefill_ms_min"], rows["jax fastv-25"]["prefill_ms_min"])
+    fastv25_best = None if f25 is None else _ratio(base["prefill_ms_min"], f25["prefill_ms_min"])
     report["rows"] = rows
     report["flops"] = {"vision_and_projector": flops["vision_and_projector"],
                        **{name: rows[name]["llm_prefill_flops"] for name in rows}}
@@ -1016,9 +1310,11 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
                                   ("PASS" if decode_x >= TARGET_DECODE_VS_TORCH else "MISS")},
         "fastv25_prefill_speedup": {"value": fastv25, "value_best_of_runs": fastv25_best,
                                     "target": TARGET_FASTV25_PREFILL,
-                                    "llm_flop_ratio": rows["jax fastv-25"]["llm_flop_ratio_vs_jax_none"],
-                                    "prefill_flop_ratio": rows["jax fastv-25"]["prefill_flop_ratio_vs_jax_none"],
-                                    "status": "PASS" if fastv25 >= TARGET_FASTV25_PREFILL else "MISS"},
+                                    "llm_flop_ratio": None if f25 is None else f25["llm_flop_ratio_vs_jax_none"],
+                                    "prefill_flop_ratio": (None if f25 is None
+                                                           else f25["prefill_flop_ratio_vs_jax_none"]),
+                                    "status": "SKIPPED" if fastv25 is None else
+                                    ("PASS" if fastv25 >= TARGET_FASTV25_PREFILL else "MISS")},
     }
     return report
 
@@ -1027,6 +1323,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     """Runs the sections that ``--family`` selects and returns the JSON-able report: ``{"random_weights": true,
     "note", "families": [...], "llava": {...}, "llada_v": {...}}`` (a section is absent when not run)."""
     families = ["llava", "llada_v"] if args.family == "all" else [args.family]
+    _selection(args)  # bad --methods / --llada-methods / --keeps: fail before anything runs
     log("=" * 100)
     log(f"vtp-bench — {RANDOM_WEIGHTS_NOTE.upper()}")
     log("=" * 100)
@@ -1052,7 +1349,7 @@ def format_report(report: dict) -> str:
 def format_llava(report: dict) -> str:
     """The LLaVA section's table and target lines."""
     rows, env, s = report["rows"], report["env"], report["settings"]
-    lines = ["", "LLaVA — autoregressive generation, FastV (transformers vs vtp_jax)", "=" * 100,
+    lines = ["", "LLaVA — autoregressive generation, every pruning method (transformers vs vtp_jax)", "=" * 100,
              f"jax {env['jax_version']} · device {env['platform']} ({env['device_kind']}) · {env['cpu_count']} CPUs"
              + (f" · torch {env['torch_version']} ({env['torch_num_threads']} threads)"
                 if "torch_version" in env else ""),
@@ -1065,20 +1362,25 @@ def format_llava(report: dict) -> str:
     if (env.get("foreign_cpu_share_during_runs") or 0.0) > FOREIGN_LOAD_WARN:
         lines[-1:-1] = ["WARNING: other processes competed for the CPUs during the timed runs; the timings (torch's "
                         "above all) are not representative of an idle machine and PASS / MISS is unreliable"]
-    header = (f"{'variant':<14}{'kept':>6}{'prefill ms':>12}{'decode tok/s':>14}{'prefill ×':>11}"
-              f"{'decode ×torch':>15}{'LLM GFLOP':>11}{'FLOP ×':>8}{'compile s':>11}")
-    lines += [header, "-" * len(header)]
+    cols = [("variant", 22, "<"), ("method", 16, "<"), ("keep %", 7, ">"), ("kept", 6, ">"), ("LLM T", 7, ">"),
+            ("prefill ms", 12, ">"), ("best ms", 9, ">"), ("decode tok/s", 13, ">"), ("best tok/s", 11, ">"),
+            ("prefill ×", 10, ">"), ("dec ×torch", 11, ">"), ("LLM GFLOP", 10, ">"), ("FLOP ×", 8, ">"),
+            ("compile s", 10, ">"), ("note", 0, "<")]
+    table = []
     for name, r in rows.items():
-        lines.append(
-            f"{name:<14}{r['visual_tokens_kept']:>6}{r['prefill_ms']:>12.1f}{r['decode_tokens_per_s']:>14.1f}"
-            f"{_fmt(r['prefill_speedup_vs_jax_none'], '.2f', '×'):>11}{_fmt(r['decode_x_torch'], '.2f', '×'):>15}"
-            f"{r['llm_prefill_flops'] / 1e9:>11.2f}{_fmt(r['llm_flop_ratio_vs_jax_none'], '.2f', '×'):>8}"
-            f"{_fmt(r['compile_s'], '.1f'):>11}"
-        )
-    lines.append(f"(prefill × = speed-up over jax none; FLOP × = LLM prefill FLOP ratio jax none / variant; vision + "
-                 f"projector add {report['flops']['vision_and_projector'] / 1e9:.2f} GFLOP to every prefill)")
-    lines.append("best of runs (least disturbed by other processes): " + "; ".join(
-        f"{name} {r['prefill_ms_min']:.1f} ms / {r['decode_tokens_per_s_max']:.1f} tok/s" for name, r in rows.items()))
+        table.append([name, "torch" if name == "torch" else r["method"], _keep_pct(r["keep_percent"]),
+                      r["visual_tokens_kept"], r["llm_tokens_after_pruning"], f"{r['prefill_ms']:.1f}",
+                      f"{r['prefill_ms_min']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
+                      f"{r['decode_tokens_per_s_max']:.1f}", _fmt(r["prefill_speedup_vs_jax_none"], ".2f", "×"),
+                      _fmt(r["decode_x_torch"], ".2f", "×"), f"{r['llm_prefill_flops'] / 1e9:.3f}",
+                      _fmt(r["llm_flop_ratio_vs_jax_none"], ".2f", "×"), _fmt(r["compile_s"], ".1f"),
+                      _stage2_note(r.get("stage2"))])
+    lines += _table(cols, table)
+    lines.append(f"(keep % = --keeps share of the {s['num_visual_tokens']} visual tokens, kept = visual tokens left "
+                 f"(FastV: from layer K on; todre-relevance: in layers ≥ ℓ); LLM T = tokens of the pruned decoder "
+                 f"layers; best = fastest / highest of the runs (least disturbed by other processes); prefill × = "
+                 f"speed-up over jax none; FLOP × = LLM prefill FLOP ratio jax none / variant; vision + projector add "
+                 f"{report['flops']['vision_and_projector'] / 1e9:.3f} GFLOP to every prefill)")
     if report["torch_skipped"]:
         lines.append(f"torch baseline skipped: {report['torch_skipped']}")
     elif report["torch_jax_greedy_agreement_tokens"] is not None:
@@ -1093,8 +1395,9 @@ def format_llava(report: dict) -> str:
               f"{d['status']}{mark if d['status'] != 'SKIPPED' else ''}   [best of runs: {_fmt(d['value_best_of_runs'], '.2f', '×')}]",
               f"FastV keep 25% prefill speed-up:      {_fmt(f['value'], '.2f', '×'):>8}  "
               f"(target ≥ {f['target']}×)  "
-              f"{f['status']}{mark}   [best of runs: {_fmt(f['value_best_of_runs'], '.2f', '×')}; FLOP ratio: LLM "
-              f"{f['llm_flop_ratio']:.2f}×, whole prefill {f['prefill_flop_ratio']:.2f}×]",
+              f"{f['status']}{mark if f['status'] != 'SKIPPED' else ''}   [best of runs: "
+              f"{_fmt(f['value_best_of_runs'], '.2f', '×')}; FLOP ratio: LLM {_fmt(f['llm_flop_ratio'], '.2f', '×')}, "
+              f"whole prefill {_fmt(f['prefill_flop_ratio'], '.2f', '×')}]",
               ""]
     return "\n".join(lines)
 
