@@ -31,7 +31,9 @@ from convert import names
 from convert.sources import SAFETENSORS_INDEX, PICKLE_INDEX, SourceError, ST_DTYPES, open_source
 
 MAX_LISTED = 10  # problems spelled out in an error message; the rest are counted
-EXTRA_FILE_PATTERNS = ("*.json", "*.jinja", "*.model", "*.txt")
+# Copied next to the converted weights: tokenizer / processor / template files, and a DyRate predictor trained for
+# this checkpoint (vtp-train-dyrate), which vtp-generate / vtp-eval then find without --predictor.
+EXTRA_FILE_PATTERNS = ("*.json", "*.jinja", "*.model", "*.txt", "dyrate_predictor.safetensors")
 SKIPPED_FILES = {"config.json", SAFETENSORS_INDEX, PICKLE_INDEX, "vtp_jax.json"}
 
 

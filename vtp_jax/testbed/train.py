@@ -110,6 +110,7 @@ class TrainSettings:
     vision_steps: int = 500
     max_turns: int = 4
     train_vision: bool = False
+    init: str | None = None  # an exported testbed (HF format) to continue from
     sizes: dict = dataclasses.field(default_factory=dict)
 
 
@@ -885,13 +886,20 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
     family = settings.family
     _family_module(family)
     out_dir = os.path.abspath(out_dir)
+    if settings.init and os.path.abspath(settings.init) == out_dir:
+        raise TrainError("--init and --out must differ (--out is replaced)")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         if not force:
             raise TrainError(f"{out_dir} exists and is not empty; pass --force to replace it")
         shutil.rmtree(out_dir)
     t_start = time.time()
     hf_config = make_hf_config(family, settings.sizes)
-    tokenizer = train_shapes_tokenizer(family, {**SIZES[family], **settings.sizes}["vocab_size"])
+    if settings.init:  # the init checkpoint's own tokenizer: a retrained one may differ if the corpus changed
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(settings.init)
+    else:
+        tokenizer = train_shapes_tokenizer(family, {**SIZES[family], **settings.sizes}["vocab_size"])
     work = tempfile.mkdtemp(prefix="vtp_testbed_")
     try:
         write_processor_files(work, family, hf_config, tokenizer)
@@ -905,6 +913,17 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
             static = {"image_size": (size, size), "grid": tuple(encoder.layout.grid)}
 
         model = build_model(cfg, settings.seed)
+        if settings.init:  # continue from an exported testbed (same sizes): its converted weights replace the init
+            from convert import convert
+            from vtp_jax.checkpoint import load
+
+            try:
+                loaded, init_cfg, _ = load(convert(settings.init, os.path.join(work, "init"), progress=False))
+            except ValueError as e:
+                raise TrainError(f"--init {settings.init}: {e}") from None
+            if init_cfg != cfg:
+                raise TrainError(f"--init {settings.init}: its config differs from this run's (family / --sizes)")
+            nnx.update(model, nnx.state(loaded, nnx.Param))
         stream = shapes.iter_split("train", settings.seed, size=size)
         t_vision = time.time()
         vision_losses, vision_accuracy = pretrain_vision(model, encoder, settings, stream, progress=progress) \
@@ -977,7 +996,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
             "train_steps": settings.steps, "vision_pretrain_steps": settings.vision_steps, "batch": settings.batch,
             "train_examples": (settings.steps + settings.vision_steps) * settings.batch,
             "describe_fraction": settings.describe, "max_turns": settings.max_turns, "vision_tower_trained_in_stage_2": settings.train_vision,
-            "seed": settings.seed, "generation": GENERATION[family],
+            "seed": settings.seed, "generation": GENERATION[family], "init": settings.init,
             "val": {"n": settings.val_n, "seed": TEST_SEED, "accuracy": log["val"][-1]["accuracy"]},
             "tokenizer": f"train_tokenizer({VOCAB_SIZE}) on the built-in corpus + shapes.corpus() x{CORPUS_REPEATS}",
             "generator": "vtp_jax.testbed.train (vtp-train-testbed)",
@@ -1033,6 +1052,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="steps of the vision pre-training stage (0 = none)")
     p.add_argument("--max-turns", type=int, default=d.max_turns, help="question turns per training conversation")
     p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 2")
+    p.add_argument("--init", default=None, metavar="HF_DIR",
+                   help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--val-n", type=int, default=d.val_n)
     p.add_argument("--test-n", type=int, default=d.test_n)
@@ -1055,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
             family=args.family, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
             weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every, val_n=args.val_n,
             test_n=args.test_n, describe=args.describe, vision_steps=args.vision_steps,
-            train_vision=args.train_vision, max_turns=args.max_turns, sizes=sizes,
+            train_vision=args.train_vision, max_turns=args.max_turns, sizes=sizes, init=args.init,
         )
         train(settings, args.out, force=args.force, progress=not args.no_progress)
     except (TrainError, json.JSONDecodeError) as e:
