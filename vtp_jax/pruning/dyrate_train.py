@@ -42,7 +42,7 @@ import numpy as np
 
 from vtp_jax.pruning import dyrate as dy
 
-DEFAULTS = dict(n=384, val_n=128, describe=0.5, max_new_tokens=32, rates=5, lam=0.5, steps=600, lr=0.05, tau=1.0,
+DEFAULTS = dict(n=384, val_n=128, describe=0.5, max_new_tokens=32, rates=5, lam=1.0, steps=600, lr=0.05, tau=1.0,
                 batch=32, seed=0)
 
 
