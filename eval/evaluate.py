@@ -36,7 +36,7 @@ Definitions (see also :mod:`eval.metrics`):
 * **accuracy** — mean over records of the per-record score of each record's metric (exact match, VQA soft
   accuracy, yes/no correctness, multiple-choice correctness); ``by_metric`` adds per-metric means (yes/no also
   POPE's F1, precision, recall and yes-ratio) and ``by_kind`` per-``kind`` means.
-* **keep** — as in ``vtp-generate``: ``--keep`` (a count) or ``--keep-ratio`` R (default 0.5) with
+* **keep** — as in ``vtp-generate``: ``--keep`` (a count) or ``--keep-ratio`` R (default 0.5; ToDRE 0.1, DivPrune 0.098) with
   LLaVA/FastV's ``round(N_v · R)`` and LLaDA-V/RedVTP's ``max(1, int(N_v · R))``. LLaDA-V's N_v depends on the
   image (anyres), so the count can vary by record; ``kept_fraction`` is the mean of kept / N_v, where kept is the
   visual tokens the prefill keeps (ToDRE stage 2: the set before stage 2; DyRate: all of them, 1.0 — DyRate prunes
@@ -86,7 +86,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vtp_jax.runtime import (
-    DEFAULT_KEEP_RATIO, FAMILY_STAGES, add_sampler_arguments, check_method_family, eos_token_ids,
+    FAMILY_STAGES, default_keep_ratio, add_sampler_arguments, check_method_family, eos_token_ids,
 )
 
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(e.g. todre+todre-relevance)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
-    g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v; default 0.5)")
+    g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v; default 0.5, ToDRE 0.1, DivPrune 0.098)")
     p.add_argument("--layer", type=int, default=None,
                    help="method option: layer K (FastV, LLaDA-FastV), layer ℓ (todre-relevance), probe layer (dyrate)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows")
@@ -388,7 +388,7 @@ class Evaluator:
         validated against the model (LLaVA: the generator is built too, so DyRate's predictor is checked against
         the decoder's heads before any generation).
 
-        ``keep`` / ``keep_ratio`` as in vtp-generate (ratio default 0.5; LLaVA rounds, LLaDA-V floors).
+        ``keep`` / ``keep_ratio`` as in vtp-generate (ratio default 0.5, ToDRE 0.1, DivPrune 0.098; LLaVA rounds, LLaDA-V floors).
         Raises InputError (family mismatch) or PruningError (unknown method or option, keep or layer out of range,
         a missing or unfitting DyRate predictor).
         """
@@ -626,7 +626,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if not takes_keep(args.method):
             ratio, label = None, args.method
         else:
-            ratio = DEFAULT_KEEP_RATIO if args.keep is None and args.keep_ratio is None else args.keep_ratio
+            ratio = default_keep_ratio(args.method.split("+")[0]) if args.keep is None and args.keep_ratio is None \
+                else args.keep_ratio
             label = f"{args.method} keep={args.keep}" if args.keep is not None else f"{args.method} keep={ratio:g}"
         runs.append((args.method, ratio, methods, label))
 

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
     g.add_argument("--keep-ratio", type=float,
-                   help="visual tokens to keep (fraction of N_v; default 0.5: FastV round(N_v·R), RedVTP int(N_v·R))")
+                   help="visual tokens to keep (fraction of N_v; default 0.5, ToDRE 0.1, DivPrune 0.098; LLaVA round(N_v·R), LLaDA-V int(N_v·R))")
     p.add_argument("--layer", type=int, default=None,
                    help="FastV: decoder layer K at which to prune (default 2); todre-relevance: layer ℓ (default "
                         "7L/8); dyrate: probe layer (0-based; default the predictor's)")

@@ -17,6 +17,14 @@ LLADA_STOP_TOKENS = ("<|endoftext|>", "<|eot_id|>")
 DEFAULT_KEEP_RATIO = 0.5  # FastV's R = 50% and RedVTP's keep ratio 0.5
 
 
+def default_keep_ratio(name: str) -> float:
+    """The keep ratio a method uses when neither --keep nor --keep-ratio is given: its class's
+    ``default_keep_ratio`` (ToDRE 0.1, DivPrune 0.098 — their papers' settings), else :data:`DEFAULT_KEEP_RATIO`."""
+    from vtp_jax.pruning import METHODS
+
+    return float(getattr(METHODS.get(name), "default_keep_ratio", DEFAULT_KEEP_RATIO))
+
+
 def check_method_family(name: str, family: str) -> None:
     """Raises InputError when the registered method ``name`` does not run on ``family``'s generator."""
     from vtp_jax.pruning import METHODS
@@ -38,7 +46,7 @@ def build_method(
 ):
     """The validated method object (None for "none").
 
-    ``keep`` or ``keep_ratio`` (default 0.5); LLaVA methods round ``N_v · ratio`` (FastV), LLaDA-V methods floor
+    ``keep`` or ``keep_ratio`` (default :func:`default_keep_ratio`: 0.5, ToDRE 0.1, DivPrune 0.098); LLaVA methods round ``N_v · ratio`` (FastV), LLaDA-V methods floor
     it (RedVTP's ``max(1, int(N_v · ratio))``). Raises InputError / PruningError.
     """
     from vtp_jax.pruning import make_method, resolve_keep
@@ -55,7 +63,7 @@ def build_method(
             raise InputError(f"pruning method {name!r} takes no --keep / --keep-ratio")
         method = make_method(name, **options)
     else:
-        ratio = DEFAULT_KEEP_RATIO if keep is None and keep_ratio is None else keep_ratio
+        ratio = default_keep_ratio(name) if keep is None and keep_ratio is None else keep_ratio
         count = resolve_keep(num_visual, keep, ratio, rounding="floor" if family == "llada_v" else "round")
         method = make_method(name, keep=count, **options)
     method.validate(num_visual, num_layers)

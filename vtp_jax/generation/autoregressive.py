@@ -340,7 +340,8 @@ class AutoregressiveGenerator:
         dy_weights = self._dy_weights if self._dyrate is not None else None
         dy = None
         if self._relevance is None:
-            pre = self.prefill(self.state, *args, key, temp, top_p_, dy_weights, max_new_tokens=max_new_tokens)
+            dy_args = {"dy_weights": dy_weights} if dy_weights is not None else {}  # same signature as before DyRate
+            pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens, **dy_args)
             dy = pre.dyrate
             token, caches, next_pos, key, kept = pre.token, pre.caches, pre.next_pos, pre.key, pre.kept
             kept_pre = pre.kept_pre
@@ -368,9 +369,10 @@ class AutoregressiveGenerator:
             elif m is self._in_llm:
                 stages[m.name] = kept
         eos = jnp.asarray(list(eos_token_ids) or [-1], jnp.int32)
+        dy_args = {"dy": dy, "dy_weights": dy_weights} if dy is not None else {}
         result = self.decode(
-            self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id), dy, dy_weights,
-            max_new_tokens=max_new_tokens,
+            self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id),
+            max_new_tokens=max_new_tokens, **dy_args,
         )
         tokens = np.asarray(jax.block_until_ready(result[0]))
         t2 = time.perf_counter()

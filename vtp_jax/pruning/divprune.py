@@ -71,6 +71,7 @@ class DivPrune:
     reindex: bool = False
 
     name = "divprune"
+    default_keep_ratio = 0.098  # DivPrune's default pruning ratio (keeps 9.8%)
     stage = "pre_llm"
 
     def validate(self, num_visual: int, num_layers: int) -> None:

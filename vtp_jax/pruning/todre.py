@@ -95,6 +95,7 @@ class ToDRE:
     reindex: bool = False
 
     name = "todre"
+    default_keep_ratio = 0.1  # ToDRE's headline setting: 10% of the visual tokens
     stage = "pre_llm"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
