@@ -22,6 +22,7 @@ from tests.test_generation import PAD, left_pad
 from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 from vtp_jax.pruning import METHODS, PruningError
 from vtp_jax.pruning import dyrate as dy
+from vtp_jax.pruning.core import visual_positions
 from vtp_jax.pruning.todre import ToDRE
 
 LAYERS = 3
@@ -44,7 +45,7 @@ def test_slot_groups_and_shares_match_numpy():
     g = np.asarray(dy.slot_groups(valid, vis, 3))
     np.testing.assert_array_equal(g[0], [-1, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
     np.testing.assert_array_equal(g[1], [0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3])
-    np.testing.assert_array_equal(np.asarray(dy.visual_slots(vis, 3)), [[2, 3, 4], [1, 2, 3]])
+    np.testing.assert_array_equal(np.asarray(visual_positions(vis, 3)), [[2, 3, 4], [1, 2, 3]])
 
     rng = np.random.default_rng(0)
     probs = rng.random((2, 3, 11)).astype(np.float32)

@@ -28,7 +28,7 @@ from flax import nnx
 
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
-from vtp_jax.pruning.core import compact, select_topk, visual_scores
+from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning import dyrate as dyrate_lib
 from vtp_jax.pruning.todre_relevance import relevance_ratios
 
@@ -212,7 +212,7 @@ class AutoregressiveGenerator:
         w, bias = weights
         feats = dyrate_lib.features(probs, dy["groups"])
         k = dyrate_lib.choose_rate(feats @ w + bias, dy["rate"], self._dyrate.monotone)
-        target = jnp.asarray(dy["counts"])[k]
+        target = dy["counts"][k]
         scores = jnp.take_along_axis(probs.mean(axis=1), dy["slots"], axis=1)  # [B, N_v]
         kept = dyrate_lib.drop_visual(scores, dy["kept"], target)
         caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy["slots"], kept)) for c in caches]
@@ -224,7 +224,7 @@ class AutoregressiveGenerator:
         b = visual_mask.shape[0]
         dy = {
             "groups": dyrate_lib.slot_groups(out.state.key_valid, visual_mask, max_new_tokens),
-            "slots": dyrate_lib.visual_slots(visual_mask, n_v),
+            "slots": visual_positions(visual_mask, n_v),
             "kept": jnp.ones((b, n_v), bool),
             "rate": jnp.zeros((b,), jnp.int32),
             "counts": jnp.asarray(dyrate_lib.keep_counts(n_v, self._predictor.num_rates)),

@@ -44,6 +44,7 @@ import numpy as np
 
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.registry import register
+from vtp_jax.pruning.todre_relevance import span_masks
 
 GROUPS = ("system", "image", "instruction", "response")
 SYSTEM, IMAGE, INSTRUCTION, RESPONSE = range(4)
@@ -54,23 +55,13 @@ def slot_groups(key_valid: jax.Array, visual_mask: jax.Array, extra: int) -> jax
     """Group id of every KV-cache slot, int32 [B, T + extra]: 0 system, 1 image, 2 instruction, 3 response (the
     ``extra`` decode slots), −1 padding.
 
-    key_valid, visual_mask: bool [B, T] of the prompt the decoder saw (after any pre-LLM compaction).
+    key_valid, visual_mask: bool [B, T] of the prompt the decoder saw (after any pre-LLM compaction). The prompt
+    groups are ToDRE stage 2's S / V / T spans (:func:`vtp_jax.pruning.todre_relevance.span_masks`).
     """
-    t = visual_mask.shape[1]
-    idx = jnp.arange(t)[None]
-    first = jnp.min(jnp.where(visual_mask, idx, t), axis=1, keepdims=True)
-    prompt = jnp.where(visual_mask, IMAGE, jnp.where(idx < first, SYSTEM, INSTRUCTION))
-    prompt = jnp.where(key_valid, prompt, -1)
+    system, image, instruction = span_masks(key_valid, visual_mask)
+    prompt = jnp.where(image, IMAGE, jnp.where(system, SYSTEM, jnp.where(instruction, INSTRUCTION, -1)))
     response = jnp.full((prompt.shape[0], extra), RESPONSE, prompt.dtype)
     return jnp.concatenate([prompt, response], axis=1).astype(jnp.int32)
-
-
-def visual_slots(visual_mask: jax.Array, num_visual: int) -> jax.Array:
-    """int32 [B, num_visual]: the slot (sequence index) of each visual token, in order (every row holds exactly
-    ``num_visual`` visual tokens)."""
-    t = visual_mask.shape[1]
-    idx = jnp.arange(t, dtype=jnp.int32)[None]
-    return jnp.sort(jnp.where(visual_mask, idx, t), axis=1)[:, :num_visual]
 
 
 def group_shares(probs: jax.Array, groups: jax.Array) -> jax.Array:

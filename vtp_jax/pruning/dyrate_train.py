@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from vtp_jax.pruning import dyrate as dy
+from vtp_jax.pruning.core import visual_positions
 
 DEFAULTS = dict(n=384, val_n=128, describe=0.5, max_new_tokens=32, rates=5, lam=1.0, steps=600, lr=0.05, tau=1.0,
                 batch=32, seed=0)
@@ -110,7 +111,7 @@ class Collector:
         groups = dy.slot_groups(key_valid[:, :t], visual_mask[:, :t], r)  # the cache layout: prompt slots, then R
         feats = jax.vmap(dy.features, in_axes=(2, None), out_axes=1)(probs, groups)  # [B, R, H·4]
         n_v = self.cfg.num_visual_tokens
-        slots = dy.visual_slots(visual_mask, n_v)  # [B, N_v]
+        slots = visual_positions(visual_mask, n_v)  # [B, N_v]
         scores = jnp.take_along_axis(probs.mean(axis=1), slots[:, None, :], axis=2)  # [B, R, N_v]
         order = jnp.argsort(-scores, axis=2, stable=True)
         rank = jnp.argsort(order, axis=2)  # rank of each visual token at each decision
