@@ -22,8 +22,9 @@ Pipeline (no torch anywhere):
      left-padded as at inference.
    * LLaDA-V: LLaDA's masked-diffusion loss. The response is the continuation (``answer<|eot_id|>``) padded with
      ``<|eot_id|>`` to a random length in [len, ``MAX_RESPONSE``] (so any ``gen_length`` up to 32 is in
-     distribution); per sample ``t ~ U(0, 1)``, ``p = (1 − ε) t + ε``, each response token is replaced by
-     ``[MASK]`` with probability ``p``; the loss is the cross-entropy on masked tokens weighted ``1/p``, divided by
+     distribution); per sample ``t ~ U(0, 1)``, drawn stratified over the batch (:func:`diffusion_noise`: the same
+     expected loss, a lower variance under the ``1/p`` weight at batch 32), ``p = (1 − ε) t + ε``, each response
+     token is replaced by ``[MASK]`` with probability ``p``; the loss is the cross-entropy on masked tokens weighted ``1/p``, divided by
      the response length and averaged over the batch (LLaDA's SFT loss). The prompt is never masked.
 4. **Validation** every ``--eval-every`` steps: exact-match accuracy of greedy generation through OUR jitted
    generators (:class:`AutoregressiveGenerator` / :class:`DiffusionGenerator`, built once; the current parameters
@@ -789,6 +790,53 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
     return losses, accuracy
 
 
+def diffusion_noise(key, ids, response, mask_id: int):
+    """LLaDA's forward (masking) process on the response tokens, with stratified noise levels.
+
+    Args:
+      key: a JAX PRNG key.
+      ids: int32 [B, T] clean token ids.
+      response: int/bool [B, T], 1 on the response tokens (the only ones ever masked).
+      mask_id: the ``[MASK]`` token id.
+
+    Returns:
+      (noisy int32 [B, T] — ``ids`` with the masked tokens replaced by ``mask_id`` —, masked bool [B, T],
+      p float32 [B] — each row's masking probability ``(1 − ε) t + ε`` with ε = :data:`MASK_EPS`).
+
+    ``t`` is stratified over the batch: ``t_i = (u + i / B) mod 1`` with one ``u ~ U(0, 1)``, so every ``t_i`` is
+    marginally ``U(0, 1)`` (LLaDA, Nie et al. 2025, §2.2–2.3) while the batch covers [0, 1) evenly — the
+    low-discrepancy sampler of VDM (Kingma et al. 2021), also used by MDLM.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    k_t, k_m = jax.random.split(key)
+    b = ids.shape[0]
+    t = (jax.random.uniform(k_t, ()) + jnp.arange(b) / b) % 1.0
+    p = (1.0 - MASK_EPS) * t + MASK_EPS
+    masked = (jax.random.uniform(k_m, ids.shape) < p[:, None]) & response.astype(bool)
+    return jnp.where(masked, mask_id, ids), masked, p
+
+
+def diffusion_loss(logits, ids, masked, p, response):
+    """LLaDA's SFT loss (Nie et al. 2025, §2.3): cross-entropy on the masked response tokens weighted ``1/p``,
+    divided by each row's response length, averaged over the batch.
+
+    Args:
+      logits: float32 [B, T, V]; ids: int32 [B, T] clean ids; masked: bool [B, T]; p: float32 [B];
+      response: int/bool [B, T] (1 on the response tokens).
+
+    Returns a float32 scalar (nats per response token). Its expectation over the masking equals the mean
+    cross-entropy per response token of the model's predictions at those noise levels (``E[1{masked}/p] = 1``).
+    """
+    import jax.numpy as jnp
+    import optax
+
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids)
+    length = jnp.maximum(jnp.sum(response.astype(bool), axis=1, keepdims=True), 1).astype(jnp.float32)
+    return jnp.sum(jnp.where(masked, ce / p[:, None] / length, 0.0)) / ids.shape[0]
+
+
 def make_train_step(family: str, graphdef, tx, cfg, static: dict):
     """The jitted step ``(params, frozen, opt_state, batch, key) → (params, opt_state, loss, grad_norm)``: the model is
     ``nnx.merge(graphdef, frozen, params)``, gradients are taken for ``params`` only (params and optimizer state
@@ -806,16 +854,9 @@ def make_train_step(family: str, graphdef, tx, cfg, static: dict):
             ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
             m = batch["loss_mask"][:, 1:].astype(jnp.float32)
             return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
-        resp = batch["response"].astype(bool)
-        k_t, k_m = jax.random.split(key)
-        t = jax.random.uniform(k_t, (ids.shape[0],))
-        p = (1.0 - MASK_EPS) * t + MASK_EPS
-        masked = (jax.random.uniform(k_m, ids.shape) < p[:, None]) & resp
-        noisy = jnp.where(masked, cfg.mask_token_id, ids)
+        noisy, masked, p = diffusion_noise(key, ids, batch["response"], cfg.mask_token_id)
         logits = model(noisy, batch["pixel_values"], attn, **static)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids)
-        length = jnp.maximum(jnp.sum(resp, axis=1, keepdims=True), 1).astype(jnp.float32)
-        return jnp.sum(jnp.where(masked, ce / p[:, None] / length, 0.0)) / ids.shape[0]
+        return diffusion_loss(logits, ids, masked, p, batch["response"])
 
     def step(params, frozen, opt_state, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, frozen, batch, key)

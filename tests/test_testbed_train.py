@@ -1,0 +1,64 @@
+"""The testbed trainer's masked-diffusion loss (LLaDA-V): the masking process and the loss against NumPy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vtp_jax.testbed.train import MASK_EPS, diffusion_loss, diffusion_noise
+
+MASK_ID = 2
+
+
+def _case(b=4, t=12, v=7, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, v, (b, t)).astype(np.int32)
+    response = np.zeros((b, t), np.int32)
+    for i in range(b):  # a response of 2..6 tokens at the end of each row
+        response[i, t - 2 - i:] = 1
+    logits = rng.normal(size=(b, t, v)).astype(np.float32)
+    return ids, response, logits
+
+
+def _np_ce(logits, ids):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
+
+
+def test_noise_masks_only_the_response_with_stratified_levels():
+    ids, response, _ = _case(b=8)
+    noisy, masked, p = (np.asarray(a) for a in diffusion_noise(jax.random.key(3), jnp.asarray(ids),
+                                                                jnp.asarray(response), MASK_ID))
+    assert not masked[response == 0].any()
+    np.testing.assert_array_equal(noisy, np.where(masked, MASK_ID, ids))
+    t = np.sort((p - MASK_EPS) / (1 - MASK_EPS))
+    np.testing.assert_allclose(np.diff(t), 1 / 8, atol=1e-5)  # one offset, evenly spaced over [0, 1)
+    assert 0 <= t[0] < 1 / 8
+
+
+def test_loss_matches_numpy():
+    ids, response, logits = _case()
+    noisy, masked, p = diffusion_noise(jax.random.key(0), jnp.asarray(ids), jnp.asarray(response), MASK_ID)
+    got = float(diffusion_loss(jnp.asarray(logits), jnp.asarray(ids), masked, p, jnp.asarray(response)))
+    m, pn = np.asarray(masked), np.asarray(p)
+    assert m.any()
+    ce = _np_ce(logits, ids)
+    want = np.mean([np.sum(ce[i][m[i]] / pn[i]) / response[i].sum() for i in range(len(ids))])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_loss_is_unbiased_for_the_mean_response_cross_entropy():
+    """E[1{masked}/p] = 1, so averaged over the masking the loss is the mean cross-entropy per response token
+    (logits fixed here, so the model's dependence on the noisy input is out of the picture)."""
+    ids, response, logits = _case()
+    ids_j, resp_j, logits_j = jnp.asarray(ids), jnp.asarray(response), jnp.asarray(logits)
+
+    def one(key):
+        _, masked, p = diffusion_noise(key, ids_j, resp_j, MASK_ID)
+        return diffusion_loss(logits_j, ids_j, masked, p, resp_j)
+
+    losses = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(1), 40000)))
+    ce = _np_ce(logits, ids)
+    want = np.mean([ce[i][response[i] == 1].mean() for i in range(len(ids))])
+    sem = losses.std() / np.sqrt(losses.size)
+    assert abs(losses.mean() - want) < 4 * sem, (losses.mean(), want, sem)
+    assert sem < 0.02 * want  # the check above is tight: the Monte Carlo error is under 2 %
