@@ -46,8 +46,9 @@ def build_method(
 ):
     """The validated method object (None for "none").
 
-    ``keep`` or ``keep_ratio`` (default :func:`default_keep_ratio`: 0.5, ToDRE 0.1, DivPrune 0.098); LLaVA methods round ``N_v · ratio`` (FastV), LLaDA-V methods floor
-    it (RedVTP's ``max(1, int(N_v · ratio))``). Raises InputError / PruningError.
+    ``keep`` or ``keep_ratio`` (default :func:`default_keep_ratio`: 0.5, ToDRE 0.1, DivPrune 0.098); LLaVA methods
+    round ``N_v · ratio`` (FastV), LLaDA-V methods floor it (RedVTP's ``max(1, int(N_v · ratio))``). Raises
+    InputError / PruningError.
     """
     from vtp_jax.pruning import make_method, resolve_keep
 

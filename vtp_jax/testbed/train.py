@@ -24,8 +24,9 @@ Pipeline (no torch anywhere):
      ``<|eot_id|>`` to a random length in [len, ``MAX_RESPONSE``] (so any ``gen_length`` up to 32 is in
      distribution); per sample ``t ~ U(0, 1)``, drawn stratified over the batch (:func:`diffusion_noise`: the same
      expected loss, a lower variance under the ``1/p`` weight at batch 32), ``p = (1 − ε) t + ε``, each response
-     token is replaced by ``[MASK]`` with probability ``p``; the loss is the cross-entropy on masked tokens weighted ``1/p``, divided by
-     the response length and averaged over the batch (LLaDA's SFT loss). The prompt is never masked.
+     token is replaced by ``[MASK]`` with probability ``p``; the loss is the cross-entropy on masked tokens
+     weighted ``1/p``, divided by the response length and averaged over the batch (LLaDA's SFT loss,
+     :func:`diffusion_loss`). The prompt is never masked.
 4. **Validation** every ``--eval-every`` steps: exact-match accuracy of greedy generation through OUR jitted
    generators (:class:`AutoregressiveGenerator` / :class:`DiffusionGenerator`, built once; the current parameters
    are swapped in as their ``state``, so nothing recompiles) on ``--val-n`` validation examples.
