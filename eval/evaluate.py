@@ -86,7 +86,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vtp_jax.runtime import (
-    FAMILY_STAGES, default_keep_ratio, add_sampler_arguments, check_method_family, eos_token_ids,
+    FAMILY_STAGES, add_sampler_arguments, check_method_family, eos_token_ids, keep_ratio_used,
 )
 
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
@@ -626,8 +626,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if not takes_keep(args.method):
             ratio, label = None, args.method
         else:
-            ratio = default_keep_ratio(args.method.split("+")[0]) if args.keep is None and args.keep_ratio is None \
-                else args.keep_ratio
+            ratio = keep_ratio_used(args.method, args.keep, args.keep_ratio)
             label = f"{args.method} keep={args.keep}" if args.keep is not None else f"{args.method} keep={ratio:g}"
         runs.append((args.method, ratio, methods, label))
 

@@ -483,3 +483,16 @@ def test_sweep_plan_dyrate_needs_a_predictor(tmp_path):
 
     assert not evaluate.takes_keep("dyrate") and not evaluate.takes_keep("todre-relevance")
     assert evaluate.takes_keep("todre+todre-relevance") and evaluate.takes_keep("fastv")
+
+
+def test_keep_ratio_used_is_the_one_decision_for_labels_and_methods():
+    from vtp_jax.runtime import build_method, keep_ratio_used
+
+    assert keep_ratio_used("fastv") == 0.5 and keep_ratio_used("todre") == 0.1
+    assert keep_ratio_used("divprune") == 0.098
+    assert keep_ratio_used("todre+todre-relevance") == 0.1  # the keep count goes to stage 1
+    assert keep_ratio_used("fastv", keep_ratio=0.25) == 0.25
+    assert keep_ratio_used("fastv", keep=7) is None and keep_ratio_used("todre-relevance") is None
+    assert keep_ratio_used("none") is None
+    # build_method prunes to exactly that ratio (LLaDA-V floors N_v · ratio)
+    assert build_method("todre", "llada_v", 78, 3).keep == int(78 * keep_ratio_used("todre"))

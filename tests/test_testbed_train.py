@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vtp_jax.testbed.train import MASK_EPS, diffusion_loss, diffusion_noise
 
@@ -62,3 +63,42 @@ def test_loss_is_unbiased_for_the_mean_response_cross_entropy():
     sem = losses.std() / np.sqrt(losses.size)
     assert abs(losses.mean() - want) < 4 * sem, (losses.mean(), want, sem)
     assert sem < 0.02 * want  # the check above is tight: the Monte Carlo error is under 2 %
+
+
+def test_complementary_masking_targets_every_response_token_once():
+    ids, response, _ = _case(b=4)
+    ids2, resp2 = np.concatenate([ids, ids]), np.concatenate([response, response])
+    noisy, masked, p = (np.asarray(a) for a in diffusion_noise(jax.random.key(5), jnp.asarray(ids2),
+                                                                jnp.asarray(resp2), MASK_ID, complementary=True))
+    first, second = masked[:4], masked[4:]
+    np.testing.assert_array_equal(first ^ second, response.astype(bool))  # each response token in exactly one copy
+    assert not (first & second).any()
+    np.testing.assert_array_equal(noisy, np.where(masked, MASK_ID, ids2))
+    np.testing.assert_allclose(p[:4] + p[4:], 1.0, atol=1e-6)
+    assert MASK_EPS <= p.min() and p.max() <= 1 - MASK_EPS + 1e-7
+    t = np.sort((p[:4] - MASK_EPS) / (1 - 2 * MASK_EPS))
+    np.testing.assert_allclose(np.diff(t), 1 / 4, atol=1e-5)
+
+
+def test_complementary_masking_needs_an_even_batch():
+    ids, response, _ = _case(b=3)
+    with pytest.raises(ValueError, match="even batch"):
+        diffusion_noise(jax.random.key(0), jnp.asarray(ids), jnp.asarray(response), MASK_ID, complementary=True)
+
+
+def test_complementary_loss_is_unbiased_too():
+    """Each copy's mask is unbiased for its own p, so the two-copy loss has the same expectation."""
+    ids, response, logits = _case()
+    ids2, resp2 = jnp.asarray(np.concatenate([ids, ids])), jnp.asarray(np.concatenate([response, response]))
+    logits2 = jnp.asarray(np.concatenate([logits, logits]))
+
+    def one(key):
+        _, masked, p = diffusion_noise(key, ids2, resp2, MASK_ID, complementary=True)
+        return diffusion_loss(logits2, ids2, masked, p, resp2)
+
+    losses = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(2), 40000)))
+    ce = _np_ce(logits, ids)
+    want = np.mean([ce[i][response[i] == 1].mean() for i in range(len(ids))])
+    sem = losses.std() / np.sqrt(losses.size)
+    assert abs(losses.mean() - want) < 4 * sem, (losses.mean(), want, sem)
+    assert sem < 0.02 * want

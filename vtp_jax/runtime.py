@@ -25,6 +25,19 @@ def default_keep_ratio(name: str) -> float:
     return float(getattr(METHODS.get(name), "default_keep_ratio", DEFAULT_KEEP_RATIO))
 
 
+def keep_ratio_used(spec: str, keep: int | None = None, keep_ratio: float | None = None) -> float | None:
+    """The keep ratio the runs of ``spec`` (one method or ``a+b``) prune to — the one decision point for
+    :func:`build_method` and the labels / records of vtp-eval. ``keep_ratio`` when given; None when ``keep`` (a
+    count) is given or no method of ``spec`` takes a keep count (ToDRE stage 2, DyRate decide for themselves); else
+    :func:`default_keep_ratio` of the method that takes the keep count."""
+    from vtp_jax.pruning import METHODS
+
+    keyed = [n.strip() for n in spec.split("+") if getattr(METHODS.get(n.strip()), "takes_keep", True)]
+    if keep is not None or not keyed or keyed == ["none"]:
+        return None
+    return keep_ratio if keep_ratio is not None else default_keep_ratio(keyed[0])
+
+
 def check_method_family(name: str, family: str) -> None:
     """Raises InputError when the registered method ``name`` does not run on ``family``'s generator."""
     from vtp_jax.pruning import METHODS
@@ -64,7 +77,7 @@ def build_method(
             raise InputError(f"pruning method {name!r} takes no --keep / --keep-ratio")
         method = make_method(name, **options)
     else:
-        ratio = default_keep_ratio(name) if keep is None and keep_ratio is None else keep_ratio
+        ratio = keep_ratio_used(name, keep, keep_ratio)
         count = resolve_keep(num_visual, keep, ratio, rounding="floor" if family == "llada_v" else "round")
         method = make_method(name, keep=count, **options)
     method.validate(num_visual, num_layers)

@@ -112,6 +112,7 @@ class TrainSettings:
     vision_steps: int = 3000  # ~3 min on 2 CPU cores; 500 left the patch-12 tower at 84% cell-shape accuracy
     max_turns: int = 4
     train_vision: bool = False
+    complementary: bool = False  # LLaDA-V: LaViDa's complementary masking (--batch rows = batch/2 conversations × 2)
     init: str | None = None  # an exported testbed (HF format) to continue from
     sizes: dict = dataclasses.field(default_factory=dict)
 
@@ -791,7 +792,7 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
     return losses, accuracy
 
 
-def diffusion_noise(key, ids, response, mask_id: int):
+def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = False):
     """LLaDA's forward (masking) process on the response tokens, with stratified noise levels.
 
     Args:
@@ -799,23 +800,44 @@ def diffusion_noise(key, ids, response, mask_id: int):
       ids: int32 [B, T] clean token ids.
       response: int/bool [B, T], 1 on the response tokens (the only ones ever masked).
       mask_id: the ``[MASK]`` token id.
+      complementary: LaViDa's complementary masking (Li et al. 2025, arXiv 2505.16839). ``B`` must be even and row
+        ``i + B/2`` must be a copy of row ``i``; the first half is masked as usual, the second half with exactly
+        the complement (the response tokens the first half left clean), so every response token is a target in
+        exactly one of the two copies.
 
     Returns:
       (noisy int32 [B, T] — ``ids`` with the masked tokens replaced by ``mask_id`` —, masked bool [B, T],
-      p float32 [B] — each row's masking probability ``(1 − ε) t + ε`` with ε = :data:`MASK_EPS`).
+      p float32 [B] — each row's masking probability: ``(1 − ε) t + ε`` with ε = :data:`MASK_EPS`; with
+      ``complementary``, ``(1 − 2ε) t + ε`` for the first half and one minus that for the copies, so both stay
+      in [ε, 1 − ε]).
 
-    ``t`` is stratified over the batch: ``t_i = (u + i / B) mod 1`` with one ``u ~ U(0, 1)``, so every ``t_i`` is
-    marginally ``U(0, 1)`` (LLaDA, Nie et al. 2025, §2.2–2.3) while the batch covers [0, 1) evenly — the
-    low-discrepancy sampler of VDM (Kingma et al. 2021), also used by MDLM.
+    ``t`` is stratified over the (first half of the) batch: ``t_i = (u + i / B) mod 1`` with one ``u ~ U(0, 1)``,
+    so every ``t_i`` is marginally ``U(0, 1)`` (LLaDA, Nie et al. 2025, §2.2–2.3) while the batch covers [0, 1)
+    evenly — the low-discrepancy sampler of VDM (Kingma et al. 2021), also used by MDLM. Each row's token mask is
+    unbiased for its ``p`` (``E[1{masked}] = p``), so :func:`diffusion_loss` stays unbiased either way.
+
+    Raises:
+      ValueError: ``complementary`` with an odd batch.
     """
     import jax
     import jax.numpy as jnp
 
     k_t, k_m = jax.random.split(key)
+    response = response.astype(bool)
     b = ids.shape[0]
-    t = (jax.random.uniform(k_t, ()) + jnp.arange(b) / b) % 1.0
-    p = (1.0 - MASK_EPS) * t + MASK_EPS
-    masked = (jax.random.uniform(k_m, ids.shape) < p[:, None]) & response.astype(bool)
+    if complementary:
+        if b % 2:
+            raise ValueError(f"complementary masking needs an even batch (a copy of every row), got {b} rows")
+        h = b // 2
+        t = (jax.random.uniform(k_t, ()) + jnp.arange(h) / h) % 1.0
+        p = (1.0 - 2 * MASK_EPS) * t + MASK_EPS
+        first = (jax.random.uniform(k_m, (h, ids.shape[1])) < p[:, None]) & response[:h]
+        masked = jnp.concatenate([first, ~first & response[h:]])
+        p = jnp.concatenate([p, 1.0 - p])
+    else:
+        t = (jax.random.uniform(k_t, ()) + jnp.arange(b) / b) % 1.0
+        p = (1.0 - MASK_EPS) * t + MASK_EPS
+        masked = (jax.random.uniform(k_m, ids.shape) < p[:, None]) & response
     return jnp.where(masked, mask_id, ids), masked, p
 
 
@@ -838,10 +860,11 @@ def diffusion_loss(logits, ids, masked, p, response):
     return jnp.sum(jnp.where(masked, ce / p[:, None] / length, 0.0)) / ids.shape[0]
 
 
-def make_train_step(family: str, graphdef, tx, cfg, static: dict):
+def make_train_step(family: str, graphdef, tx, cfg, static: dict, complementary: bool = False):
     """The jitted step ``(params, frozen, opt_state, batch, key) → (params, opt_state, loss, grad_norm)``: the model is
     ``nnx.merge(graphdef, frozen, params)``, gradients are taken for ``params`` only (params and optimizer state
-    donated)."""
+    donated). ``complementary`` (LLaDA-V only): the batch's rows are duplicated inside the step and the copies masked
+    with the complement (:func:`diffusion_noise`), so the step runs on twice the rows it is given."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -849,13 +872,16 @@ def make_train_step(family: str, graphdef, tx, cfg, static: dict):
 
     def loss_fn(params, frozen, batch, key):
         model = nnx.merge(graphdef, frozen, params)
+        if complementary:  # every row twice: [batch; batch], the copies masked with the complement
+            batch = {k: jnp.concatenate([v, v]) for k, v in batch.items()}
         ids, attn = batch["input_ids"], batch["attention_mask"]
         if family == "llava":
             logits = model(ids, batch["pixel_values"], attn)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
             m = batch["loss_mask"][:, 1:].astype(jnp.float32)
             return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
-        noisy, masked, p = diffusion_noise(key, ids, batch["response"], cfg.mask_token_id)
+        noisy, masked, p = diffusion_noise(key, ids, batch["response"], cfg.mask_token_id,
+                                           complementary=complementary)
         logits = model(noisy, batch["pixel_values"], attn, **static)
         return diffusion_loss(logits, ids, masked, p, batch["response"])
 
@@ -982,7 +1008,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         tx, schedule = make_optimizer(settings.lr, settings.steps, settings.warmup, settings.weight_decay,
                                       settings.clip)
         opt_state = tx.init(params)
-        step_fn = make_train_step(family, graphdef, tx, cfg, static)
+        step_fn = make_train_step(family, graphdef, tx, cfg, static, settings.complementary)
         val_examples = shapes.make_split("val", settings.val_n, TEST_SEED, size=size)
         evaluator = Evaluator(model, processor, val_examples, batch=settings.eval_batch)
 
@@ -1000,9 +1026,12 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         rng = np.random.default_rng([settings.seed, 7])
         key = jax.random.key(settings.seed)
 
+        # complementary masking: half as many conversations, each twice in the step (same rows, same compute)
+        rows_per_step = settings.batch // 2 if settings.complementary else settings.batch
+
         def next_batch():
             convs = [make_conversation(next(stream), rng, settings.max_turns, settings.describe)
-                     for _ in range(settings.batch)]
+                     for _ in range(rows_per_step)]
             return encoder.batch(convs, rng)
 
         pending: list = []
@@ -1036,8 +1065,10 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         record = {
             "task": TASK, "family": family, "image_size": size, "num_visual_tokens": encoder.num_visual_tokens,
             "train_steps": settings.steps, "vision_pretrain_steps": settings.vision_steps, "batch": settings.batch,
-            "train_examples": (settings.steps + settings.vision_steps) * settings.batch,
+            "train_examples": (settings.steps // (2 if settings.complementary else 1) + settings.vision_steps)
+            * settings.batch,
             "describe_fraction": settings.describe, "max_turns": settings.max_turns, "vision_tower_trained_in_stage_2": settings.train_vision,
+            "complementary_masking": settings.complementary,
             "seed": settings.seed, "generation": GENERATION[family], "init": settings.init,
             "val": {"n": settings.val_n, "seed": TEST_SEED, "accuracy": log["val"][-1]["accuracy"]},
             "tokenizer": f"train_tokenizer({VOCAB_SIZE}) on the built-in corpus + shapes.corpus() x{CORPUS_REPEATS}",
@@ -1094,6 +1125,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="steps of the vision pre-training stage (0 = none)")
     p.add_argument("--max-turns", type=int, default=d.max_turns, help="question turns per training conversation")
     p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 2")
+    p.add_argument("--complementary", action="store_true",
+                   help="LLaDA-V: complementary masking (LaViDa): --batch/2 conversations per step, each twice, "
+                        "the copy masked with the complement, so every response token is a target")
     p.add_argument("--init", default=None, metavar="HF_DIR",
                    help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -1114,11 +1148,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes = json.loads(args.sizes) if args.sizes else {}
         if args.steps < 1 or args.batch < 1:
             raise TrainError("--steps and --batch must be ≥ 1")
+        if args.complementary and (args.family != "llada_v" or args.batch % 2):
+            raise TrainError("--complementary is for --family llada_v with an even --batch")
         settings = TrainSettings(
             family=args.family, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
             weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every, val_n=args.val_n,
             test_n=args.test_n, describe=args.describe, vision_steps=args.vision_steps,
-            train_vision=args.train_vision, max_turns=args.max_turns, sizes=sizes, init=args.init,
+            train_vision=args.train_vision, complementary=args.complementary, max_turns=args.max_turns,
+            sizes=sizes, init=args.init,
         )
         train(settings, args.out, force=args.force, progress=not args.no_progress)
     except (TrainError, json.JSONDecodeError) as e:
