@@ -26,7 +26,9 @@ Pipeline (no torch anywhere):
      expected loss, a lower variance under the ``1/p`` weight at batch 32), ``p = (1 − ε) t + ε``, each response
      token is replaced by ``[MASK]`` with probability ``p``; the loss is the cross-entropy on masked tokens
      weighted ``1/p``, divided by the response length and averaged over the batch (LLaDA's SFT loss,
-     :func:`diffusion_loss`). The prompt is never masked.
+     :func:`diffusion_loss`). The prompt is never masked. ``--complementary`` adds LaViDa's complementary masking:
+     each conversation appears twice in the step, the copy masked with exactly the complement, so every response
+     token is a target once per step (half as many conversations per step, the same compute).
 4. **Validation** every ``--eval-every`` steps: exact-match accuracy of greedy generation through OUR jitted
    generators (:class:`AutoregressiveGenerator` / :class:`DiffusionGenerator`, built once; the current parameters
    are swapped in as their ``state``, so nothing recompiles) on ``--val-n`` validation examples.
