@@ -827,19 +827,15 @@ def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = F
     k_t, k_m = jax.random.split(key)
     response = response.astype(bool)
     b = ids.shape[0]
-    if complementary:
-        if b % 2:
-            raise ValueError(f"complementary masking needs an even batch (a copy of every row), got {b} rows")
-        h = b // 2
-        t = (jax.random.uniform(k_t, ()) + jnp.arange(h) / h) % 1.0
-        p = (1.0 - 2 * MASK_EPS) * t + MASK_EPS
-        first = (jax.random.uniform(k_m, (h, ids.shape[1])) < p[:, None]) & response[:h]
-        masked = jnp.concatenate([first, ~first & response[h:]])
+    if complementary and b % 2:
+        raise ValueError(f"complementary masking needs an even batch (a copy of every row), got {b} rows")
+    n = b // 2 if complementary else b  # the rows masked at random (all, or the first half)
+    t = (jax.random.uniform(k_t, ()) + jnp.arange(n) / n) % 1.0
+    p = (1.0 - (2 if complementary else 1) * MASK_EPS) * t + MASK_EPS
+    masked = (jax.random.uniform(k_m, (n, ids.shape[1])) < p[:, None]) & response[:n]
+    if complementary:  # the copies: exactly the response tokens the first half left clean
+        masked = jnp.concatenate([masked, ~masked & response[n:]])
         p = jnp.concatenate([p, 1.0 - p])
-    else:
-        t = (jax.random.uniform(k_t, ()) + jnp.arange(b) / b) % 1.0
-        p = (1.0 - MASK_EPS) * t + MASK_EPS
-        masked = (jax.random.uniform(k_m, ids.shape) < p[:, None]) & response
     return jnp.where(masked, mask_id, ids), masked, p
 
 
@@ -1067,8 +1063,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         record = {
             "task": TASK, "family": family, "image_size": size, "num_visual_tokens": encoder.num_visual_tokens,
             "train_steps": settings.steps, "vision_pretrain_steps": settings.vision_steps, "batch": settings.batch,
-            "train_examples": (settings.steps // (2 if settings.complementary else 1) + settings.vision_steps)
-            * settings.batch,
+            "train_examples": settings.steps * rows_per_step + settings.vision_steps * settings.batch,
             "describe_fraction": settings.describe, "max_turns": settings.max_turns, "vision_tower_trained_in_stage_2": settings.train_vision,
             "complementary_masking": settings.complementary,
             "seed": settings.seed, "generation": GENERATION[family], "init": settings.init,
