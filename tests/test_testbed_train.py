@@ -47,17 +47,19 @@ def test_loss_matches_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("complementary, seed", [(False, 1), (True, 2)])
-def test_loss_is_unbiased_for_the_mean_response_cross_entropy(complementary, seed):
+@pytest.mark.parametrize("complementary, full_mask, seed", [(False, 0.0, 1), (True, 0.0, 2), (False, 0.5, 3)])
+def test_loss_is_unbiased_for_the_mean_response_cross_entropy(complementary, full_mask, seed):
     """E[1{masked}/p] = 1, so averaged over the masking the loss is the mean cross-entropy per response token
     (logits fixed here, so the model's dependence on the noisy input is out of the picture). With complementary
-    masking each copy's mask is unbiased for its own p, so the two-copy batch has the same expectation."""
+    masking each copy's mask is unbiased for its own p, so the two-copy batch has the same expectation; fully
+    masked rows (p = 1) give their mean cross-entropy exactly."""
     ids, response, logits = _case()
     copies = 2 if complementary else 1
     ids_j, resp_j, logits_j = (jnp.asarray(np.concatenate([a] * copies)) for a in (ids, response, logits))
 
     def one(key):
-        _, masked, p = diffusion_noise(key, ids_j, resp_j, MASK_ID, complementary=complementary)
+        _, masked, p = diffusion_noise(key, ids_j, resp_j, MASK_ID, complementary=complementary,
+                                       full_mask=full_mask)
         return diffusion_loss(logits_j, ids_j, masked, p, resp_j)
 
     losses = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), 40000)))
@@ -87,3 +89,38 @@ def test_complementary_masking_needs_an_even_batch():
     ids, response, _ = _case(b=3)
     with pytest.raises(ValueError, match="even batch"):
         diffusion_noise(jax.random.key(0), jnp.asarray(ids), jnp.asarray(response), MASK_ID, complementary=True)
+
+
+def test_full_mask_masks_every_response_token_of_the_last_rows():
+    ids, response, _ = _case(b=8)
+    noisy, masked, p = (np.asarray(a) for a in diffusion_noise(jax.random.key(4), jnp.asarray(ids),
+                                                                jnp.asarray(response), MASK_ID, full_mask=0.25))
+    np.testing.assert_array_equal(masked[6:], response[6:].astype(bool))  # round(0.25 · 8) = 2 rows at t = 1
+    np.testing.assert_array_equal(p[6:], 1.0)
+    assert not masked[response == 0].any()
+    np.testing.assert_array_equal(noisy, np.where(masked, MASK_ID, ids))
+    t = np.sort((p[:6] - MASK_EPS) / (1 - MASK_EPS))  # the other six: stratified over [0, 1) as before
+    np.testing.assert_allclose(np.diff(t), 1 / 6, atol=1e-5)
+    assert 0 <= t[0] < 1 / 6
+
+
+@pytest.mark.parametrize("kwargs, match", [({"full_mask": 1.5}, "fraction"), ({"full_mask": -0.1}, "fraction"),
+                                           ({"full_mask": 0.5, "complementary": True}, "complementary")])
+def test_full_mask_rejects_bad_settings(kwargs, match):
+    ids, response, _ = _case(b=4)
+    with pytest.raises(ValueError, match=match):
+        diffusion_noise(jax.random.key(0), jnp.asarray(ids), jnp.asarray(response), MASK_ID, **kwargs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family", "llava", "--full-mask", "0.5"], "--full-mask is a fraction"),
+    (["--family", "llada_v", "--full-mask", "0.5", "--complementary"], "--full-mask is a fraction"),
+    (["--family", "llada_v", "--full-mask", "2"], "--full-mask is a fraction"),
+    (["--family", "llava", "--complementary"], "--complementary is for"),
+])
+def test_cli_rejects_masking_options_that_do_not_apply(argv, message, tmp_path, capsys):
+    from vtp_jax.testbed.train import main
+
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written

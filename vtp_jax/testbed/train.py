@@ -28,7 +28,9 @@ Pipeline (no torch anywhere):
      weighted ``1/p``, divided by the response length and averaged over the batch (LLaDA's SFT loss,
      :func:`diffusion_loss`). The prompt is never masked. ``--complementary`` adds LaViDa's complementary masking:
      each conversation appears twice in the step, the copy masked with exactly the complement, so every response
-     token is a target once per step (half as many conversations per step, the same compute).
+     token is a target once per step (half as many conversations per step, the same compute). ``--full-mask F``
+     masks the whole response of a fraction F of each batch (``t = 1``, the first denoising step's input): more
+     weight on the prediction that short-answer decoding starts from, at the cost of LLaDA's uniform ``t``.
 4. **Validation** every ``--eval-every`` steps: exact-match accuracy of greedy generation through OUR jitted
    generators (:class:`AutoregressiveGenerator` / :class:`DiffusionGenerator`, built once; the current parameters
    are swapped in as their ``state``, so nothing recompiles) on ``--val-n`` validation examples.
@@ -115,6 +117,7 @@ class TrainSettings:
     max_turns: int = 4
     train_vision: bool = False
     complementary: bool = False  # LLaDA-V: LaViDa's complementary masking (--batch rows = batch/2 conversations × 2)
+    full_mask: float = 0.0  # LLaDA-V: fraction of rows with the whole response masked (t = 1)
     init: str | None = None  # an exported testbed (HF format) to continue from
     sizes: dict = dataclasses.field(default_factory=dict)
 
@@ -794,7 +797,7 @@ def pretrain_vision(model, encoder: Encoder, settings: TrainSettings, stream, *,
     return losses, accuracy
 
 
-def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = False):
+def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = False, full_mask: float = 0.0):
     """LLaDA's forward (masking) process on the response tokens, with stratified noise levels.
 
     Args:
@@ -806,6 +809,11 @@ def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = F
         ``i + B/2`` must be a copy of row ``i``; the first half is masked as usual, the second half with exactly
         the complement (the response tokens the first half left clean), so every response token is a target in
         exactly one of the two copies.
+      full_mask: the fraction F of the rows (the last ``round(F · B)``; a static count) whose whole response is
+        masked, ``t = 1`` — the input of the first denoising step, from which greedy low-confidence decoding of a
+        short answer takes its first tokens. The other rows are masked as usual. This mixes a point mass at
+        ``t = 1`` into LLaDA's ``t ~ U(0, 1)``: the loss is still a ``1/p``-weighted masked-diffusion loss, but
+        under a noise distribution that puts more weight on fully masked responses than LLaDA's ELBO does.
 
     Returns:
       (noisy int32 [B, T] — ``ids`` with the masked tokens replaced by ``mask_id`` —, masked bool [B, T],
@@ -819,7 +827,8 @@ def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = F
     unbiased for its ``p`` (``E[1{masked}] = p``), so :func:`diffusion_loss` stays unbiased either way.
 
     Raises:
-      ValueError: ``complementary`` with an odd batch.
+      ValueError: ``complementary`` with an odd batch; ``full_mask`` outside [0, 1] or combined with
+        ``complementary`` (the complement of a fully masked response masks nothing).
     """
     import jax
     import jax.numpy as jnp
@@ -829,10 +838,20 @@ def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = F
     b = ids.shape[0]
     if complementary and b % 2:
         raise ValueError(f"complementary masking needs an even batch (a copy of every row), got {b} rows")
-    n = b // 2 if complementary else b  # the rows masked at random (all, or the first half)
-    t = (jax.random.uniform(k_t, ()) + jnp.arange(n) / n) % 1.0
+    if not 0.0 <= full_mask <= 1.0:
+        raise ValueError(f"full_mask is a fraction of the batch in [0, 1], got {full_mask}")
+    if complementary and full_mask:
+        raise ValueError("full_mask cannot be combined with complementary masking (the complement of a fully "
+                         "masked response masks nothing)")
+    n = b // 2 if complementary else b  # the rows masked (all, or the first half)
+    n_full = int(round(full_mask * n))  # of which the last n_full have t = 1
+    m = n - n_full  # the rows with t ~ U(0, 1), stratified
+    t = (jax.random.uniform(k_t, ()) + jnp.arange(m) / max(m, 1)) % 1.0
     p = (1.0 - (2 if complementary else 1) * MASK_EPS) * t + MASK_EPS
-    masked = (jax.random.uniform(k_m, (n, ids.shape[1])) < p[:, None]) & response[:n]
+    masked = (jax.random.uniform(k_m, (m, ids.shape[1])) < p[:, None]) & response[:m]
+    if n_full:  # t = 1: every response token masked, p = 1 (weight 1)
+        masked = jnp.concatenate([masked, response[m:n]])
+        p = jnp.concatenate([p, jnp.ones((n_full,), p.dtype)])
     if complementary:  # the copies: exactly the response tokens the first half left clean
         masked = jnp.concatenate([masked, ~masked & response[n:]])
         p = jnp.concatenate([p, 1.0 - p])
@@ -858,11 +877,13 @@ def diffusion_loss(logits, ids, masked, p, response):
     return jnp.sum(jnp.where(masked, ce / p[:, None] / length, 0.0)) / ids.shape[0]
 
 
-def make_train_step(family: str, graphdef, tx, cfg, static: dict, complementary: bool = False):
+def make_train_step(family: str, graphdef, tx, cfg, static: dict, complementary: bool = False,
+                    full_mask: float = 0.0):
     """The jitted step ``(params, frozen, opt_state, batch, key) → (params, opt_state, loss, grad_norm)``: the model is
     ``nnx.merge(graphdef, frozen, params)``, gradients are taken for ``params`` only (params and optimizer state
     donated). ``complementary`` (LLaDA-V only): the batch's rows are duplicated inside the step and the copies masked
-    with the complement (:func:`diffusion_noise`), so the step runs on twice the rows it is given."""
+    with the complement (:func:`diffusion_noise`), so the step runs on twice the rows it is given. ``full_mask``
+    (LLaDA-V only): the fraction of rows whose whole response is masked (:func:`diffusion_noise`)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -879,7 +900,7 @@ def make_train_step(family: str, graphdef, tx, cfg, static: dict, complementary:
             m = batch["loss_mask"][:, 1:].astype(jnp.float32)
             return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
         noisy, masked, p = diffusion_noise(key, ids, batch["response"], cfg.mask_token_id,
-                                           complementary=complementary)
+                                           complementary=complementary, full_mask=full_mask)
         logits = model(noisy, batch["pixel_values"], attn, **static)
         return diffusion_loss(logits, ids, masked, p, batch["response"])
 
@@ -1006,7 +1027,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         tx, schedule = make_optimizer(settings.lr, settings.steps, settings.warmup, settings.weight_decay,
                                       settings.clip)
         opt_state = tx.init(params)
-        step_fn = make_train_step(family, graphdef, tx, cfg, static, settings.complementary)
+        step_fn = make_train_step(family, graphdef, tx, cfg, static, settings.complementary, settings.full_mask)
         val_examples = shapes.make_split("val", settings.val_n, TEST_SEED, size=size)
         evaluator = Evaluator(model, processor, val_examples, batch=settings.eval_batch)
 
@@ -1066,6 +1087,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
             "train_examples": settings.steps * rows_per_step + settings.vision_steps * settings.batch,
             "describe_fraction": settings.describe, "max_turns": settings.max_turns, "vision_tower_trained_in_stage_2": settings.train_vision,
             "complementary_masking": settings.complementary,
+            "full_mask_fraction": settings.full_mask,
             "seed": settings.seed, "generation": GENERATION[family], "init": settings.init,
             "val": {"n": settings.val_n, "seed": TEST_SEED, "accuracy": log["val"][-1]["accuracy"]},
             "tokenizer": f"train_tokenizer({VOCAB_SIZE}) on the built-in corpus + shapes.corpus() x{CORPUS_REPEATS}",
@@ -1125,6 +1147,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--complementary", action="store_true",
                    help="LLaDA-V: complementary masking (LaViDa): --batch/2 conversations per step, each twice, "
                         "the copy masked with the complement, so every response token is a target")
+    p.add_argument("--full-mask", type=float, default=d.full_mask, metavar="F",
+                   help="LLaDA-V: fraction of each batch whose whole response is masked (t = 1, the first denoising "
+                        "step's input); the rest t ~ U(0, 1) as in LLaDA")
     p.add_argument("--init", default=None, metavar="HF_DIR",
                    help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -1147,11 +1172,14 @@ def main(argv: list[str] | None = None) -> int:
             raise TrainError("--steps and --batch must be ≥ 1")
         if args.complementary and (args.family != "llada_v" or args.batch % 2):
             raise TrainError("--complementary is for --family llada_v with an even --batch")
+        if args.full_mask and (args.family != "llada_v" or args.complementary or not 0 < args.full_mask <= 1):
+            raise TrainError("--full-mask is a fraction in (0, 1] for --family llada_v, without --complementary")
         settings = TrainSettings(
             family=args.family, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
             weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every, val_n=args.val_n,
             test_n=args.test_n, describe=args.describe, vision_steps=args.vision_steps,
-            train_vision=args.train_vision, complementary=args.complementary, max_turns=args.max_turns,
+            train_vision=args.train_vision, complementary=args.complementary, full_mask=args.full_mask,
+            max_turns=args.max_turns,
             sizes=sizes, init=args.init,
         )
         train(settings, args.out, force=args.force, progress=not args.no_progress)
