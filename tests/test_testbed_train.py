@@ -102,6 +102,10 @@ def test_full_mask_masks_every_response_token_of_the_last_rows():
     t = np.sort((p[:6] - MASK_EPS) / (1 - MASK_EPS))  # the other six: stratified over [0, 1) as before
     np.testing.assert_allclose(np.diff(t), 1 / 6, atol=1e-5)
     assert 0 <= t[0] < 1 / 6
+    _, masked, p = (np.asarray(a) for a in diffusion_noise(jax.random.key(4), jnp.asarray(ids), jnp.asarray(response),
+                                                            MASK_ID, full_mask=1.0))
+    np.testing.assert_array_equal(masked, response.astype(bool))  # F = 1: the first denoising step only
+    np.testing.assert_array_equal(p, 1.0)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"full_mask": 1.5}, "fraction"), ({"full_mask": -0.1}, "fraction"),
