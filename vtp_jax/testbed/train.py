@@ -819,7 +819,7 @@ def diffusion_noise(key, ids, response, mask_id: int, *, complementary: bool = F
       (noisy int32 [B, T] — ``ids`` with the masked tokens replaced by ``mask_id`` —, masked bool [B, T],
       p float32 [B] — each row's masking probability: ``(1 − ε) t + ε`` with ε = :data:`MASK_EPS`; with
       ``complementary``, ``(1 − 2ε) t + ε`` for the first half and one minus that for the copies, so both stay
-      in [ε, 1 − ε]).
+      in [ε, 1 − ε]; 1 on the ``full_mask`` rows).
 
     ``t`` is stratified over the (first half of the) batch: ``t_i = (u + i / B) mod 1`` with one ``u ~ U(0, 1)``,
     so every ``t_i`` is marginally ``U(0, 1)`` (LLaDA, Nie et al. 2025, §2.2–2.3) while the batch covers [0, 1)
