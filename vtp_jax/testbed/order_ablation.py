@@ -1,0 +1,161 @@
+"""Visual-token order ablation: does a trained testbed read *where* things are from its visual tokens' features or
+from their order in the sequence?
+
+    python -m vtp_jax.testbed.order_ablation --model CONVERTED_DIR [--n 64] [--json OUT]
+
+The visual tokens (projector outputs, one per patch / newline) are permuted before they are merged into the
+sequence: each token keeps its features but takes another token's sequence position (and so its RoPE angle and, in
+a causal decoder, what it may attend to). The accuracy of the **first answer token** is then compared per question
+kind for three orders: the identity, a fixed random permutation (seed 0) and the reversed order.
+
+* LLaVA: one prefill on the prompt, the next-token prediction at its last position.
+* LLaDA-V: one forward on the prompt followed by ``gen_length`` ``[MASK]`` tokens (the first denoising step's input),
+  the prediction at the first masked position.
+
+A model that locates objects through their features is unaffected; one that uses the token order falls to the rate
+of "name a shape that is in the scene" on location questions. This is a diagnostic of the testbeds (measured numbers
+in the README); it is not a pruning method and the models are our tiny testbeds, not real VLMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from vtp_jax.testbed import shapes
+from vtp_jax.testbed.train import TEST_SEED, Encoder, shapes_image_size
+
+ORDERS = ("identity", "random", "reversed")
+
+
+def permutation(name: str, n: int, seed: int = 0) -> np.ndarray:
+    """int [n]: the visual-token order called ``name`` (one of :data:`ORDERS`). Raises ValueError for another name."""
+    if name == "identity":
+        return np.arange(n)
+    if name == "random":
+        return np.random.default_rng(seed).permutation(n)
+    if name == "reversed":
+        return np.arange(n)[::-1].copy()
+    raise ValueError(f"unknown order {name!r} (one of {ORDERS})")
+
+
+def build_inputs(cfg, encoder: Encoder, examples, *, gen_length: int = 8):
+    """The batch the ablation runs: (input_ids int32 [N, T] left-padded, valid bool [N, T], read_at int [N] — the
+    position whose logits predict the first answer token —, targets int [N] — that token's reference id)."""
+    rows, targets, prompt_lengths = [], [], []
+    for e in examples:
+        ids = list(encoder.prompt_ids(e.question))
+        prompt_lengths.append(len(ids))
+        if cfg.family == "llada_v":
+            ids += [encoder.mask_id] * gen_length
+        rows.append(ids)
+        targets.append(encoder.continuation_ids(e.question, e.answer)[0])
+    t = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), t), np.int32)
+    valid = np.zeros((len(rows), t), bool)
+    read_at = np.zeros(len(rows), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, t - len(r):] = r
+        valid[i, t - len(r):] = True
+        read_at[i] = t - len(r) + prompt_lengths[i] - (1 if cfg.family == "llava" else 0)
+    return ids, valid, read_at, np.asarray(targets)
+
+
+def first_token_logits(model, cfg, encoder: Encoder, examples, order: np.ndarray, *, gen_length: int = 8):
+    """Logits of the first answer token with the visual tokens in ``order``: (float32 [N, V], reference ids int [N]).
+
+    Args:
+      model, cfg: a loaded model (:func:`vtp_jax.checkpoint.load`) of family "llava" or "llada_v".
+      encoder: :class:`~vtp_jax.testbed.train.Encoder` of the same checkpoint (prompt ids, pixels, answer ids).
+      examples: shapes examples (one batch; every image the model's input size).
+      order: int [N_v], a permutation of the visual tokens: visual slot ``i`` of the sequence gets the features of
+        visual token ``order[i]``.
+      gen_length: LLaDA-V only, the number of ``[MASK]`` tokens after the prompt.
+
+    Raises ValueError if ``order`` is not a permutation of ``range(N_v)``.
+    """
+    import jax.numpy as jnp
+
+    from vtp_jax.modeling.decoder import SequenceState
+
+    n_v = encoder.num_visual_tokens
+    order = np.asarray(order)
+    if order.shape != (n_v,) or not np.array_equal(np.sort(order), np.arange(n_v)):
+        raise ValueError(f"order must be a permutation of range({n_v}), got shape {order.shape}")
+    ids, valid, read_at, targets = build_inputs(cfg, encoder, examples, gen_length=gen_length)
+    pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
+    if cfg.family == "llava":
+        visual = model.image_features(pixels)
+    else:
+        s = shapes_image_size(cfg)
+        visual = model.image_features(pixels, grid=tuple(encoder.layout.grid), image_size=(s, s))
+    h, _ = model.embed(jnp.asarray(ids), visual[:, order])
+    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+    out = model.language_model(SequenceState(h, jnp.asarray(positions), jnp.asarray(valid)))
+    logits = np.asarray(model.logits(out.h), np.float32)
+    return logits[np.arange(len(ids)), read_at], targets
+
+
+def first_token_correct(model, cfg, encoder: Encoder, examples, order: np.ndarray, *, gen_length: int = 8) -> np.ndarray:
+    """bool [N]: whether the greedy first answer token (:func:`first_token_logits`) is the reference's."""
+    logits, targets = first_token_logits(model, cfg, encoder, examples, order, gen_length=gen_length)
+    return logits.argmax(-1) == targets
+
+
+def ablate(model_dir: str, n: int = 64, *, batch: int = 32) -> dict:
+    """{kind: {order: first-token accuracy}} on the first ``n`` validation questions of each kind (seed
+    ``TEST_SEED``), plus ``"n"``: {kind: count}. ``model_dir``: a converted testbed (``vtp-convert`` output)."""
+    from vtp_jax.checkpoint import load
+    from vtp_jax.processing import load_processor
+
+    model, cfg, _ = load(model_dir)
+    encoder = Encoder(cfg.family, load_processor(model_dir, cfg), cfg)
+    size = shapes_image_size(cfg)
+    by_kind = {k: [] for k in shapes.KINDS}
+    for e in shapes.iter_split("val", TEST_SEED, size=size):
+        if len(by_kind[e.kind]) < n:
+            by_kind[e.kind].append(e)
+        if all(len(v) == n for v in by_kind.values()):
+            break
+    result = {"n": {k: len(v) for k, v in by_kind.items()}}
+    for kind, exs in by_kind.items():
+        result[kind] = {}
+        for name in ORDERS:
+            order = permutation(name, encoder.num_visual_tokens)
+            ok = [first_token_correct(model, cfg, encoder, exs[i:i + batch], order) for i in range(0, len(exs), batch)]
+            result[kind][name] = float(np.mean(np.concatenate(ok)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vtp_jax.testbed.order_ablation", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="converted testbed directory (vtp-convert output)")
+    p.add_argument("--n", type=int, default=64, help="validation questions per kind")
+    p.add_argument("--json", help="also write the result here")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be ≥ 1")
+    from vtp_jax.checkpoint import CheckpointError
+    from vtp_jax.config import ConfigError
+    from vtp_jax.processing import InputError
+
+    try:
+        result = ablate(args.model, args.n)
+    except (CheckpointError, ConfigError, InputError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"first-answer-token accuracy by visual-token order ({args.model}; tiny testbed, not a real VLM)")
+    print(f"{'kind':10s} {'n':>4s} " + " ".join(f"{o:>9s}" for o in ORDERS))
+    for kind in shapes.KINDS:
+        print(f"{kind:10s} {result['n'][kind]:4d} " + " ".join(f"{result[kind][o]:9.3f}" for o in ORDERS))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
