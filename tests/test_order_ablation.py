@@ -87,3 +87,35 @@ def test_bad_order_is_rejected(shipped):
 def test_cli_missing_model(tmp_path, capsys):
     assert oa.main(["--model", str(tmp_path / "nowhere")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_index_variance_share_against_hand_made_cases():
+    rng = np.random.default_rng(0)
+    by_index = rng.normal(size=(1, 9, 4))
+    by_image = rng.normal(size=(16, 1, 4))
+    assert oa.index_variance_share(np.broadcast_to(by_index, (16, 9, 4))) == pytest.approx(1.0)
+    assert oa.index_variance_share(np.broadcast_to(by_image, (16, 9, 4))) == pytest.approx(0.0, abs=1e-12)
+    # two values per image at two indices: x[n, 0] = a_n, x[n, 1] = a_n + 2 (D = 1)
+    a = np.array([0.0, 1.0, 2.0, 3.0])
+    x = np.stack([a, a + 2], axis=1)[..., None]
+    # index means 1.5 and 3.5, grand mean 2.5: between 4 · (1 + 1) = 8; total Σ(a − 2.5)² + Σ(a − 0.5)² = 9 + 9
+    assert oa.index_variance_share(x) == pytest.approx(8 / 18)
+    with pytest.raises(ValueError, match="N, T, D"):
+        oa.index_variance_share(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="constant"):
+        oa.index_variance_share(np.ones((3, 4, 2)))
+
+
+def test_visual_features_are_the_models_visual_tokens(shipped):
+    import jax.numpy as jnp
+
+    model, cfg, encoder, examples = shipped
+    f = oa.visual_features(model, cfg, encoder, examples)
+    pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
+    if cfg.family == "llava":
+        full = np.asarray(model.image_features(pixels))
+    else:
+        s = shapes_image_size(cfg)
+        full = np.asarray(model.image_features(pixels, grid=tuple(encoder.layout.grid), image_size=(s, s)))
+    assert f.shape[1] == (encoder.num_visual_tokens if cfg.family == "llava" else (s // cfg.vision.patch_size) ** 2)
+    np.testing.assert_allclose(f, full[:, : f.shape[1]], rtol=1e-6, atol=1e-6)

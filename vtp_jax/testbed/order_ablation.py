@@ -105,9 +105,37 @@ def first_token_correct(model, cfg, encoder: Encoder, examples, order: np.ndarra
     return logits.argmax(-1) == targets
 
 
+def index_variance_share(features: np.ndarray) -> float:
+    """Share of the variance of visual features float [N images, T tokens, D] explained by the token index: the
+    between-index sum of squares over the total, ``N · Σ_t ‖x̄_t − x̄‖² / Σ_{n,t} ‖x_{n,t} − x̄‖²`` (x̄_t: the mean
+    over images at index t, x̄: the grand mean). 1 when a token's features depend only on where it is, 0 when they
+    do not depend on it at all. Raises ValueError for a non-3-D array or constant features."""
+    x = np.asarray(features, np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"features must be [N, T, D], got shape {x.shape}")
+    grand = x.mean(axis=(0, 1))
+    total = ((x - grand) ** 2).sum()
+    if total == 0:
+        raise ValueError("features are constant")
+    between = ((x.mean(axis=0) - grand) ** 2).sum() * x.shape[0]
+    return float(between / total)
+
+
+def visual_features(model, cfg, encoder: Encoder, examples) -> np.ndarray:
+    """Projector outputs of one tile per image, float32 [N, T, D_text]: LLaVA's N_v tokens; LLaDA-V's base tile
+    (p² tokens — the 1 × 1 grid tile holds the same features, then newlines)."""
+    import jax.numpy as jnp
+
+    pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
+    if cfg.family == "llava":
+        return np.asarray(model.image_features(pixels), np.float32)
+    return np.asarray(model.tile_features(pixels[:, :1])[:, 0], np.float32)
+
+
 def ablate(model_dir: str, n: int = 64, *, batch: int = 32) -> dict:
     """{kind: {order: first-token accuracy}} on the first ``n`` validation questions of each kind (seed
-    ``TEST_SEED``), plus ``"n"``: {kind: count}. ``model_dir``: a converted testbed (``vtp-convert`` output)."""
+    ``TEST_SEED``), plus ``"n"``: {kind: count} and ``"index_variance_share"`` (:func:`index_variance_share` of the
+    projector outputs on 128 validation images). ``model_dir``: a converted testbed (``vtp-convert`` output)."""
     from vtp_jax.checkpoint import load
     from vtp_jax.processing import load_processor
 
@@ -121,6 +149,8 @@ def ablate(model_dir: str, n: int = 64, *, batch: int = 32) -> dict:
         if all(len(v) == n for v in by_kind.values()):
             break
     result = {"n": {k: len(v) for k, v in by_kind.items()}}
+    images = shapes.make_split("val", 128, TEST_SEED, size=size)
+    result["index_variance_share"] = index_variance_share(visual_features(model, cfg, encoder, images))
     for kind, exs in by_kind.items():
         result[kind] = {}
         for name in ORDERS:
@@ -151,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'kind':10s} {'n':>4s} " + " ".join(f"{o:>9s}" for o in ORDERS))
     for kind in shapes.KINDS:
         print(f"{kind:10s} {result['n'][kind]:4d} " + " ".join(f"{result[kind][o]:9.3f}" for o in ORDERS))
+    print(f"share of the visual features' variance explained by the token index: {result['index_variance_share']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
