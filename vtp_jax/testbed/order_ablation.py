@@ -13,7 +13,9 @@ kind for three orders: the identity, a fixed random permutation (seed 0) and the
   the prediction at the first masked position.
 
 A model that locates objects through their features is unaffected; one that uses the token order falls to the rate
-of "name a shape that is in the scene" on location questions. This is a diagnostic of the testbeds (measured numbers
+of "name a shape that is in the scene" on location questions. The CLI also prints how much of the visual features'
+variance the token index explains (:func:`index_variance_share`): how much position the features carry. This is a
+diagnostic of the testbeds (measured numbers
 in the README); it is not a pruning method and the models are our tiny testbeds, not real VLMs.
 """
 
