@@ -44,8 +44,9 @@ def test_identity_order_is_the_models_forward(shipped):
     import jax.numpy as jnp
 
     model, cfg, encoder, examples = shipped
-    logits, targets = oa.first_token_logits(model, cfg, encoder, examples, oa.permutation("identity",
-                                                                                          encoder.num_visual_tokens))
+    logits, targets = oa.first_token_logits(model, cfg, encoder, examples,
+                                            [oa.permutation("identity", encoder.num_visual_tokens)])
+    logits = logits[0]
     ids, valid, read_at, targets2 = oa.build_inputs(cfg, encoder, examples)
     pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
     if cfg.family == "llava":
@@ -70,8 +71,8 @@ def test_identity_order_is_the_models_forward(shipped):
 def test_an_order_reaches_the_decoder(shipped):
     model, cfg, encoder, examples = shipped
     n = encoder.num_visual_tokens
-    ident, _ = oa.first_token_logits(model, cfg, encoder, examples, oa.permutation("identity", n))
-    rev, _ = oa.first_token_logits(model, cfg, encoder, examples, oa.permutation("reversed", n))
+    (ident, rev), _ = oa.first_token_logits(model, cfg, encoder, examples,
+                                            [oa.permutation("identity", n), oa.permutation("reversed", n)])
     assert np.abs(ident - rev).max() > 1e-2
 
 
@@ -79,9 +80,9 @@ def test_bad_order_is_rejected(shipped):
     model, cfg, encoder, examples = shipped
     n = encoder.num_visual_tokens
     with pytest.raises(ValueError, match="permutation"):
-        oa.first_token_logits(model, cfg, encoder, examples, np.zeros(n, int))
+        oa.first_token_logits(model, cfg, encoder, examples, [np.arange(n), np.zeros(n, int)])
     with pytest.raises(ValueError, match="permutation"):
-        oa.first_token_logits(model, cfg, encoder, examples, np.arange(n - 1))
+        oa.first_token_logits(model, cfg, encoder, examples, [np.arange(n - 1)])
 
 
 def test_cli_missing_model(tmp_path, capsys):

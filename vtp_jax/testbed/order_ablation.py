@@ -66,44 +66,56 @@ def build_inputs(cfg, encoder: Encoder, examples, *, gen_length: int = 8):
     return ids, valid, read_at, np.asarray(targets)
 
 
-def first_token_logits(model, cfg, encoder: Encoder, examples, order: np.ndarray, *, gen_length: int = 8):
-    """Logits of the first answer token with the visual tokens in ``order``: (float32 [N, V], reference ids int [N]).
+def visual_tokens(model, cfg, encoder: Encoder, examples):
+    """The model's visual tokens for the examples' images, float32 [N, N_v, D_text] (projector outputs; LLaDA-V:
+    base tile, then the 1 × 1 grid tile with its newlines)."""
+    import jax.numpy as jnp
+
+    pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
+    if cfg.family == "llava":
+        return model.image_features(pixels)
+    s = shapes_image_size(cfg)
+    return model.image_features(pixels, grid=tuple(encoder.layout.grid), image_size=(s, s))
+
+
+def first_token_logits(model, cfg, encoder: Encoder, examples, orders, *, gen_length: int = 8):
+    """Logits of the first answer token with the visual tokens in each of ``orders``: (float32 [n_orders, N, V],
+    reference ids int [N]). The vision tower runs once; only the decoder runs per order.
 
     Args:
       model, cfg: a loaded model (:func:`vtp_jax.checkpoint.load`) of family "llava" or "llada_v".
       encoder: :class:`~vtp_jax.testbed.train.Encoder` of the same checkpoint (prompt ids, pixels, answer ids).
       examples: shapes examples (one batch; every image the model's input size).
-      order: int [N_v], a permutation of the visual tokens: visual slot ``i`` of the sequence gets the features of
-        visual token ``order[i]``.
+      orders: permutations of the visual tokens, each int [N_v]: visual slot ``i`` of the sequence gets the
+        features of visual token ``order[i]``.
       gen_length: LLaDA-V only, the number of ``[MASK]`` tokens after the prompt.
 
-    Raises ValueError if ``order`` is not a permutation of ``range(N_v)``.
+    Raises ValueError if an order is not a permutation of ``range(N_v)``.
     """
     import jax.numpy as jnp
 
     from vtp_jax.modeling.decoder import SequenceState
 
     n_v = encoder.num_visual_tokens
-    order = np.asarray(order)
-    if order.shape != (n_v,) or not np.array_equal(np.sort(order), np.arange(n_v)):
-        raise ValueError(f"order must be a permutation of range({n_v}), got shape {order.shape}")
+    orders = [np.asarray(o) for o in orders]
+    for order in orders:
+        if order.shape != (n_v,) or not np.array_equal(np.sort(order), np.arange(n_v)):
+            raise ValueError(f"order must be a permutation of range({n_v}), got shape {order.shape}")
     ids, valid, read_at, targets = build_inputs(cfg, encoder, examples, gen_length=gen_length)
-    pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
-    if cfg.family == "llava":
-        visual = model.image_features(pixels)
-    else:
-        s = shapes_image_size(cfg)
-        visual = model.image_features(pixels, grid=tuple(encoder.layout.grid), image_size=(s, s))
-    h, _ = model.embed(jnp.asarray(ids), visual[:, order])
-    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
-    out = model.language_model(SequenceState(h, jnp.asarray(positions), jnp.asarray(valid)))
-    logits = np.asarray(model.logits(out.h), np.float32)
-    return logits[np.arange(len(ids)), read_at], targets
+    visual = visual_tokens(model, cfg, encoder, examples)
+    positions = jnp.asarray(np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32))
+    rows = np.arange(len(ids))
+    out = []
+    for order in orders:
+        h, _ = model.embed(jnp.asarray(ids), visual[:, order])
+        hidden = model.language_model(SequenceState(h, positions, jnp.asarray(valid))).h
+        out.append(np.asarray(model.logits(hidden), np.float32)[rows, read_at])
+    return np.stack(out), targets
 
 
-def first_token_correct(model, cfg, encoder: Encoder, examples, order: np.ndarray, *, gen_length: int = 8) -> np.ndarray:
-    """bool [N]: whether the greedy first answer token (:func:`first_token_logits`) is the reference's."""
-    logits, targets = first_token_logits(model, cfg, encoder, examples, order, gen_length=gen_length)
+def first_token_correct(model, cfg, encoder: Encoder, examples, orders, *, gen_length: int = 8) -> np.ndarray:
+    """bool [n_orders, N]: whether the greedy first answer token (:func:`first_token_logits`) is the reference's."""
+    logits, targets = first_token_logits(model, cfg, encoder, examples, orders, gen_length=gen_length)
     return logits.argmax(-1) == targets
 
 
@@ -125,13 +137,11 @@ def index_variance_share(features: np.ndarray) -> float:
 
 def visual_features(model, cfg, encoder: Encoder, examples) -> np.ndarray:
     """Projector outputs of one tile per image, float32 [N, T, D_text]: LLaVA's N_v tokens; LLaDA-V's base tile
-    (p² tokens — the 1 × 1 grid tile holds the same features, then newlines)."""
-    import jax.numpy as jnp
-
-    pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
+    (the first p² visual tokens — the 1 × 1 grid tile holds the same features, then newlines)."""
+    visual = np.asarray(visual_tokens(model, cfg, encoder, examples), np.float32)
     if cfg.family == "llava":
-        return np.asarray(model.image_features(pixels), np.float32)
-    return np.asarray(model.tile_features(pixels[:, :1])[:, 0], np.float32)
+        return visual
+    return visual[:, : (cfg.vision.image_size // cfg.vision.patch_size) ** 2]
 
 
 def ablate(model_dir: str, n: int = 64, *, batch: int = 32) -> dict:
@@ -153,12 +163,11 @@ def ablate(model_dir: str, n: int = 64, *, batch: int = 32) -> dict:
     result = {"n": {k: len(v) for k, v in by_kind.items()}}
     images = shapes.make_split("val", 128, TEST_SEED, size=size)
     result["index_variance_share"] = index_variance_share(visual_features(model, cfg, encoder, images))
+    orders = [permutation(name, encoder.num_visual_tokens) for name in ORDERS]
     for kind, exs in by_kind.items():
-        result[kind] = {}
-        for name in ORDERS:
-            order = permutation(name, encoder.num_visual_tokens)
-            ok = [first_token_correct(model, cfg, encoder, exs[i:i + batch], order) for i in range(0, len(exs), batch)]
-            result[kind][name] = float(np.mean(np.concatenate(ok)))
+        ok = np.concatenate([first_token_correct(model, cfg, encoder, exs[i:i + batch], orders)
+                             for i in range(0, len(exs), batch)], axis=1)  # [n_orders, n]
+        result[kind] = {name: float(ok[j].mean()) for j, name in enumerate(ORDERS)}
     return result
 
 
