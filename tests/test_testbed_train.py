@@ -121,6 +121,8 @@ def test_full_mask_rejects_bad_settings(kwargs, match):
     (["--family", "llada_v", "--full-mask", "0.5", "--complementary"], "--full-mask is a fraction"),
     (["--family", "llada_v", "--full-mask", "2"], "--full-mask is a fraction"),
     (["--family", "llava", "--complementary"], "--complementary is for"),
+    (["--family", "llada_v", "--kinds", "location,colours"], "--kinds 'location,colours'"),
+    (["--family", "llava", "--kinds", ","], "--kinds ','"),
 ])
 def test_cli_rejects_masking_options_that_do_not_apply(argv, message, tmp_path, capsys):
     from vtp_jax.testbed.train import main
@@ -128,3 +130,55 @@ def test_cli_rejects_masking_options_that_do_not_apply(argv, message, tmp_path, 
     assert main(argv + ["--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def _kind_and_answer(scene, question):
+    """(kind, answer) of a templated question, derived from the scene description alone."""
+    import re
+
+    from vtp_jax.testbed import shapes
+
+    objs = scene.objects
+    if m := re.fullmatch(r"What shape is in the (.+)\?", question):
+        cell = next(c for c in np.ndindex(3, 3) if shapes.place_name(c) == m[1])
+        return "location", next(o.shape for o in objs if o.cell == cell)
+    if m := re.fullmatch(r"Is the (\w+) (\w+) left of the (\w+) (\w+)\?", question):
+        a = next(o for o in objs if (o.colour, o.shape) == (m[1], m[2]))
+        b = next(o for o in objs if (o.colour, o.shape) == (m[3], m[4]))
+        return "position", "yes" if a.cell[1] < b.cell[1] else "no"
+    if m := re.fullmatch(r"What colour is the (\w+)\?", question):
+        return "colour", next(o.colour for o in objs if o.shape == m[1])
+    if m := re.fullmatch(r"How many (\w+)s are there\?", question):
+        return "count", str(sum(o.shape == m[1] for o in objs))
+    if m := re.fullmatch(r"Is there a (\w+) (\w+)\?", question):
+        return "presence", "yes" if any((o.colour, o.shape) == (m[1], m[2]) for o in objs) else "no"
+    raise AssertionError(question)
+
+
+@pytest.mark.parametrize("kinds", [("location",), ("location", "position"), ("colour", "count")])
+def test_conversations_hold_only_the_requested_kinds_with_correct_answers(kinds):
+    from vtp_jax.testbed import shapes
+    from vtp_jax.testbed.train import make_conversation
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for i in range(40):
+        ex = shapes.make_example("train", i, 0, size=24)
+        conv = make_conversation(ex, rng, max_turns=3, describe=0.0, kinds=kinds)
+        assert 1 <= len(conv.turns) <= 3 and conv.image is ex.image
+        assert len({q for q, _ in conv.turns}) == len(conv.turns)  # distinct questions
+        for q, a in conv.turns:  # every turn of an allowed kind, its answer re-derived from the scene
+            kind = _kind_and_answer(ex.scene, q)
+            assert kind[0] in kinds and kind[1] == a, (q, a, kind)
+            seen.add(kind[0])
+        if ex.kind in kinds:  # the example's own question stays first
+            assert conv.turns[0] == (ex.question, ex.answer)
+    assert seen == set(kinds)
+
+
+def test_conversations_reject_unknown_kinds():
+    from vtp_jax.testbed import shapes
+    from vtp_jax.testbed.train import TrainError, make_conversation
+
+    with pytest.raises(TrainError, match="unknown question kinds"):
+        make_conversation(shapes.make_example("train", 0, 0, size=24), np.random.default_rng(0), 2, 0.0, ("size",))

@@ -118,6 +118,7 @@ class TrainSettings:
     train_vision: bool = False
     complementary: bool = False  # LLaDA-V: LaViDa's complementary masking (--batch rows = batch/2 conversations × 2)
     full_mask: float = 0.0  # LLaDA-V: fraction of rows with the whole response masked (t = 1)
+    kinds: tuple | None = None  # question kinds of the training conversations (None = all of shapes.KINDS)
     init: str | None = None  # an exported testbed (HF format) to continue from
     sizes: dict = dataclasses.field(default_factory=dict)
 
@@ -514,17 +515,34 @@ class Encoder:
                 "pixel_values": self.pixels([c.image for c in conversations])}
 
 
-def make_conversation(example, rng: np.random.Generator, max_turns: int, describe: float) -> Conversation:
+def make_conversation(example, rng: np.random.Generator, max_turns: int, describe: float,
+                      kinds: tuple[str, ...] | None = None) -> Conversation:
     """The example's question first, then up to ``max_turns − 1`` other distinct questions about the same scene
-    (drawn with :func:`shapes.make_questions`, random order), then — with probability ``describe`` — the description turn (last, so it cannot give
-    away the answers of the questions before it)."""
-    turns = [(example.question, example.answer)]
+    (drawn with :func:`shapes.make_questions`, random order), then — with probability ``describe`` — the description
+    turn (last, so it cannot give away the answers of the questions before it).
+
+    ``kinds`` (a subset of ``shapes.KINDS``; None = all) restricts the question turns to those kinds — a curriculum
+    stage such as ``("location", "position")``. If the example's own question is of another kind, a question of an
+    allowed kind about the same scene replaces it (location is always askable, so there is always one).
+
+    Raises:
+      TrainError: an unknown kind in ``kinds``.
+    """
+    if kinds is not None and not set(kinds) <= set(shapes.KINDS):
+        raise TrainError(f"unknown question kinds {sorted(set(kinds) - set(shapes.KINDS))} "
+                         f"(choose from {', '.join(shapes.KINDS)})")
+    allowed = set(shapes.KINDS if kinds is None else kinds)
     others: dict[str, str] = {}
     for _ in range(-(-max_turns // len(shapes.KINDS)) + 1):  # enough draws for max_turns distinct questions
         for qa in shapes.make_questions(example.scene, rng):
-            if qa.question != example.question:
+            if qa.question != example.question and qa.kind in allowed:
                 others.setdefault(qa.question, qa.answer)
     questions = list(others)
+    if example.kind in allowed:
+        turns = [(example.question, example.answer)]
+    else:  # an allowed question about the same scene takes the example's place
+        first = questions.pop(int(rng.integers(len(questions))))
+        turns = [(first, others[first])]
     for j in rng.permutation(len(questions))[: max_turns - 1]:
         turns.append((questions[j], others[questions[j]]))
     if rng.random() < describe:
@@ -1049,7 +1067,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         rows_per_step = settings.batch // 2 if settings.complementary else settings.batch
 
         def next_batch():
-            convs = [make_conversation(next(stream), rng, settings.max_turns, settings.describe)
+            convs = [make_conversation(next(stream), rng, settings.max_turns, settings.describe, settings.kinds)
                      for _ in range(rows_per_step)]
             return encoder.batch(convs, rng)
 
@@ -1087,6 +1105,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
             "train_examples": settings.steps * rows_per_step + settings.vision_steps * settings.batch,
             "describe_fraction": settings.describe, "max_turns": settings.max_turns, "vision_tower_trained_in_stage_2": settings.train_vision,
             "complementary_masking": settings.complementary,
+            "question_kinds": list(settings.kinds) if settings.kinds else list(shapes.KINDS),
             "full_mask_fraction": settings.full_mask,
             "seed": settings.seed, "generation": GENERATION[family], "init": settings.init,
             "val": {"n": settings.val_n, "seed": TEST_SEED, "accuracy": log["val"][-1]["accuracy"]},
@@ -1150,6 +1169,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full-mask", type=float, default=d.full_mask, metavar="F",
                    help="LLaDA-V: fraction of each batch whose whole response is masked (t = 1, the first denoising "
                         "step's input); the rest t ~ U(0, 1) as in LLaDA")
+    p.add_argument("--kinds", default=None, metavar="K1,K2",
+                   help=f"train only on questions of these kinds (comma-separated, from {','.join(shapes.KINDS)}; "
+                        "default all) — e.g. a spatial curriculum stage: --kinds location,position")
     p.add_argument("--init", default=None, metavar="HF_DIR",
                    help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -1168,6 +1190,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         sizes = json.loads(args.sizes) if args.sizes else {}
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds is not None else None
+        if kinds is not None and (not kinds or not set(kinds) <= set(shapes.KINDS)):
+            raise TrainError(f"--kinds {args.kinds!r}: choose one or more of {','.join(shapes.KINDS)}")
         if args.steps < 1 or args.batch < 1:
             raise TrainError("--steps and --batch must be ≥ 1")
         if args.complementary and (args.family != "llada_v" or args.batch % 2):
@@ -1179,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
             weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every, val_n=args.val_n,
             test_n=args.test_n, describe=args.describe, vision_steps=args.vision_steps,
             train_vision=args.train_vision, complementary=args.complementary, full_mask=args.full_mask,
-            max_turns=args.max_turns,
+            max_turns=args.max_turns, kinds=kinds,
             sizes=sizes, init=args.init,
         )
         train(settings, args.out, force=args.force, progress=not args.no_progress)
