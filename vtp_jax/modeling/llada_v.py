@@ -25,7 +25,7 @@ from flax import nnx
 
 from vtp_jax.config import LladaVConfig
 from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
-from vtp_jax.modeling.decoder import Decoder, DecoderOutput, SequenceState
+from vtp_jax.modeling.decoder import Decoder
 from vtp_jax.modeling.layers import linear
 from vtp_jax.modeling.llava import VisionLanguageModel
 from vtp_jax.modeling.projector import Projector
@@ -106,11 +106,5 @@ class LladaV(VisionLanguageModel):
     ) -> jax.Array:
         """One full bidirectional forward (a denoising step without pruning; parity reference): logits float32
         [B, T, V]. Positions are ``cumsum(attention_mask) − 1``; padding keys are masked for every query."""
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, bool)
-        attention_mask = attention_mask.astype(bool)
-        positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
         visual = self.image_features(pixel_values, grid=grid, image_size=image_size)
-        h, _ = self.embed(input_ids, visual)
-        out: DecoderOutput = self.language_model(SequenceState(h, positions, attention_mask))
-        return self.logits(out.h)
+        return self.forward_visual(input_ids, visual, attention_mask)

@@ -45,6 +45,21 @@ class VisionLanguageModel(nnx.Module):
         """Final hidden states [..., D] → logits float32 [..., V]."""
         return self.lm_head(h).astype(jnp.float32)
 
+    def forward_visual(self, input_ids: jax.Array, visual: jax.Array, attention_mask: jax.Array | None = None
+                       ) -> jax.Array:
+        """The decoder's full forward (no cache, no pruning) on given visual tokens: input_ids int [B, T], visual
+        [B, N_v, D] (projector outputs, in the order they fill the image placeholders), attention_mask int/bool
+        [B, T] or None (all valid) → logits float32 [B, T, V]. Positions are ``cumsum(attention_mask) − 1`` (what
+        the generators use); padding keys are masked. The family's attention (causal or bidirectional) is the
+        decoder's."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, bool)
+        attention_mask = attention_mask.astype(bool)
+        positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
+        h, _ = self.embed(input_ids, visual)
+        out: DecoderOutput = self.language_model(SequenceState(h, positions, attention_mask))
+        return self.logits(out.h)
+
 
 class Llava(VisionLanguageModel):
     """The LLaVA model. Parameter tree: ``vision_tower``, ``multi_modal_projector``, ``language_model``,
@@ -95,10 +110,4 @@ class Llava(VisionLanguageModel):
 
         Positions are ``cumsum(attention_mask) − 1`` (what ``generate`` uses); padding keys are masked.
         """
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, bool)
-        attention_mask = attention_mask.astype(bool)
-        positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
-        h, _ = self.embed(input_ids, self.image_features(pixel_values))
-        out: DecoderOutput = self.language_model(SequenceState(h, positions, attention_mask))
-        return self.logits(out.h)
+        return self.forward_visual(input_ids, self.image_features(pixel_values), attention_mask)

@@ -66,16 +66,13 @@ def build_inputs(cfg, encoder: Encoder, examples, *, gen_length: int = 8):
     return ids, valid, read_at, np.asarray(targets)
 
 
-def visual_tokens(model, cfg, encoder: Encoder, examples):
+def visual_tokens(model, encoder: Encoder, examples):
     """The model's visual tokens for the examples' images, float32 [N, N_v, D_text] (projector outputs; LLaDA-V:
     base tile, then the 1 × 1 grid tile with its newlines)."""
     import jax.numpy as jnp
 
     pixels = jnp.asarray(encoder.pixels([e.image for e in examples]))
-    if cfg.family == "llava":
-        return model.image_features(pixels)
-    s = shapes_image_size(cfg)
-    return model.image_features(pixels, grid=tuple(encoder.layout.grid), image_size=(s, s))
+    return model.image_features(pixels, **encoder.image_kwargs)
 
 
 def first_token_logits(model, cfg, encoder: Encoder, examples, orders, *, gen_length: int = 8):
@@ -94,22 +91,16 @@ def first_token_logits(model, cfg, encoder: Encoder, examples, orders, *, gen_le
     """
     import jax.numpy as jnp
 
-    from vtp_jax.modeling.decoder import SequenceState
-
     n_v = encoder.num_visual_tokens
     orders = [np.asarray(o) for o in orders]
     for order in orders:
         if order.shape != (n_v,) or not np.array_equal(np.sort(order), np.arange(n_v)):
             raise ValueError(f"order must be a permutation of range({n_v}), got shape {order.shape}")
     ids, valid, read_at, targets = build_inputs(cfg, encoder, examples, gen_length=gen_length)
-    visual = visual_tokens(model, cfg, encoder, examples)
-    positions = jnp.asarray(np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32))
+    visual = visual_tokens(model, encoder, examples)
+    ids, valid = jnp.asarray(ids), jnp.asarray(valid)
     rows = np.arange(len(ids))
-    out = []
-    for order in orders:
-        h, _ = model.embed(jnp.asarray(ids), visual[:, order])
-        hidden = model.language_model(SequenceState(h, positions, jnp.asarray(valid))).h
-        out.append(np.asarray(model.logits(hidden), np.float32)[rows, read_at])
+    out = [np.asarray(model.forward_visual(ids, visual[:, order], valid))[rows, read_at] for order in orders]
     return np.stack(out), targets
 
 
@@ -138,7 +129,7 @@ def index_variance_share(features: np.ndarray) -> float:
 def visual_features(model, cfg, encoder: Encoder, examples) -> np.ndarray:
     """Projector outputs of one tile per image, float32 [N, T, D_text]: LLaVA's N_v tokens; LLaDA-V's base tile
     (the first p² visual tokens — the 1 × 1 grid tile holds the same features, then newlines)."""
-    visual = np.asarray(visual_tokens(model, cfg, encoder, examples), np.float32)
+    visual = np.asarray(visual_tokens(model, encoder, examples), np.float32)
     if cfg.family == "llava":
         return visual
     return visual[:, : (cfg.vision.image_size // cfg.vision.patch_size) ** 2]

@@ -478,6 +478,14 @@ class Encoder:
     def layout_size(self) -> int:
         return shapes_image_size(self.cfg)
 
+    @property
+    def image_kwargs(self) -> dict:
+        """The static image arguments the model's forward / ``image_features`` take with :meth:`pixels`: none for
+        LLaVA; LLaDA-V: ``grid`` (the anyres tile grid) and ``image_size`` (the training images' (H, W) in px)."""
+        if self.family == "llava":
+            return {}
+        return {"grid": tuple(self.layout.grid), "image_size": (self.layout_size, self.layout_size)}
+
     def row(self, conv: Conversation, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         """(token ids, target flags) of one conversation. LLaVA: flags on every continuation token (the next-token
         targets). LLaDA-V: flags on every response token; the last response is padded with ``<|eot_id|>`` to a
@@ -1013,9 +1021,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         processor = load_processor(work, cfg)
         encoder = Encoder(family, processor, cfg, settings.max_turns, settings.describe > 0)
         size = shapes_image_size(cfg)
-        static = {}
-        if family == "llada_v":
-            static = {"image_size": (size, size), "grid": tuple(encoder.layout.grid)}
+        static = encoder.image_kwargs
 
         model = build_model(cfg, settings.seed)
         if settings.init:  # continue from an exported testbed (same sizes): its converted weights replace the init
