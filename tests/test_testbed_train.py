@@ -176,6 +176,29 @@ def test_conversations_hold_only_the_requested_kinds_with_correct_answers(kinds)
     assert seen == set(kinds)
 
 
+def test_conversations_of_a_kind_the_scene_cannot_ask_are_none():
+    """--kinds position: a scene without two uniquely described objects in different columns has no position
+    question, so make_conversation gives None (the training stream skips it) instead of failing."""
+    from vtp_jax.testbed import shapes
+    from vtp_jax.testbed.train import make_conversation
+
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for i in range(60):
+        ex = shapes.make_example("train", i, 0, size=24)
+        objs = ex.scene.objects
+        names = [f"{o.colour} {o.shape}" for o in objs]
+        unique = [o for o, n in zip(objs, names) if names.count(n) == 1]
+        askable = any(a.cell[1] != b.cell[1] for a in unique for b in unique)
+        conv = make_conversation(ex, rng, max_turns=1, describe=0.0, kinds=("position",))
+        assert (conv is not None) == askable, (names, [o.cell for o in objs])
+        if conv is not None:
+            (q, a), = conv.turns
+            assert _kind_and_answer(ex.scene, q) == ("position", a)
+        outcomes.add(askable)
+    assert outcomes == {True, False}  # both cases occur in the sample
+
+
 def test_conversations_reject_unknown_kinds():
     from vtp_jax.testbed import shapes
     from vtp_jax.testbed.train import TrainError, make_conversation

@@ -524,14 +524,15 @@ class Encoder:
 
 
 def make_conversation(example, rng: np.random.Generator, max_turns: int, describe: float,
-                      kinds: tuple[str, ...] | None = None) -> Conversation:
+                      kinds: tuple[str, ...] | None = None) -> Conversation | None:
     """The example's question first, then up to ``max_turns − 1`` other distinct questions about the same scene
     (drawn with :func:`shapes.make_questions`, random order), then — with probability ``describe`` — the description
     turn (last, so it cannot give away the answers of the questions before it).
 
     ``kinds`` (a subset of ``shapes.KINDS``; None = all) restricts the question turns to those kinds — a curriculum
     stage such as ``("location", "position")``. If the example's own question is of another kind, a question of an
-    allowed kind about the same scene replaces it (location is always askable, so there is always one).
+    allowed kind about the same scene replaces it; if the scene has none (e.g. ``("position",)`` for a scene without
+    two distinguishable objects in different columns), the result is None and the caller draws another example.
 
     Raises:
       TrainError: an unknown kind in ``kinds``.
@@ -548,6 +549,8 @@ def make_conversation(example, rng: np.random.Generator, max_turns: int, describ
     questions = list(others)
     if example.kind in allowed:
         turns = [(example.question, example.answer)]
+    elif not questions:  # no question of an allowed kind can be asked about this scene
+        return None
     else:  # an allowed question about the same scene takes the example's place
         first = questions.pop(int(rng.integers(len(questions))))
         turns = [(first, others[first])]
@@ -1073,8 +1076,11 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         rows_per_step = settings.batch // 2 if settings.complementary else settings.batch
 
         def next_batch():
-            convs = [make_conversation(next(stream), rng, settings.max_turns, settings.describe, settings.kinds)
-                     for _ in range(rows_per_step)]
+            convs: list[Conversation] = []
+            while len(convs) < rows_per_step:  # scenes without a question of the allowed kinds are skipped
+                conv = make_conversation(next(stream), rng, settings.max_turns, settings.describe, settings.kinds)
+                if conv is not None:
+                    convs.append(conv)
             return encoder.batch(convs, rng)
 
         pending: list = []
