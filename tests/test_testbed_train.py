@@ -123,6 +123,11 @@ def test_full_mask_rejects_bad_settings(kwargs, match):
     (["--family", "llava", "--complementary"], "--complementary is for"),
     (["--family", "llada_v", "--kinds", "location,colours"], "--kinds 'location,colours'"),
     (["--family", "llava", "--kinds", ","], "--kinds ','"),
+    (["--family", "llada_v", "--kind-weights", "location=2,size=1"], "'size' is unknown"),
+    (["--family", "llada_v", "--kinds", "location", "--kind-weights", "position=1"], "outside --kinds"),
+    (["--family", "llada_v", "--kind-weights", "location=-1"], "weight ≥ 0"),
+    (["--family", "llada_v", "--kind-weights", "location"], "not KIND=WEIGHT"),
+    (["--family", "llada_v", "--kind-weights", "location=0,count=0"], "at least one weight"),
 ])
 def test_cli_rejects_masking_options_that_do_not_apply(argv, message, tmp_path, capsys):
     from vtp_jax.testbed.train import main
@@ -197,6 +202,32 @@ def test_conversations_of_a_kind_the_scene_cannot_ask_are_none():
             assert _kind_and_answer(ex.scene, q) == ("position", a)
         outcomes.add(askable)
     assert outcomes == {True, False}  # both cases occur in the sample
+
+
+def test_first_kind_sets_the_first_question_and_kind_weights_parse():
+    from vtp_jax.testbed import shapes
+    from vtp_jax.testbed.train import parse_kind_weights, make_conversation
+
+    rng = np.random.default_rng(1)
+    for first_kind in ("position", "colour"):
+        made = 0
+        for i in range(40):
+            ex = shapes.make_example("train", i, 0, size=24)
+            conv = make_conversation(ex, rng, max_turns=3, describe=0.0, first_kind=first_kind)
+            # whether a colour / position question exists does not depend on the draw (make_questions' docstring)
+            askable = first_kind in {qa.kind for qa in shapes.make_questions(ex.scene, np.random.default_rng(i))}
+            assert (conv is not None) == askable
+            if conv is None:
+                continue
+            made += 1
+            kinds = [_kind_and_answer(ex.scene, q) for q, _ in conv.turns]
+            assert kinds[0][0] == first_kind
+            assert [k[1] for k in kinds] == [a for _, a in conv.turns]  # answers re-derived from the scene
+            if ex.kind == first_kind:
+                assert conv.turns[0] == (ex.question, ex.answer)
+        assert made >= 20
+    assert parse_kind_weights("location=2, position=2,colour=0.5,count=0") == {
+        "location": 2.0, "position": 2.0, "colour": 0.5}  # zero weights dropped
 
 
 def test_conversations_reject_unknown_kinds():

@@ -119,6 +119,7 @@ class TrainSettings:
     complementary: bool = False  # LLaDA-V: LaViDa's complementary masking (--batch rows = batch/2 conversations × 2)
     full_mask: float = 0.0  # LLaDA-V: fraction of rows with the whole response masked (t = 1)
     kinds: tuple | None = None  # question kinds of the training conversations (None = all of shapes.KINDS)
+    kind_weights: dict | None = None  # relative weights of the first question's kind (None = the data's own mix)
     init: str | None = None  # an exported testbed (HF format) to continue from
     sizes: dict = dataclasses.field(default_factory=dict)
 
@@ -524,7 +525,7 @@ class Encoder:
 
 
 def make_conversation(example, rng: np.random.Generator, max_turns: int, describe: float,
-                      kinds: tuple[str, ...] | None = None) -> Conversation | None:
+                      kinds: tuple[str, ...] | None = None, first_kind: str | None = None) -> Conversation | None:
     """The example's question first, then up to ``max_turns − 1`` other distinct questions about the same scene
     (drawn with :func:`shapes.make_questions`, random order), then — with probability ``describe`` — the description
     turn (last, so it cannot give away the answers of the questions before it).
@@ -534,25 +535,36 @@ def make_conversation(example, rng: np.random.Generator, max_turns: int, describ
     allowed kind about the same scene replaces it; if the scene has none (e.g. ``("position",)`` for a scene without
     two distinguishable objects in different columns), the result is None and the caller draws another example.
 
+    ``first_kind`` (optional) fixes the kind of the first question the same way: the example's own question if it is
+    of that kind, else a question of that kind about the same scene, else None. Drawn per row with
+    ``--kind-weights``, it sets the mix of question kinds (with ``max_turns`` 1, exactly).
+
     Raises:
-      TrainError: an unknown kind in ``kinds``.
+      TrainError: an unknown kind in ``kinds``, or a ``first_kind`` outside them.
     """
     if kinds is not None and not set(kinds) <= set(shapes.KINDS):
         raise TrainError(f"unknown question kinds {sorted(set(kinds) - set(shapes.KINDS))} "
                          f"(choose from {', '.join(shapes.KINDS)})")
     allowed = set(shapes.KINDS if kinds is None else kinds)
+    if first_kind is not None and first_kind not in allowed:
+        raise TrainError(f"first question kind {first_kind!r} is not among the allowed kinds {sorted(allowed)}")
+    first_kinds = allowed if first_kind is None else {first_kind}
     others: dict[str, str] = {}
+    kind_of: dict[str, str] = {}
     for _ in range(-(-max_turns // len(shapes.KINDS)) + 1):  # enough draws for max_turns distinct questions
         for qa in shapes.make_questions(example.scene, rng):
             if qa.question != example.question and qa.kind in allowed:
                 others.setdefault(qa.question, qa.answer)
+                kind_of[qa.question] = qa.kind
     questions = list(others)
-    if example.kind in allowed:
+    if example.kind in first_kinds:
         turns = [(example.question, example.answer)]
-    elif not questions:  # no question of an allowed kind can be asked about this scene
-        return None
-    else:  # an allowed question about the same scene takes the example's place
-        first = questions.pop(int(rng.integers(len(questions))))
+    else:  # a question of an allowed kind about the same scene takes the example's place
+        candidates = [q for q in questions if kind_of[q] in first_kinds]
+        if not candidates:  # no question of such a kind can be asked about this scene
+            return None
+        first = candidates[int(rng.integers(len(candidates)))]
+        questions.remove(first)
         turns = [(first, others[first])]
     for j in rng.permutation(len(questions))[: max_turns - 1]:
         turns.append((questions[j], others[questions[j]]))
@@ -1075,10 +1087,17 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
         # complementary masking: half as many conversations, each twice in the step (same rows, same compute)
         rows_per_step = settings.batch // 2 if settings.complementary else settings.batch
 
+        if settings.kind_weights:
+            weighted = sorted(settings.kind_weights)
+            weights = np.asarray([settings.kind_weights[k] for k in weighted], np.float64)
+            weights /= weights.sum()
+
         def next_batch():
             convs: list[Conversation] = []
-            while len(convs) < rows_per_step:  # scenes without a question of the allowed kinds are skipped
-                conv = make_conversation(next(stream), rng, settings.max_turns, settings.describe, settings.kinds)
+            while len(convs) < rows_per_step:  # scenes without a question of the requested kind are skipped
+                first = (weighted[int(rng.choice(len(weighted), p=weights))] if settings.kind_weights else None)
+                conv = make_conversation(next(stream), rng, settings.max_turns, settings.describe, settings.kinds,
+                                         first_kind=first)
                 if conv is not None:
                     convs.append(conv)
             return encoder.batch(convs, rng)
@@ -1118,6 +1137,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
             "describe_fraction": settings.describe, "max_turns": settings.max_turns, "vision_tower_trained_in_stage_2": settings.train_vision,
             "complementary_masking": settings.complementary,
             "question_kinds": list(settings.kinds) if settings.kinds else list(shapes.KINDS),
+            "first_question_kind_weights": settings.kind_weights,
             "full_mask_fraction": settings.full_mask,
             "seed": settings.seed, "generation": GENERATION[family], "init": settings.init,
             "val": {"n": settings.val_n, "seed": TEST_SEED, "accuracy": log["val"][-1]["accuracy"]},
@@ -1184,6 +1204,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=None, metavar="K1,K2",
                    help=f"train only on questions of these kinds (comma-separated, from {','.join(shapes.KINDS)}; "
                         "default all) — e.g. a spatial curriculum stage: --kinds location,position")
+    p.add_argument("--kind-weights", default=None, metavar="K1=W1,K2=W2",
+                   help="draw the kind of each conversation's first question with these relative weights (kinds not "
+                        "listed: 0) instead of the data's own mix; with --max-turns 1 this is the training mix — "
+                        "e.g. colour=1,count=1,presence=1,location=2,position=2")
     p.add_argument("--init", default=None, metavar="HF_DIR",
                    help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -1193,6 +1217,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def parse_kind_weights(text: str, kinds: tuple[str, ...] | None = None) -> dict[str, float]:
+    """``"location=2,position=2,colour=1"`` → {kind: weight} for ``--kind-weights``.
+
+    Raises:
+      TrainError: a malformed item, an unknown kind or one outside ``kinds``, a negative or non-finite weight, or
+        weights that are all zero.
+    """
+    allowed = shapes.KINDS if kinds is None else kinds
+    out: dict[str, float] = {}
+    for item in (t.strip() for t in text.split(",")):
+        kind, sep, value = item.partition("=")
+        kind = kind.strip()
+        try:
+            weight = float(value) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not np.isfinite(weight) or weight < 0:
+            raise TrainError(f"--kind-weights {text!r}: {item!r} is not KIND=WEIGHT with a weight ≥ 0")
+        if kind not in allowed or kind in out:
+            raise TrainError(f"--kind-weights {text!r}: {kind!r} is unknown, repeated or outside --kinds "
+                             f"(choose from {','.join(allowed)})")
+        out[kind] = weight
+    if not sum(out.values()) > 0:
+        raise TrainError(f"--kind-weights {text!r}: at least one weight must be > 0")
+    return {k: w for k, w in out.items() if w > 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1205,6 +1256,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds is not None else None
         if kinds is not None and (not kinds or not set(kinds) <= set(shapes.KINDS)):
             raise TrainError(f"--kinds {args.kinds!r}: choose one or more of {','.join(shapes.KINDS)}")
+        kind_weights = parse_kind_weights(args.kind_weights, kinds) if args.kind_weights is not None else None
         if args.steps < 1 or args.batch < 1:
             raise TrainError("--steps and --batch must be ≥ 1")
         if args.complementary and (args.family != "llada_v" or args.batch % 2):
@@ -1216,7 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
             weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every, val_n=args.val_n,
             test_n=args.test_n, describe=args.describe, vision_steps=args.vision_steps,
             train_vision=args.train_vision, complementary=args.complementary, full_mask=args.full_mask,
-            max_turns=args.max_turns, kinds=kinds,
+            max_turns=args.max_turns, kinds=kinds, kind_weights=kind_weights,
             sizes=sizes, init=args.init,
         )
         train(settings, args.out, force=args.force, progress=not args.no_progress)
