@@ -536,8 +536,9 @@ def make_conversation(example, rng: np.random.Generator, max_turns: int, describ
     two distinguishable objects in different columns), the result is None and the caller draws another example.
 
     ``first_kind`` (optional) fixes the kind of the first question the same way: the example's own question if it is
-    of that kind, else a question of that kind about the same scene, else None. Drawn per row with
-    ``--kind-weights``, it sets the mix of question kinds (with ``max_turns`` 1, exactly).
+    of that kind, else a question of that kind about the same scene, else None. The trainer draws it per row with
+    ``--kind-weights`` and, on None, draws a kind afresh for the next example — so the training mix is the weights
+    times each kind's askable rate, renormalised (e.g. part 5's position weight 3.5 of 8.5 gave 35% of the questions).
 
     Raises:
       TrainError: an unknown kind in ``kinds``, or a ``first_kind`` outside them.
@@ -1206,8 +1207,9 @@ def _parser() -> argparse.ArgumentParser:
                         "default all) — e.g. a spatial curriculum stage: --kinds location,position")
     p.add_argument("--kind-weights", default=None, metavar="K1=W1,K2=W2",
                    help="draw the kind of each conversation's first question with these relative weights (kinds not "
-                        "listed: 0) instead of the data's own mix; with --max-turns 1 this is the training mix — "
-                        "e.g. colour=1,count=1,presence=1,location=2,position=2")
+                        "listed: 0) instead of the data's own mix; a scene that cannot be asked the drawn kind is "
+                        "skipped and a kind drawn afresh, so a kind not every scene has (position) gets less than its "
+                        "weight's share — e.g. colour=1,count=1,presence=1,location=2,position=2")
     p.add_argument("--init", default=None, metavar="HF_DIR",
                    help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
