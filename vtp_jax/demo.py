@@ -1,7 +1,7 @@
 """``make demo``: the main job end to end: a TRAINED testbed first, then the speed parts on a real photograph.
 
-Part 0 — the trained testbed (LLaVA architecture, TRAINED weights; printed first, skipped with a message when
-``testbed_models/llava_shapes`` is missing):
+Part 0 — the trained testbeds (TRAINED weights; printed first; a testbed whose checkpoint is missing is skipped with
+a message):
 0. Converts the shipped checkpoint ``testbed_models/llava_shapes`` (HF format, a tiny LLaVA trained by
    ``vtp-train-testbed`` on the synthetic shapes VQA task of :mod:`vtp_jax.testbed.shapes`; its ``config.json``
    ``vtp_testbed`` record holds the measured test accuracy, printed here) with ``vtp-convert``. Renders two test-split
@@ -11,6 +11,9 @@ Part 0 — the trained testbed (LLaVA architecture, TRAINED weights; printed fir
    generator as ``vtp-generate`` (one batch and one compilation per method; separate ``vtp-generate`` calls would
    spend ~10 s each on start-up and compilation). Then one real ``vtp-generate`` call asks a question about the
    photograph — out of distribution: the testbed has only ever seen synthetic shapes.
+0b. The same for the shipped diffusion testbed ``testbed_models/llada_v_shapes`` (a tiny LLaDA-V, masked-diffusion
+   decoding with its recorded gen_length / block length / denoising steps): unpruned, RedVTP keeping 25% and
+   DivPrune keeping 10% of the visual tokens.
 
 Part A — LLaVA (autoregressive):
 1. Builds a small LLaVA-1.5-architecture checkpoint with RANDOM weights in real Hugging Face format
@@ -75,35 +78,43 @@ def _generate(jax_dir: str, image: str, prompt: str, extra: list[str]) -> dict:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTBED = os.path.join(ROOT, "testbed_models", "llava_shapes")
+LLADA_TESTBED = os.path.join(ROOT, "testbed_models", "llada_v_shapes")
 # Part 0: fixed test-split examples (seed 0) and the question kinds asked of each (in this order).
 TESTBED_EXAMPLES = (0, 1)
 TESTBED_KINDS = ("colour", "count", "location")
-# (label, --method, --keep-ratio)
-TESTBED_METHODS = (("unpruned", "none", None), ("todre-10%", "todre", 0.1), ("fastv-25%", "fastv", 0.25))
+# per family: (label, --method, --keep-ratio)
+TESTBED_METHODS = {
+    "llava": (("unpruned", "none", None), ("todre-10%", "todre", 0.1), ("fastv-25%", "fastv", 0.25)),
+    "llada_v": (("unpruned", "none", None), ("redvtp-25%", "redvtp", 0.25), ("divprune-10%", "divprune", 0.1)),
+}
+ARCHITECTURE = {"llava": "a tiny LLaVA (autoregressive)", "llada_v": "a tiny LLaDA-V (masked diffusion)"}
 
 
-def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED) -> None:
-    """Part 0: the TRAINED tiny LLaVA testbed answers shapes questions, unpruned / ToDRE 10% / FastV 25%."""
+def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part: str = "0") -> None:
+    """Part 0 / 0b: a TRAINED tiny testbed (either family, read from its config) answers shapes questions,
+    unpruned and with two pruning methods (:data:`TESTBED_METHODS`), then one question about the photograph."""
     import time
 
     if not os.path.isfile(os.path.join(testbed, "config.json")):
-        print("== 0. the trained testbed: SKIPPED ==")
-        print(f"no trained testbed checkpoint at {testbed} (expected the HF-format tiny LLaVA written by "
-              "vtp-train-testbed); skipping part 0.")
+        print(f"== {part}. a trained testbed: SKIPPED ==")
+        print(f"no trained testbed checkpoint at {testbed} (expected an HF-format testbed written by "
+              f"vtp-train-testbed); skipping part {part}.")
         return
 
     import numpy as np
 
     from vtp_jax import checkpoint
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+    from vtp_jax.generation.diffusion import DiffusionGenerator
     from vtp_jax.processing import load_processor
     from vtp_jax.runtime import build_methods, eos_token_ids
     from vtp_jax.testbed import shapes, train
 
     t_start = time.perf_counter()
-    jax_dir = os.path.join(out, "llava_shapes_jax")
     record = train.read_record(testbed)
-    print("== 0. the trained testbed: a tiny LLaVA with TRAINED weights (not random) ==")
+    family = record.get("family", "llava")
+    jax_dir = os.path.join(out, os.path.basename(os.path.normpath(testbed)) + "_jax")
+    print(f"== {part}. a trained testbed: {ARCHITECTURE.get(family, family)} with TRAINED weights (not random) ==")
     print(f"checkpoint: {testbed}")
     print("These weights were TRAINED (vtp-train-testbed) on a synthetic visual question answering task: coloured "
           "circles, squares and triangles on a 3x3 grid over a busy background (vtp_jax.testbed.shapes). "
@@ -116,19 +127,26 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED) -> N
     else:
         print("recorded test accuracy: not in the checkpoint's vtp_testbed record")
 
-    print("== 0.1 converting with vtp-convert ==")
+    print(f"== {part}.1 converting with vtp-convert ==")
     print(_run([_bin("vtp-convert"), testbed, jax_dir, "--no-progress"]).strip() or f"converted → {jax_dir}")
 
     model, cfg, _ = checkpoint.load(jax_dir)
     processor = load_processor(jax_dir, cfg)
     size = train.shapes_image_size(cfg)
-    max_new = int((record.get("generation") or {}).get("max_new_tokens", 4))
+    settings = {**train.GENERATION[cfg.family], **(record.get("generation") or {})}
+    if cfg.family == "llada_v":
+        dcfg = train.diffusion_config(processor, cfg, settings)
+        gen_flags = ["--gen-length", str(dcfg.gen_length), "--block-length", str(dcfg.block_length),
+                     "--steps", str(dcfg.steps)]
+    else:
+        gen_flags = ["--max-new-tokens", str(settings["max_new_tokens"])]
+    methods = TESTBED_METHODS[cfg.family]
 
-    print(f"== 0.2 questions about two test-split images ({size}x{size} px, {cfg.num_visual_tokens} visual tokens) ==")
+    print(f"== {part}.2 questions about two test-split images ({size}x{size} px) ==")
     rows = []  # (png, example index, QA)
     for i in TESTBED_EXAMPLES:
         ex = shapes.make_example("test", i, 0, size=size)
-        png = os.path.join(out, f"shapes_test_{i}.png")
+        png = os.path.join(out, f"shapes_test_{i}_{size}px.png")
         ex.image.save(png)
         qas = {qa.kind: qa for qa in shapes.make_questions(ex.scene, np.random.default_rng(i))}
         picked = [qas[k] for k in TESTBED_KINDS if k in qas]
@@ -137,48 +155,54 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED) -> N
         print(f"image {png}: test example {i} — {objects}")
         rows += [(png, i, qa) for qa in picked]
     print("(each answer is what `vtp-generate --model " + jax_dir + " --image PNG --prompt QUESTION --method M "
-          f"[--keep-ratio R] --max-new-tokens {max_new}` prints; here the {len(rows)} questions run as one batch per "
+          f"[--keep-ratio R] {' '.join(gen_flags)}` prints; here the {len(rows)} questions run as one batch per "
           "method in this process, so the model is loaded and compiled once per method)")
 
     from PIL import Image
 
     images = [Image.open(png).convert("RGB") for png, _, _ in rows]
     batch = processor(images, [qa.question for _, _, qa in rows])
+    n_v = int(batch.num_visual_tokens)  # LLaVA: fixed by the config; LLaDA-V: by the anyres layout of the image
     answers, kept = {}, {}
-    for label, name, ratio in TESTBED_METHODS:
-        method = build_methods(name, cfg.family, cfg.num_visual_tokens, cfg.text.num_hidden_layers, keep_ratio=ratio)
-        res = AutoregressiveGenerator(model, method).generate(
-            batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"], max_new_tokens=max_new,
-            eos_token_ids=eos_token_ids(cfg, processor), pad_token_id=processor.pad_token_id, temperature=0.0,
-        )
+    for label, name, ratio in methods:
+        method = build_methods(name, cfg.family, n_v, cfg.text.num_hidden_layers, keep_ratio=ratio)
+        if cfg.family == "llada_v":
+            res = DiffusionGenerator(model, dcfg, method).generate(
+                batch.input_ids, batch.attention_mask, batch.image_inputs, temperature=0.0)
+        else:
+            res = AutoregressiveGenerator(model, method).generate(
+                batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
+                max_new_tokens=settings["max_new_tokens"], eos_token_ids=eos_token_ids(cfg, processor),
+                pad_token_id=processor.pad_token_id, temperature=0.0,
+            )
         answers[label] = [processor.decode([int(t) for t in row[:n]]).strip()
                           for row, n in zip(res.tokens, res.num_new_tokens)]
         kept[label] = sorted({int(np.asarray(res.kept[b]).shape[0]) for b in range(len(rows))})
 
     print()
-    labels = [label for label, _, _ in TESTBED_METHODS]
-    print(f"{'image':>5s}  {'question':46s} {'expected':9s} " + " ".join(f"{lb:10s}" for lb in labels))
+    labels = [label for label, _, _ in methods]
+    print(f"{'image':>5s}  {'question':46s} {'expected':9s} " + " ".join(f"{lb:12s}" for lb in labels))
     for r, (_, i, qa) in enumerate(rows):
         cells = []
         for lb in labels:
             a = answers[lb][r]
             mark = "✓" if train.normalise(a) == train.normalise(qa.answer) else "✗"
-            cells.append(f"{(a or '∅') + ' ' + mark:10s}")
+            cells.append(f"{(a or '∅') + ' ' + mark:12s}")
         print(f"{i:>5d}  {qa.question:46s} {qa.answer:9s} " + " ".join(cells))
     right = [sum(train.normalise(a) == train.normalise(qa.answer) for a, (_, _, qa) in zip(answers[lb], rows))
              for lb in labels]
-    print(f"{'':5s}  {'correct':46s} {'':9s} " + " ".join(f"{f'{c}/{len(rows)}':10s}" for c in right))
+    print(f"{'':5s}  {'correct':46s} {'':9s} " + " ".join(f"{f'{c}/{len(rows)}':12s}" for c in right))
     print("visual tokens kept: " + " | ".join(
-        f"{lb} {'/'.join(map(str, kept[lb]))}/{cfg.num_visual_tokens}" for lb in labels))
+        f"{lb} {'/'.join(map(str, kept[lb]))}/{n_v}" for lb in labels))
 
-    print("== 0.3 the same trained testbed on the photograph (out of distribution) ==")
-    r = _generate(jax_dir, image, prompt, ["--method", "none", "--max-new-tokens", str(max_new), "--warmup", "0"])
+    print(f"== {part}.3 the same trained testbed on the photograph (out of distribution) ==")
+    r = _generate(jax_dir, image, prompt, ["--method", "none", *gen_flags, "--warmup", "0"])
     print(f"question: {prompt!r} → answer: {r['text'].strip()!r}  "
           f"(kept {len(r['kept_visual_indices'])}/{r['num_visual_tokens']} visual tokens)")
     print("NOTE: the testbed has only ever seen synthetic shapes and answers with the shapes task's words (a colour, "
           "a shape, a count, yes/no): on a photograph its answer is out of distribution and says nothing about the "
           "photo.")
-    print(f"part 0 wall time: {time.perf_counter() - t_start:.1f} s")
+    print(f"part {part} wall time: {time.perf_counter() - t_start:.1f} s")
 
 
 def demo_llava(out: str, image: str, prompt: str, max_new_tokens: int) -> None:
@@ -250,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24, help="LLaVA part")
     p.add_argument("--gen-length", type=int, default=32, help="LLaDA-V part")
     p.add_argument("--steps", type=int, default=16, help="LLaDA-V part")
-    p.add_argument("--only", choices=["testbed", "llava", "llada_v"], default=None, help="run one part only")
-    p.add_argument("--testbed", default=TESTBED, help="part 0: the trained HF-format testbed checkpoint")
+    p.add_argument("--only", choices=["testbed", "llada_testbed", "llava", "llada_v"], default=None,
+                   help="run one part only")
+    p.add_argument("--testbed", default=TESTBED, help="part 0: the trained HF-format LLaVA testbed checkpoint")
+    p.add_argument("--llada-testbed", default=LLADA_TESTBED,
+                   help="part 0b: the trained HF-format LLaDA-V testbed checkpoint")
     args = p.parse_args(argv)
 
     from PIL import Image
@@ -263,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     Image.fromarray(data.chelsea()).save(image)
 
     if args.only in (None, "testbed"):
-        demo_testbed(args.out, image, args.prompt, args.testbed)
+        demo_testbed(args.out, image, args.prompt, args.testbed, part="0")
+    if args.only in (None, "llada_testbed"):
+        if args.only is None:
+            print()
+        demo_testbed(args.out, image, args.prompt, args.llada_testbed, part="0b")
     if args.only in (None, "llava"):
         if args.only is None:
             print()
