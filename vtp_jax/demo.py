@@ -104,10 +104,8 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part
     import numpy as np
 
     from vtp_jax import checkpoint
-    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
-    from vtp_jax.generation.diffusion import DiffusionGenerator
     from vtp_jax.processing import load_processor
-    from vtp_jax.runtime import build_methods, eos_token_ids
+    from vtp_jax.runtime import build_methods
     from vtp_jax.testbed import shapes, train
 
     t_start = time.perf_counter()
@@ -135,9 +133,8 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part
     size = train.shapes_image_size(cfg)
     settings = {**train.GENERATION[cfg.family], **(record.get("generation") or {})}
     if cfg.family == "llada_v":
-        dcfg = train.diffusion_config(processor, cfg, settings)
-        gen_flags = ["--gen-length", str(dcfg.gen_length), "--block-length", str(dcfg.block_length),
-                     "--steps", str(dcfg.steps)]
+        gen_flags = ["--gen-length", str(settings["gen_length"]), "--block-length", str(settings["block_length"]),
+                     "--steps", str(settings["steps"])]
     else:
         gen_flags = ["--max-new-tokens", str(settings["max_new_tokens"])]
     methods = TESTBED_METHODS[cfg.family]
@@ -166,17 +163,9 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part
     answers, kept = {}, {}
     for label, name, ratio in methods:
         method = build_methods(name, cfg.family, n_v, cfg.text.num_hidden_layers, keep_ratio=ratio)
-        if cfg.family == "llada_v":
-            res = DiffusionGenerator(model, dcfg, method).generate(
-                batch.input_ids, batch.attention_mask, batch.image_inputs, temperature=0.0)
-        else:
-            res = AutoregressiveGenerator(model, method).generate(
-                batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
-                max_new_tokens=settings["max_new_tokens"], eos_token_ids=eos_token_ids(cfg, processor),
-                pad_token_id=processor.pad_token_id, temperature=0.0,
-            )
-        answers[label] = [processor.decode([int(t) for t in row[:n]]).strip()
-                          for row, n in zip(res.tokens, res.num_new_tokens)]
+        texts, res = train.generate_answers(train.testbed_generator(model, processor, settings, method), processor,
+                                            batch, settings)
+        answers[label] = [t.strip() for t in texts]
         kept[label] = sorted({int(np.asarray(res.kept[b]).shape[0]) for b in range(len(rows))})
 
     print()

@@ -600,6 +600,38 @@ def diffusion_config(processor, cfg, settings: dict | None = None):
                           steps=s["steps"], remasking=s["remasking"], cfg_scale=s["cfg"])
 
 
+def testbed_generator(model, processor, settings: dict, method=None):
+    """The family's jitted generator for a testbed model: :class:`AutoregressiveGenerator` (LLaVA) or
+    :class:`DiffusionGenerator` with :func:`diffusion_config` of ``settings`` (LLaDA-V); ``method``: a pruning method
+    from :func:`vtp_jax.runtime.build_methods` (None: unpruned)."""
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+    from vtp_jax.generation.diffusion import DiffusionGenerator
+
+    if model.cfg.family == "llava":
+        return AutoregressiveGenerator(model, method)
+    return DiffusionGenerator(model, diffusion_config(processor, model.cfg, settings), method)
+
+
+def generate_answers(generator, processor, enc, settings: dict):
+    """Greedy (``settings["temperature"]``) generation on one processed batch ``enc`` with a
+    :func:`testbed_generator` → (decoded texts, one per row; the generator's result, e.g. its ``kept`` indices).
+    LLaVA stops at :func:`vtp_jax.runtime.eos_token_ids` or ``settings["max_new_tokens"]``; LLaDA-V decodes with the
+    generator's own :class:`DiffusionConfig`."""
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+    from vtp_jax.runtime import eos_token_ids
+
+    if isinstance(generator, AutoregressiveGenerator):
+        out = generator.generate(
+            enc.input_ids, enc.attention_mask, enc.image_inputs["pixel_values"],
+            max_new_tokens=settings["max_new_tokens"], eos_token_ids=eos_token_ids(generator.cfg, processor),
+            pad_token_id=processor.pad_token_id, temperature=settings["temperature"],
+        )
+    else:
+        out = generator.generate(enc.input_ids, enc.attention_mask, enc.image_inputs,
+                                 temperature=settings["temperature"])
+    return [processor.decode(row[:n]) for row, n in zip(out.tokens, out.num_new_tokens)], out
+
+
 class Evaluator:
     """Exact-match accuracy of greedy generation through our jitted generators on a fixed list of examples.
 
@@ -614,38 +646,17 @@ class Evaluator:
     """
 
     def __init__(self, model, processor, examples, *, batch: int = 32, generation: dict | None = None):
-        from vtp_jax.generation.autoregressive import AutoregressiveGenerator
-        from vtp_jax.generation.diffusion import DiffusionGenerator
-
         self.cfg = model.cfg
         self.family = self.cfg.family
         self.processor = processor
         self.examples = list(examples)
         self.settings = {**GENERATION[self.family], **(generation or {})}
-        if self.family == "llava":
-            self.generator = AutoregressiveGenerator(model)
-        else:
-            self.generator = DiffusionGenerator(model, diffusion_config(processor, self.cfg, self.settings))
+        self.generator = testbed_generator(model, processor, self.settings)
         self.batches = []
         for start in range(0, len(self.examples), batch):
             chunk = self.examples[start:start + batch]
             fill = chunk + [chunk[0]] * (batch - len(chunk)) if len(self.examples) > batch else chunk
             self.batches.append((len(chunk), processor([e.image for e in fill], [e.question for e in fill])))
-
-    def _generate(self, enc):
-        s = self.settings
-        if self.family == "llava":
-            tok = self.processor.tokenizer
-            eos = tuple(self.cfg.text.eos_token_id) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
-            out = self.generator.generate(
-                enc.input_ids, enc.attention_mask, enc.image_inputs["pixel_values"],
-                max_new_tokens=s["max_new_tokens"], eos_token_ids=eos, pad_token_id=self.processor.pad_token_id,
-                temperature=s["temperature"],
-            )
-        else:
-            out = self.generator.generate(enc.input_ids, enc.attention_mask, enc.image_inputs,
-                                          temperature=s["temperature"])
-        return [self.processor.decode(row[:n]) for row, n in zip(out.tokens, out.num_new_tokens)]
 
     def __call__(self, state=None) -> dict:
         """Scores the examples; ``state``: the full ``nnx.split`` state of a same-config model (None: keep)."""
@@ -653,7 +664,7 @@ class Evaluator:
             self.generator.state = state
         texts = []
         for n, enc in self.batches:
-            texts += self._generate(enc)[:n]
+            texts += generate_answers(self.generator, self.processor, enc, self.settings)[0][:n]
         return score(self.examples, texts)
 
 
