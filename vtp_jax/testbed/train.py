@@ -550,25 +550,23 @@ def make_conversation(example, rng: np.random.Generator, max_turns: int, describ
     if first_kind is not None and first_kind not in allowed:
         raise TrainError(f"first question kind {first_kind!r} is not among the allowed kinds {sorted(allowed)}")
     first_kinds = allowed if first_kind is None else {first_kind}
-    others: dict[str, str] = {}
-    kind_of: dict[str, str] = {}
+    others: dict[str, shapes.QA] = {}  # question text → QA, in first-drawn order
     for _ in range(-(-max_turns // len(shapes.KINDS)) + 1):  # enough draws for max_turns distinct questions
         for qa in shapes.make_questions(example.scene, rng):
             if qa.question != example.question and qa.kind in allowed:
-                others.setdefault(qa.question, qa.answer)
-                kind_of[qa.question] = qa.kind
+                others.setdefault(qa.question, qa)
     questions = list(others)
     if example.kind in first_kinds:
         turns = [(example.question, example.answer)]
     else:  # a question of an allowed kind about the same scene takes the example's place
-        candidates = [q for q in questions if kind_of[q] in first_kinds]
+        candidates = [q for q in questions if others[q].kind in first_kinds]
         if not candidates:  # no question of such a kind can be asked about this scene
             return None
         first = candidates[int(rng.integers(len(candidates)))]
         questions.remove(first)
-        turns = [(first, others[first])]
+        turns = [(first, others[first].answer)]
     for j in rng.permutation(len(questions))[: max_turns - 1]:
-        turns.append((questions[j], others[questions[j]]))
+        turns.append((questions[j], others[questions[j]].answer))
     if rng.random() < describe:
         turns.append((shapes.DESCRIBE, shapes.describe(example.scene)))
     return Conversation(example.image, tuple(turns))
