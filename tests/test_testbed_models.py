@@ -113,3 +113,19 @@ def test_shipped_checkpoint(family, tmp_path):
     result = train.evaluate_converted(out, subset["n"], batch=subset["batch"])
     assert result["n"] == subset["n"]
     assert result["accuracy"] >= subset["accuracy"], (result["predictions"], subset["predictions"])
+
+
+@pytest.mark.parametrize("family", train.FAMILIES)
+def test_shipped_checkpoint_bf16(family, tmp_path):
+    """Converted to bfloat16 (weights and compute), a shipped testbed keeps its recorded accuracy on the fixed test
+    subset within one point."""
+    from convert import convert
+
+    hf_dir = SHIPPED[family]
+    if not os.path.isdir(hf_dir):
+        pytest.skip(f"no shipped checkpoint at {hf_dir} yet")
+    subset = train.read_record(hf_dir)["test_subset"]
+    out = convert(hf_dir, str(tmp_path / "jax"), dtype="bfloat16", progress=False)
+    result = train.evaluate_converted(out, subset["n"], batch=subset["batch"])
+    assert result["n"] == subset["n"]
+    assert result["accuracy"] >= subset["accuracy"] - 0.01, (result["predictions"], subset["predictions"])

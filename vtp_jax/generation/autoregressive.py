@@ -28,6 +28,7 @@ from flax import nnx
 
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning import dyrate as dyrate_lib
 from vtp_jax.pruning.todre_relevance import relevance_ratios
@@ -139,10 +140,13 @@ class AutoregressiveGenerator:
             self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
             self._dy_weights = (jnp.asarray(self._predictor.weight), jnp.asarray(self._predictor.bias))
         self.graphdef, self.state = nnx.split(model)
-        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens",))
-        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens",))
-        self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens"))
-        self.decode = jax.jit(self._decode, static_argnames=("max_new_tokens",), donate_argnames=("caches",))
+        opts = compiler_options()  # CPU: no float32 copy of every bf16 weight at once (modeling/layers.py)
+        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens",), compiler_options=opts)
+        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens",), compiler_options=opts)
+        self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens"),
+                                    compiler_options=opts)
+        self.decode = jax.jit(self._decode, static_argnames=("max_new_tokens",), donate_argnames=("caches",),
+                              compiler_options=opts)
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
     def _front(self, model, input_ids, attention_mask, pixel_values):
@@ -293,6 +297,7 @@ class AutoregressiveGenerator:
 
         def body(carry):
             i, tok, pos, caches, key, done, out, dy, log = carry
+            model = nnx.merge(self.graphdef, loop_invariant_weights(state, i))  # converts stay in the loop
             h = model.language_model.embed_tokens(tok)[:, None, :]
             if dy is not None:
                 log = {**log, "kept": log["kept"].at[:, i].set(jnp.sum(dy["kept"], axis=1, dtype=jnp.int32))}

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
 
 
@@ -196,9 +197,11 @@ class DiffusionGenerator:
         self.num_layers = model.cfg.text.num_hidden_layers
         self.image_token_id = model.cfg.image_token_id
         self.graphdef, self.state = nnx.split(model)
-        self.encode = jax.jit(self._encode, static_argnames=("static",))
-        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual"))
-        self.denoise = jax.jit(self._denoise, static_argnames=("temperature",))
+        opts = compiler_options()  # CPU: no float32 copy of every bf16 weight at once (modeling/layers.py)
+        self.encode = jax.jit(self._encode, static_argnames=("static",), compiler_options=opts)
+        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual"),
+                                  compiler_options=opts)
+        self.denoise = jax.jit(self._denoise, static_argnames=("temperature",), compiler_options=opts)
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
     def _encode(self, state, input_ids, attention_mask, arrays, *, static):
@@ -293,6 +296,7 @@ class DiffusionGenerator:
 
         def body(step, carry):
             x_gen, counts, key = carry
+            model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
             j = step % cfg.steps_per_block
             counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
             logits, _ = self._forward(model, prompt, x_gen)
