@@ -68,8 +68,13 @@ Shared with ``vtp-generate``, so both tools refuse and default the same way: :fu
 (flags of the other family refused, defaults filled) and :mod:`vtp_jax.runtime` (which methods fit which family,
 keep counts, stop ids, the LLaDA-V sampler settings).
 
-Exit codes: 0 on success; 2 on bad input (task, model, method, flags, output paths) with a message on stderr and
-no traceback.
+Memory: after the records are planned and before the weights are loaded, the memory the model needs for the
+largest batch (rows × longest bucket + the tokens to generate) is estimated and checked as in ``vtp-generate``
+(:mod:`vtp_jax.memory`; ``--skip-memory-check`` tries anyway); an out-of-memory inside XLA while loading or
+generating is reported as ``vtp-eval: error: out of memory while …: needs ≈ X GB, Y GB available``.
+
+Exit codes: 0 on success; 2 on bad input (task, model, method, flags, output paths) or too little memory, with a
+message on stderr and no traceback.
 """
 
 from __future__ import annotations
@@ -142,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for results.csv, results.json, accuracy_vs_keep.png")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results object to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="load the model even when its memory estimate exceeds the memory available")
     return p
 
 
@@ -272,17 +279,21 @@ class Evaluator:
       records: :class:`eval.tasks.Record` list.
       progress: show tqdm bars (stderr).
 
+    The records are planned (processed, bucketed) before the weights are loaded, so the memory estimate of the
+    largest batch is checked first (``self.budget``; :func:`vtp_jax.cli.memory_budget`).
+
     Raises ValueError subclasses (CheckpointError, InputError, DiffusionError…) for a bad checkpoint, flags of
-    the wrong family, or a record whose image or prompt cannot be processed (the record's id is named).
+    the wrong family, or a record whose image or prompt cannot be processed (the record's id is named);
+    MemoryCheckError when the estimate exceeds the memory available or loading runs out of memory.
     """
 
     def __init__(self, args: argparse.Namespace, records, *, progress: bool = True):
-        from vtp_jax import cli
+        from vtp_jax import cli, memory
         from vtp_jax.checkpoint import load
         from vtp_jax.processing import load_processor
 
         self.args, self.records, self.progress = args, records, progress
-        self.model, self.cfg, self.meta = load(args.model)
+        self.cfg, dtype, _ = memory.model_config(args.model)  # JSON only: weights once the estimate fits
         self.family = self.cfg.family
         cli.family_flags(args, self.family)
         self.processor = load_processor(args.model, self.cfg)
@@ -293,6 +304,9 @@ class Evaluator:
         self._cache: dict[int, Any] = {}
         self._cache_bytes = 0
         self.chunks = self._plan()
+        self.budget = cli.memory_budget(args, self.cfg, dtype, **self._largest_batch())
+        with memory.oom_guard(f"loading {args.model}", self.budget):
+            self.model, self.cfg, self.meta = load(args.model)
 
     @property
     def random_weights(self) -> bool:
@@ -367,6 +381,20 @@ class Evaluator:
                 size = min(1 << (len(real) - 1).bit_length(), bs)  # next power of two, at most the batch size
                 chunks.append(_Chunk(real + [real[-1]] * (size - len(real)), len(real), key))
         return chunks
+
+    def _largest_batch(self) -> dict[str, int]:
+        """Lengths for the memory estimate: the largest planned batch rows (doubled by LLaDA-V guidance) and the
+        longest bucket plus the tokens to generate (upper bounds over all batches)."""
+        if not self.chunks:  # no records: nothing runs but the weights
+            return dict(batch_size=0, seq_len=0, logit_rows=0, vision_images=0)
+        rows = max(len(c.rows) for c in self.chunks)
+        longest = max(c.key[0] for c in self.chunks)
+        if self.family == "llada_v":
+            tiles = max(c.key[2].num_tiles for c in self.chunks)  # the anyres layout of the batch
+            new = self.dcfg.gen_length
+            return dict(batch_size=rows * (2 if self.dcfg.cfg > 0 else 1), seq_len=longest + new, logit_rows=new,
+                        vision_images=rows * tiles)
+        return dict(batch_size=rows, seq_len=longest + self.args.max_new_tokens, logit_rows=1, vision_images=rows)
 
     def _batch(self, ci: int):
         if ci in self._cache:
@@ -630,9 +658,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             label = f"{args.method} keep={args.keep}" if args.keep is not None else f"{args.method} keep={ratio:g}"
         runs.append((args.method, ratio, methods, label))
 
+    from vtp_jax import memory
+
     rows, predictions = [], {}
     for name, ratio, methods, label in runs:
-        row = ev.run(name, methods, keep_ratio=ratio, label=label)
+        with memory.oom_guard(f"generating ({label})", ev.budget):
+            row = ev.run(name, methods, keep_ratio=ratio, label=label)
         predictions[label] = row.pop("predictions")
         rows.append(row)
     base = rows[0]["accuracy"]
@@ -762,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         result = evaluate(args)
-    except ValueError as e:  # TaskError, EvalError, InputError, PruningError, CheckpointError, DiffusionError…
+    except ValueError as e:  # TaskError, EvalError, InputError, PruningError, CheckpointError, MemoryCheckError…
         print(f"vtp-eval: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # writing the outputs failed after all

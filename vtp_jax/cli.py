@@ -34,7 +34,14 @@ tokens), ``random_weights``, ``timings`` (seconds, medians over ``--runs``: ``pr
 LLaDA-V decoded positions (gen_length) per second of latency; ``runs``; ``first_call_s``, compilation included); LLaDA-V adds
 ``diffusion`` (the sampler settings). Per-row arrays are reported for row 0 (the one prompt), as plain lists.
 
-Exit codes: 0 on success, 2 on bad input (message on stderr, no traceback).
+Memory: before loading, the memory the model needs for this prompt is estimated from ``config.json`` and the
+stored dtype (parameters exactly, plus KV cache, one layer's activations and a fixed runtime allowance; see
+:mod:`vtp_jax.memory`) and compared with what the machine has (``VTP_MEMORY_LIMIT_BYTES`` if set, else free
+accelerator memory, else the host's MemAvailable). A model that does not fit is refused with
+``vtp-generate: error: <model dir>: needs ≈ X GB, Y GB available (…)``; ``--skip-memory-check`` tries anyway. An
+out-of-memory inside XLA while loading or generating is reported the same way (``out of memory while …``).
+
+Exit codes: 0 on success, 2 on bad input or too little memory (message on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -85,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
     p.add_argument("--runs", type=int, default=1, help="timed runs; timings are their medians")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="load the model even when its memory estimate exceeds the memory available")
     return p
 
 
@@ -120,8 +129,32 @@ def _latency(out) -> float:
     return float(out.latency_s) if hasattr(out, "latency_s") else float(out.prefill_s + out.decode_s)
 
 
+MEMORY_HINT = "--skip-memory-check to try anyway"
+
+
+def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit_rows: int, vision_images: int):
+    """Estimates the memory of ``cfg`` in ``dtype`` for these lengths and, unless ``args.skip_memory_check``,
+    refuses it when it exceeds the memory available (:func:`vtp_jax.memory.check_fits`, message naming
+    ``args.model``). Returns the :class:`vtp_jax.memory.Budget` (for ``oom_guard``). Raises MemoryCheckError.
+    Shared with ``vtp-eval``."""
+    from vtp_jax import memory
+
+    est = memory.estimate(cfg, dtype, batch_size=batch_size, seq_len=seq_len, logit_rows=logit_rows,
+                          vision_images=vision_images)
+    if getattr(args, "skip_memory_check", False):
+        try:
+            available = memory.available_bytes()
+        except memory.MemoryCheckError:  # a malformed VTP_MEMORY_LIMIT_BYTES does not matter when not checking
+            available = None
+        return memory.Budget(est.total, available, "not checked (--skip-memory-check)", est)
+    return memory.check_fits(est, where=args.model, hint=MEMORY_HINT)
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Loads, processes, generates; returns the JSON-able result. Raises ValueError subclasses on bad input."""
+    """Reads the config, processes the prompt, checks the memory estimate, loads, generates; returns the JSON-able
+    result. Raises ValueError subclasses on bad input (MemoryCheckError when the model does not fit or runs out of
+    memory)."""
+    from vtp_jax import memory
     from vtp_jax.checkpoint import load
     from vtp_jax.processing import InputError, load_image
 
@@ -130,27 +163,43 @@ def run(args: argparse.Namespace) -> dict:
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
     image = load_image(args.image)
-    model, cfg, meta = load(args.model)
+    cfg, dtype, _ = memory.model_config(args.model)  # JSON only: the weights are loaded once the estimate fits
     family_flags(args, cfg.family)
     check_method_family(args.method, cfg.family)
-    if cfg.family == "llada_v":
-        result = _run_llada_v(args, image, model, cfg)
-    else:
-        result = _run_llava(args, image, model, cfg)
+    prepare = _prepare_llada_v if cfg.family == "llada_v" else _prepare_llava
+    prep = prepare(args, image, cfg)
+    budget = memory_budget(args, cfg, dtype, **prep["lengths"])
+    with memory.oom_guard(f"loading {args.model}", budget):
+        model, cfg, meta = load(args.model)
+    with memory.oom_guard("generating (compiling and running)", budget):
+        if cfg.family == "llada_v":
+            result = _run_llada_v(args, model, cfg, prep)
+        else:
+            result = _run_llava(args, model, cfg, prep)
     result["random_weights"] = bool(meta.get("random_weights", False))
     return result
 
 
-def _run_llava(args, image, model, cfg) -> dict:
-    """Autoregressive LLaVA path (prefill + decode), optionally with FastV."""
-    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+def _prepare_llava(args, image, cfg) -> dict:
+    """LLaVA inputs that need no weights: method, processor, batch, and the lengths of the memory estimate."""
     from vtp_jax.processing import load_processor
 
     method = _method(args, cfg.family, cfg.num_visual_tokens, cfg.text.num_hidden_layers)
     processor = load_processor(args.model, cfg)
     batch = processor([image], [args.prompt])
     check_positions(cfg, batch.input_ids.shape[1], args.max_new_tokens, "--max-new-tokens")
-    gen = AutoregressiveGenerator(model, method)
+    rows, length = (int(n) for n in batch.input_ids.shape)
+    lengths = dict(batch_size=rows, seq_len=length + args.max_new_tokens, logit_rows=1,
+                   vision_images=int(batch.pixel_values.shape[0]))
+    return {"method": method, "processor": processor, "batch": batch, "lengths": lengths}
+
+
+def _run_llava(args, model, cfg, prep) -> dict:
+    """Autoregressive LLaVA path (prefill + decode), optionally with FastV."""
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+
+    processor, batch = prep["processor"], prep["batch"]
+    gen = AutoregressiveGenerator(model, prep["method"])
     kwargs = dict(
         max_new_tokens=args.max_new_tokens, eos_token_ids=eos_token_ids(cfg, processor),
         pad_token_id=processor.pad_token_id, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -162,9 +211,9 @@ def _run_llava(args, image, model, cfg) -> dict:
                    prefill=lambda r: r.prefill_s, decode=lambda r: r.decode_s)
 
 
-def _run_llada_v(args, image, model, cfg) -> dict:
-    """Masked-diffusion LLaDA-V path, optionally with RedVTP."""
-    from vtp_jax.generation.diffusion import DiffusionGenerator
+def _prepare_llada_v(args, image, cfg) -> dict:
+    """LLaDA-V inputs that need no weights: sampler settings, processor, batch, method, and the lengths of the
+    memory estimate."""
     from vtp_jax.processing import InputError, load_processor
 
     if args.temperature < 0:
@@ -179,7 +228,19 @@ def _run_llada_v(args, image, model, cfg) -> dict:
     method = _method(args, cfg.family, batch.num_visual_tokens, cfg.text.num_hidden_layers)
     if isinstance(method, tuple):
         raise InputError(f"--method {args.method!r}: combined stages run on llava checkpoints only")
-    gen = DiffusionGenerator(model, dcfg, method)
+    rows = int(batch.input_ids.shape[0]) * (2 if dcfg.cfg > 0 else 1)  # guidance runs an unconditional copy
+    px = batch.pixel_values
+    lengths = dict(batch_size=rows, seq_len=int(batch.input_ids.shape[1]) + dcfg.gen_length,
+                   logit_rows=dcfg.gen_length, vision_images=int(px.shape[0]) * int(px.shape[1]))
+    return {"method": method, "processor": processor, "batch": batch, "dcfg": dcfg, "lengths": lengths}
+
+
+def _run_llada_v(args, model, cfg, prep) -> dict:
+    """Masked-diffusion LLaDA-V path, optionally with RedVTP."""
+    from vtp_jax.generation.diffusion import DiffusionGenerator
+
+    processor, batch, dcfg = prep["processor"], prep["batch"], prep["dcfg"]
+    gen = DiffusionGenerator(model, dcfg, prep["method"])
     runs, first_call_s = _timed_runs(
         lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
                              temperature=args.temperature, seed=args.seed), args
@@ -296,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         result = run(args)
-    except ValueError as e:  # InputError, PruningError, CheckpointError, ConfigError, DiffusionError: ValueErrors
+    except ValueError as e:  # InputError, PruningError, CheckpointError, DiffusionError, MemoryCheckError…
         print(f"vtp-generate: error: {e}", file=sys.stderr)
         return 2
     if args.json:

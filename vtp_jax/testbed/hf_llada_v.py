@@ -114,11 +114,14 @@ def tiny_llada_v_config(*, image_size: int = 32, patch_size: int = 8, vision_hid
     ``max_num_patches`` the N of "anyres_max_N". ``mask_token_id=None`` leaves the key out (the converter must then
     refuse the checkpoint).
 
+    ``image_size`` need not be a multiple of ``patch_size``: the strided patch convolution floors, as in SigLIP
+    so400m-patch14-384 (384 // 14 = 27 patches per side, the last 384 − 27·14 = 6 pixel rows / columns ignored).
+
     Raises:
-      ValueError: image_size not a multiple of patch_size, or hidden sizes not divisible by the head counts.
+      ValueError: image_size smaller than patch_size, or hidden sizes not divisible by the head counts.
     """
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    if patch_size < 1 or image_size < patch_size:
+        raise ValueError(f"image_size {image_size} must be ≥ patch_size {patch_size} ≥ 1")
     if vision_hidden % vision_heads or text_hidden % text_heads or text_heads % text_kv_heads:
         raise ValueError("hidden sizes must divide by the head counts (and heads by kv heads)")
     cfg = {

@@ -183,14 +183,17 @@ def tiny_llava_config(*, image_size: int = 224, patch_size: int = 32, vision_hid
     parameters, e.g. llama3 ``factor``/``low_freq_factor``/``high_freq_factor``/
     ``original_max_position_embeddings``); it is merged with ``rope_theta=10000`` into
     ``text_config.rope_parameters``. ``image_token_id=4``, text pad/bos/eos = 3/1/2,
-    ``image_seq_length`` = number of image tokens per image ((S/P)^2, +1 for "full").
+    ``image_seq_length`` = number of image tokens per image (⌊S/P⌋², +1 for "full").
+
+    ``image_size`` need not be a multiple of ``patch_size``: the strided patch convolution floors
+    (⌊S/P⌋² patches; the last S mod P pixel rows / columns are ignored), as CLIP's own embedding does.
 
     Raises:
-      ValueError: if ``image_size`` is not a multiple of ``patch_size`` or the strategy is not
+      ValueError: if ``image_size`` is smaller than ``patch_size`` or the strategy is not
         "default"/"full". Invalid head counts fail in transformers' own config validation.
     """
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    if patch_size < 1 or image_size < patch_size:
+        raise ValueError(f"image_size {image_size} must be ≥ patch_size {patch_size} ≥ 1")
     if vision_feature_select_strategy not in ("default", "full"):
         raise ValueError(f"unknown vision_feature_select_strategy {vision_feature_select_strategy!r}")
     rope = {"rope_type": "default", "rope_theta": 10000.0}
