@@ -28,6 +28,7 @@ from flax import nnx
 
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.modeling.attention import mask_free_attention
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning import dyrate as dyrate_lib
@@ -141,8 +142,9 @@ class AutoregressiveGenerator:
             self._dy_weights = (jnp.asarray(self._predictor.weight), jnp.asarray(self._predictor.bias))
         self.graphdef, self.state = nnx.split(model)
         opts = compiler_options()  # CPU: no float32 copy of every bf16 weight at once (modeling/layers.py)
-        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens",), compiler_options=opts)
-        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens",), compiler_options=opts)
+        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens", "all_valid"), compiler_options=opts)
+        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens", "all_valid"),
+                                    compiler_options=opts)
         self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens"),
                                     compiler_options=opts)
         self.decode = jax.jit(self._decode, static_argnames=("max_new_tokens",), donate_argnames=("caches",),
@@ -170,7 +172,7 @@ class AutoregressiveGenerator:
         return seq, visual_mask, kept, n_v
 
     def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, dy_weights=None, *,
-                 max_new_tokens):
+                 max_new_tokens, all_valid=False):
         model = nnx.merge(self.graphdef, state)
         seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, pixel_values)
         kept_pre = kept
@@ -179,9 +181,9 @@ class AutoregressiveGenerator:
             b, t = seq.key_valid.shape
             last = jnp.full((b, 1), t - 1, jnp.int32)  # left padding: the last prompt token is at T − 1
             out = model.language_model(seq, cache_extra=max_new_tokens, probe_rows=last,
-                                       probe_layers=(self._dy_layer,))
+                                       probe_layers=(self._dy_layer,), all_valid=all_valid)
         elif method is None:
-            out = model.language_model(seq, cache_extra=max_new_tokens)
+            out = model.language_model(seq, cache_extra=max_new_tokens, all_valid=all_valid)
         else:
 
             def compact_fn(probe, s):
@@ -197,6 +199,7 @@ class AutoregressiveGenerator:
                 probe_layers=(method.layer - 1,),
                 compact_at=method.layer,
                 compact_fn=compact_fn,
+                all_valid=all_valid,
             )
             kept = jnp.take_along_axis(kept, out.aux["kept"], axis=1)  # indices into the original visual tokens
         logits = model.logits(out.h[:, -1])
@@ -236,7 +239,7 @@ class AutoregressiveGenerator:
         probs = jnp.pad(out.probe_heads[:, :, 0], [(0, 0), (0, 0), (0, max_new_tokens)])  # over all cache slots
         return self._dyrate_update(dy, probs, out.caches, weights)
 
-    def _prefill_head(self, state, input_ids, attention_mask, pixel_values, *, max_new_tokens):
+    def _prefill_head(self, state, input_ids, attention_mask, pixel_values, *, max_new_tokens, all_valid=False):
         """ToDRE stage 2, part 1: front + layers < ℓ + layer ℓ's attention rows (all T rows, float32).
 
         Returns (SequenceState at layer ℓ's input, visual_mask bool [B, T'], kept int32 [B, k], caches of layers
@@ -245,7 +248,7 @@ class AutoregressiveGenerator:
         model = nnx.merge(self.graphdef, state)
         seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, pixel_values)
         lm, ell = model.language_model, self._rel_layer
-        out = lm(seq, cache_extra=max_new_tokens, layer_range=(0, ell))
+        out = lm(seq, cache_extra=max_new_tokens, layer_range=(0, ell), all_valid=all_valid)
         b, t = seq.key_valid.shape
         rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         probs = lm.attention_probe(ell, out.state, rows)
@@ -341,18 +344,21 @@ class AutoregressiveGenerator:
         args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), jnp.asarray(pixel_values, jnp.float32))
         stages: dict = {}
         dropped = None
+        all_valid = mask_free_attention(attention_mask)  # GPU, no padding: cuDNN attention in prefill
         t0 = time.perf_counter()
         dy_weights = self._dy_weights if self._dyrate is not None else None
         dy = None
         if self._relevance is None:
             dy_args = {"dy_weights": dy_weights} if dy_weights is not None else {}  # same signature as before DyRate
-            pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens, **dy_args)
+            pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens,
+                               all_valid=all_valid, **dy_args)
             dy = pre.dyrate
             token, caches, next_pos, key, kept = pre.token, pre.caches, pre.next_pos, pre.key, pre.kept
             kept_pre = pre.kept_pre
             jax.block_until_ready(token)
         else:
-            seq, vmask, kept, head_caches, a_tv, a_vt = self.prefill_head(self.state, *args, max_new_tokens=max_new_tokens)
+            seq, vmask, kept, head_caches, a_tv, a_vt = self.prefill_head(self.state, *args, max_new_tokens=max_new_tokens,
+                                                                          all_valid=all_valid)
             a_tv, a_vt = np.asarray(a_tv), np.asarray(a_vt)  # host sync: the decision picks the compiled shape
             dropped = self._relevance.fires(a_tv, a_vt)
             token, tail_caches, next_pos, key = self.prefill_tail(

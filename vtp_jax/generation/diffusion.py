@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.modeling.attention import mask_free_attention
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
 
@@ -199,9 +200,9 @@ class DiffusionGenerator:
         self.graphdef, self.state = nnx.split(model)
         opts = compiler_options()  # CPU: no float32 copy of every bf16 weight at once (modeling/layers.py)
         self.encode = jax.jit(self._encode, static_argnames=("static",), compiler_options=opts)
-        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual"),
+        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual", "all_valid"),
                                   compiler_options=opts)
-        self.denoise = jax.jit(self._denoise, static_argnames=("temperature",), compiler_options=opts)
+        self.denoise = jax.jit(self._denoise, static_argnames=("temperature", "all_valid"), compiler_options=opts)
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
     def _encode(self, state, input_ids, attention_mask, arrays, *, static):
@@ -223,7 +224,7 @@ class DiffusionGenerator:
             h, positions, key_valid = seq
         return _Prompt(h, jnp.broadcast_to(mask_emb, h.shape), positions, key_valid, visual_mask, kept)
 
-    def _forward(self, model, prompt: _Prompt, x_gen, *, probe_rows=None, probe_layers=()):
+    def _forward(self, model, prompt: _Prompt, x_gen, *, probe_rows=None, probe_layers=(), all_valid=False):
         """Logits of the response positions float32 [B, G, V], and the decoder's probe (or None)."""
         cfg = self.cfg
         b, g = x_gen.shape
@@ -238,7 +239,8 @@ class DiffusionGenerator:
             if probe_rows is not None:
                 probe_rows = jnp.tile(probe_rows, (2, 1))
         out = model.language_model(
-            SequenceState(h, positions, key_valid), probe_rows=probe_rows, probe_layers=probe_layers
+            SequenceState(h, positions, key_valid), probe_rows=probe_rows, probe_layers=probe_layers,
+            all_valid=all_valid,
         )
         logits = model.logits(out.h[:, -g:])
         probe = None if out.probe is None else out.probe[:b]
@@ -254,7 +256,7 @@ class DiffusionGenerator:
         masked = jnp.sum((x_gen == cfg.mask_id) & in_block[None, :], axis=1)
         return num_transfer_tokens(masked, cfg.steps_per_block)
 
-    def _first_step(self, state, prompt: _Prompt, key, *, temperature, num_visual):
+    def _first_step(self, state, prompt: _Prompt, key, *, temperature, num_visual, all_valid=False):
         """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
         ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, prompt, kept)."""
         model = nnx.merge(self.graphdef, state)
@@ -263,11 +265,12 @@ class DiffusionGenerator:
         x_gen = jnp.full((b, cfg.gen_length), cfg.mask_id, jnp.int32)
         counts = self._block_counts(x_gen, 0)
         if method is None:
-            logits, _ = self._forward(model, prompt, x_gen)
+            logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
         else:
             rows = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
             logits, probe = self._forward(
-                model, prompt, x_gen, probe_rows=rows, probe_layers=method.probe_layers(self.num_layers)
+                model, prompt, x_gen, probe_rows=rows, probe_layers=method.probe_layers(self.num_layers),
+                all_valid=all_valid,
             )
         key, sub = jax.random.split(key)
         new_x = unmask_step(x_gen, logits, jnp.int32(0), counts[:, 0], sub, cfg, temperature)
@@ -289,7 +292,7 @@ class DiffusionGenerator:
         h_uncond = jnp.broadcast_to(prompt.h_uncond[:, :1], seq.h.shape)
         return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask, kept), kept
 
-    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, *, temperature):
+    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, *, temperature, all_valid=False):
         """Steps 1 .. steps−1 of all blocks in one ``fori_loop``; ``counts`` are recomputed at each block start."""
         model = nnx.merge(self.graphdef, state)
         cfg = self.cfg
@@ -299,7 +302,7 @@ class DiffusionGenerator:
             model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
             j = step % cfg.steps_per_block
             counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
-            logits, _ = self._forward(model, prompt, x_gen)
+            logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
             key, sub = jax.random.split(key)
             return unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature), counts, key
 
@@ -333,10 +336,11 @@ class DiffusionGenerator:
         prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays, static=static)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
+        all_valid = mask_free_attention(attention_mask)  # GPU, no padding: cuDNN attention in every step
         x_gen, counts, key, prompt, kept = self.first_step(
-            self.state, prompt, key, temperature=temperature, num_visual=n_left
+            self.state, prompt, key, temperature=temperature, num_visual=n_left, all_valid=all_valid
         )
-        x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature)
+        x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature, all_valid=all_valid)
         tokens = np.asarray(jax.block_until_ready(x_gen))
         t2 = time.perf_counter()
         if kept is None:

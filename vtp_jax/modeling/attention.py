@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vtp_jax.modeling.layers import linear
@@ -47,6 +48,16 @@ class LayerCache(NamedTuple):
             jax.lax.dynamic_update_slice(self.valid, jnp.ones((k.shape[0], 1), bool), (0, self.end)),
             self.end + 1,
         )
+
+
+def mask_free_attention(attention_mask) -> bool:
+    """Whether the generators should call the decoder with ``all_valid=True`` (no explicit attention mask, so
+    ``jax.nn.dot_product_attention`` may take the cuDNN kernel): on a GPU backend, when the host-side
+    ``attention_mask`` [B, T] has no padding. Left padding (prompts of a batch padded to a bucket) needs the
+    explicit mask — cuDNN's sequence lengths describe right padding only — so padded batches, and every other
+    backend (where the XLA kernel is used either way and a mask-free variant would only add a compilation), keep
+    the mask."""
+    return jax.default_backend() == "gpu" and bool(np.all(np.asarray(attention_mask)))
 
 
 def attention_rows(
@@ -125,6 +136,7 @@ class Attention(nnx.Module):
         sin: jax.Array | None = None,
         cache: LayerCache | None = None,
         probe_rows: jax.Array | None = None,
+        is_causal: bool = False,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | LayerCache, jax.Array | None]:
         """x [B, T, hidden] → (out [B, T, hidden], new keys/values or updated cache, probe probabilities).
 
@@ -133,6 +145,8 @@ class Attention(nnx.Module):
         appended at ``cache.end`` and the query attends to every valid slot; returns the updated cache.
         ``probe_rows`` int [B, R] → probabilities float32 [B, H, R, T], else None; with a cache any non-None
         ``probe_rows`` asks for the step's own rows → float32 [B, H, T, S] over the cache slots.
+        ``is_causal`` (with ``mask=None``): causal attention without an explicit mask, which lets
+        ``jax.nn.dot_product_attention`` take the cuDNN kernel on GPU (an explicit boolean mask forces XLA's).
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -148,9 +162,14 @@ class Attention(nnx.Module):
                 return self.o_proj(out.reshape(b, t, -1)), cache, probs
             out = cached_attention(q, cache, scale)
             return self.o_proj(out.reshape(b, t, -1)), cache, None
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+        if mask is not None and is_causal:
+            raise ValueError("give either an explicit mask or is_causal, not both")
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=is_causal)
         probs = None
         if probe_rows is not None:
-            full = jnp.ones((b, 1, t, t), bool) if mask is None else mask
+            full = mask
+            if mask is None:
+                full = jnp.tril(jnp.ones((t, t), bool)) if is_causal else jnp.ones((t, t), bool)
+                full = full[None, None]
             probs = attention_rows(q, k, probe_rows, full, scale)
         return self.o_proj(out.reshape(b, t, -1)), (k, v), probs

@@ -52,10 +52,11 @@ class DecoderBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, h, *, cos, sin, mask=None, cache=None, probe_rows=None):
+    def __call__(self, h, *, cos, sin, mask=None, cache=None, probe_rows=None, is_causal=False):
         """h [B, T, D] → (h, new kv or cache, probe probabilities or None); see :class:`Attention`."""
         a, kv, probs = self.self_attn(
-            self.input_layernorm(h), mask=mask, cos=cos, sin=sin, cache=cache, probe_rows=probe_rows
+            self.input_layernorm(h), mask=mask, cos=cos, sin=sin, cache=cache, probe_rows=probe_rows,
+            is_causal=is_causal,
         )
         h = h + a
         h = h + self.mlp(self.post_attention_layernorm(h))
@@ -117,6 +118,7 @@ class Decoder(nnx.Module):
         compact_fn: CompactFn | None = None,
         layer_range: tuple[int, int] | None = None,
         extra_mask: jax.Array | None = None,
+        all_valid: bool = False,
     ) -> DecoderOutput:
         """Runs every layer over the whole sequence (prefill, or one denoising step).
 
@@ -133,6 +135,9 @@ class Decoder(nnx.Module):
             (the input of layer ``stop``). Default: every layer.
           extra_mask: bool [B, 1, T, T] ANDed with every layer's attention mask (per-row key masks, e.g. the
             DyRate trainer's "row i sees only these visual tokens"); not with ``compact_at``.
+          all_valid: the caller promises every key of ``state`` is valid (no padding; static). The fused attention
+            then gets no mask — ``is_causal`` for a causal decoder, nothing for a bidirectional one — so on GPU it
+            can take the cuDNN kernel, which an explicit boolean mask rules out. Same numbers as the masked path.
         """
         if extra_mask is not None and compact_at is not None:
             raise ValueError("extra_mask cannot be combined with compact_at (the sequence length changes)")
@@ -148,11 +153,13 @@ class Decoder(nnx.Module):
                 state, aux = compact_fn(probe_mean, state)
             if i == start or i == compact_at:
                 cos, sin = self.angles(state.positions, state.h.dtype)
-                mask = attention_mask(state.key_valid, cfg.causal)
+                dense = all_valid and extra_mask is None  # compaction keeps every key valid
+                mask = None if dense else attention_mask(state.key_valid, cfg.causal)
                 if extra_mask is not None:
                     mask = mask & extra_mask
             rows = probe_rows if i in probe_layers else None
-            h, (k, v), probs = layer(state.h, cos=cos, sin=sin, mask=mask, probe_rows=rows)
+            h, (k, v), probs = layer(state.h, cos=cos, sin=sin, mask=mask, probe_rows=rows,
+                                     is_causal=dense and cfg.causal)
             state = state._replace(h=h)
             if probs is not None:
                 probe_heads = probs
