@@ -138,6 +138,19 @@ the throughput gain that FLOPs alone would give.
 Target (PASS / MISS, SKIPPED without ``jax redvtp-50`` at 32/16): token-throughput gain of RedVTP keep 50 % over jax
 none at 32 / 16 ≥ +100 % (the RedVTP paper reports up to +186 % on LLaDA-V-8B).
 
+Full-size presets
+=================
+
+``--preset llava-1.5-7b`` / ``--preset llada-v-8b`` (``--layers N``: decoder depth 1..32, default 32): the real
+models' shapes and configs with RANDOM weights (:mod:`vtp_jax.testbed.full_size`, cached under ``--cache-dir`` /
+``$VTP_CACHE`` / ``~/.cache/vtp_jax/presets``), bf16 on both sides. One family per run; vtp-convert, the jax side and
+the torch side (transformers ``LlavaForConditionalGeneration`` in bf16 / the PyTorch LLaDA loop on the same bf16
+weights) each run in their own subprocess, so each peak RSS is that side's own. It reports conversion time and peak
+RSS, load and compile time, prefill ms and decode tokens/s (LLaDA-V: latency and tokens/s at 32/16 and 2/2), jax /
+torch ratios, the pruning rows (defaults: FastV / ToDRE / DivPrune for LLaVA, RedVTP / LLaDA-FastV / ToDRE for LLaDA-V,
+at ``--keeps``), the measured memory read bandwidth and the weight-read roofline. See :mod:`eval.full_size_bench`.
+The width flags (``--text-hidden`` …) shrink a full-size preset for tests only (the report says REDUCED WIDTHS).
+
 Run time
 ========
 
@@ -164,6 +177,7 @@ from typing import Any, Callable
 import numpy as np
 
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: speed only, the generated text is meaningless"
+FULL_SIZE_PRESETS = ("llava-1.5-7b", "llada-v-8b")  # = vtp_jax.testbed.full_size.PRESETS (eval/full_size_bench.py)
 
 # Keys are tiny_llava_config's keyword arguments.
 PRESETS: dict[str, dict[str, int]] = {
@@ -379,15 +393,17 @@ def vision_flops(cfg, batch: int = 1) -> int:
 # Inputs and checkpoint
 # ---------------------------------------------------------------------------------------------------------------
 
-def make_inputs(cfg, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(cfg, batch: int, seed: int = 0, *, bos_id: int | None = None,
+                text_range: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """Fixed prompt ids int64 [B, T] (bos, 5 text ids, N_v image ids, 8 text ids), mask int64 ones [B, T],
-    pixel values float32 [B, 3, H, W] ~ N(0, 1)."""
+    pixel values float32 [B, 3, H, W] ~ N(0, 1). ``bos_id`` / ``text_range`` ([lo, hi) of the text ids) default to
+    the tiny testbed tokenizer's (bos 1, ids after its 5 specials up to the vocabulary size)."""
     from vtp_jax.testbed.hf_llava import BOS_ID, SPECIAL_TOKENS
 
     rng = np.random.default_rng(seed)
-    first_text = len(SPECIAL_TOKENS)  # ordinary ids start after <unk> <s> </s> <pad> <image>
-    text = rng.integers(first_text, cfg.text.vocab_size, size=PREFIX_TEXT + SUFFIX_TEXT)
-    row = ([BOS_ID] + text[:PREFIX_TEXT].tolist() + [cfg.image_token_id] * cfg.num_visual_tokens
+    lo, hi = text_range or (len(SPECIAL_TOKENS), cfg.text.vocab_size)  # after <unk> <s> </s> <pad> <image>
+    text = rng.integers(lo, hi, size=PREFIX_TEXT + SUFFIX_TEXT)
+    row = ([BOS_ID if bos_id is None else bos_id] + text[:PREFIX_TEXT].tolist() + [cfg.image_token_id] * cfg.num_visual_tokens
            + text[PREFIX_TEXT:].tolist())
     ids = np.tile(np.asarray(row, np.int64), (batch, 1))
     v = cfg.vision
@@ -451,7 +467,8 @@ class JaxRunner:
 
 
 class TorchRunner:
-    """transformers ``LlavaForConditionalGeneration`` (fp32, eval). torch is imported here only.
+    """transformers ``LlavaForConditionalGeneration`` (fp32 by default, ``dtype="bfloat16"`` for the full-size
+    presets; eval). torch is imported here only.
 
     Decode time of a ``generate`` call = its total wall time minus its own prefill, where the prefill ends when the
     first logits reach the logits processors (a time stamp taken by a pass-through processor, called once per new
@@ -460,14 +477,17 @@ class TorchRunner:
     time computed as generate time minus the median stand-alone prefill (``decode_s_by_subtraction``).
     """
 
-    def __init__(self, hf_dir: str, inputs: dict, max_new_tokens: int, pad_id: int, threads: int | None = None):
+    def __init__(self, hf_dir: str, inputs: dict, max_new_tokens: int, pad_id: int, threads: int | None = None,
+                 dtype: str = "float32"):
         import torch
         from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.model = LlavaForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        t0 = time.perf_counter()
+        self.model = LlavaForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, dtype)).eval()
+        self.load_s = time.perf_counter() - t0  # from_pretrained wall time, seconds
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         self.n, self.pad_id = max_new_tokens, pad_id
         self.runs: list[dict] = []
@@ -597,17 +617,20 @@ def diffusion_flops(cfg, *, prompt_len: int, num_visual: int, num_tiles: int, ge
                                                                                                        rows(short))
 
 
-def make_llada_inputs(model, image_hw: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+def make_llada_inputs(model, image_hw: tuple[int, int], seed: int = 0, *, bos_id: int | None = None,
+                      text_range: tuple[int, int] | None = None) -> dict[str, Any]:
     """Fixed batch-1 prompt ``bos`` + 5 text ids + N_v image placeholders + 8 text ids (int64 [1, P]), mask ones,
-    random pixel values float32 [1, n_tiles, 3, S, S] ~ N(0, 1) for an image of (height, width) ``image_hw``."""
+    random pixel values float32 [1, n_tiles, 3, S, S] ~ N(0, 1) for an image of (height, width) ``image_hw``.
+    ``bos_id`` / ``text_range`` as in :func:`make_inputs` (defaults: the tiny LLaDA-V testbed tokenizer's)."""
     from vtp_jax.testbed.hf_llada_v import BOS_ID, SPECIAL_TOKENS
 
     cfg = model.cfg
     layout = model.layout(image_hw)
     n_v = layout.num_tokens
     rng = np.random.default_rng(seed)
-    text = rng.integers(len(SPECIAL_TOKENS), cfg.text.vocab_size, size=PREFIX_TEXT + SUFFIX_TEXT)
-    row = [BOS_ID] + text[:PREFIX_TEXT].tolist() + [cfg.image_token_id] * n_v + text[PREFIX_TEXT:].tolist()
+    lo, hi = text_range or (len(SPECIAL_TOKENS), cfg.text.vocab_size)
+    text = rng.integers(lo, hi, size=PREFIX_TEXT + SUFFIX_TEXT)
+    row = [BOS_ID if bos_id is None else bos_id] + text[:PREFIX_TEXT].tolist() + [cfg.image_token_id] * n_v + text[PREFIX_TEXT:].tolist()
     ids = np.asarray([row], np.int64)
     s = cfg.vision.image_size
     pixels = rng.standard_normal((1, layout.num_tiles, cfg.vision.num_channels, s, s)).astype(np.float32)
@@ -880,39 +903,12 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
     for (g, st, bl), (sname, variants) in zip(LLADA_V_SETTINGS, runners.items()):
         rows: dict[str, dict] = {}
         for name, runs in raw[sname].items():
-            runner = variants[name]
-            keep = keeps.get(name)
             method, pct = spec_of.get(name, (None, None))
-            obj = method_objs.get(name)
-            lat = [x["latency_s"] for x in runs]
-            fl = diffusion_flops(cfg, prompt_len=prompt_len, num_visual=n_v, num_tiles=n_tiles, gen_length=g,
-                                 steps=st, keep=keep, reference=name == "torch",
-                                 pre_llm=obj is not None and obj.stage == "pre_llm")
-            rows[name] = {
-                "method": "none" if method is None else method,
-                "stage": None if obj is None else obj.stage,
-                "keep_percent": 100.0 if method is None else pct,
-                "visual_tokens_kept": n_v if keep is None else keep,
-                "seq_len_after_pruning": prompt_len + g - (0 if keep is None else n_v - keep),
-                "latency_ms": 1e3 * _median(lat),
-                "latency_ms_min": 1e3 * min(lat),
-                "latency_ms_runs": [1e3 * x for x in lat],
-                "tokens_per_s": g / _median(lat),
-                "tokens_per_s_max": g / min(lat),
-                "encode_ms": (1e3 * _median([x["encode_s"] for x in runs]) if "encode_s" in runs[0] else None),
-                "denoise_ms": (1e3 * _median([x["denoise_s"] for x in runs]) if "denoise_s" in runs[0] else None),
-                "flops": fl,
-                "compile_s": getattr(runner, "compile_s", None),
-            }
-        base = rows["jax none"]
+            rows[name] = llada_row(runs, name=name, obj=method_objs.get(name), method=method, pct=pct,
+                                   keep=keeps.get(name), compile_s=getattr(variants[name], "compile_s", None), cfg=cfg,
+                                   prompt_len=prompt_len, n_v=n_v, n_tiles=n_tiles, gen_length=g, steps=st)
+        add_llada_ratios(rows)
         torch_row = rows.get("torch")
-        for name, row in rows.items():
-            tps_ratio = _ratio(row["tokens_per_s"], base["tokens_per_s"])
-            row["throughput_gain_vs_jax_none"] = None if tps_ratio is None else tps_ratio - 1.0
-            best = _ratio(row["tokens_per_s_max"], base["tokens_per_s_max"])
-            row["throughput_gain_vs_jax_none_best_of_runs"] = None if best is None else best - 1.0
-            row["x_torch"] = _ratio(row["tokens_per_s"], torch_row["tokens_per_s"]) if torch_row else None
-            row["flop_ratio_vs_jax_none"] = _ratio(base["flops"], row["flops"])
         agree = _agreement(variants["torch"].last_tokens, variants["jax none"].last_tokens) if torch_row else None
         sections[sname] = {
             "gen_length": g, "steps": st, "block_length": bl, "rows": rows,
@@ -940,6 +936,48 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print) ->
         "torch_jax_agree": sections[first]["torch_jax_agree"],
     }
     return report
+
+
+def llada_row(runs: list[dict], *, name: str, obj, method: str | None, pct: float | None, keep: int | None,
+              compile_s: float | None, cfg, prompt_len: int, n_v: int, n_tiles: int, gen_length: int,
+              steps: int) -> dict:
+    """One LLaDA-V table row from a variant's timed runs (each ``{"latency_s", "tokens_per_s", ...}``, seconds):
+    latency medians / bests in ms, tokens/s = gen_length / latency, analytic FLOPs (``name == "torch"``: what the
+    PyTorch loop computes). Ratios come from :func:`add_llada_ratios`."""
+    g = gen_length
+    lat = [x["latency_s"] for x in runs]
+    fl = diffusion_flops(cfg, prompt_len=prompt_len, num_visual=n_v, num_tiles=n_tiles, gen_length=g, steps=steps,
+                         keep=keep, reference=name == "torch", pre_llm=obj is not None and obj.stage == "pre_llm")
+    return {
+        "method": "none" if method is None else method,
+        "stage": None if obj is None else obj.stage,
+        "keep_percent": 100.0 if method is None else pct,
+        "visual_tokens_kept": n_v if keep is None else keep,
+        "seq_len_after_pruning": prompt_len + g - (0 if keep is None else n_v - keep),
+        "latency_ms": 1e3 * _median(lat),
+        "latency_ms_min": 1e3 * min(lat),
+        "latency_ms_runs": [1e3 * x for x in lat],
+        "tokens_per_s": g / _median(lat),
+        "tokens_per_s_max": g / min(lat),
+        "encode_ms": (1e3 * _median([x["encode_s"] for x in runs]) if "encode_s" in runs[0] else None),
+        "denoise_ms": (1e3 * _median([x["denoise_s"] for x in runs]) if "denoise_s" in runs[0] else None),
+        "flops": fl,
+        "compile_s": compile_s,
+    }
+
+
+def add_llada_ratios(rows: dict[str, dict]) -> None:
+    """Adds to every row: token-throughput gain over ``jax none`` (median and best of runs), × ``torch``, FLOP
+    ratio jax none / variant."""
+    base = rows["jax none"]
+    torch_row = rows.get("torch")
+    for row in rows.values():
+        tps_ratio = _ratio(row["tokens_per_s"], base["tokens_per_s"])
+        row["throughput_gain_vs_jax_none"] = None if tps_ratio is None else tps_ratio - 1.0
+        best = _ratio(row["tokens_per_s_max"], base["tokens_per_s_max"])
+        row["throughput_gain_vs_jax_none_best_of_runs"] = None if best is None else best - 1.0
+        row["x_torch"] = _ratio(row["tokens_per_s"], torch_row["tokens_per_s"]) if torch_row else None
+        row["flop_ratio_vs_jax_none"] = _ratio(base["flops"], row["flops"])
 
 
 def _gain(x: float | None) -> str:
@@ -1058,11 +1096,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keeps", default=DEFAULT_KEEPS, metavar="P1,P2,...",
                    help="percentages of the visual tokens kept, each a variant of every method that takes a keep "
                         f"count, both families (default {DEFAULT_KEEPS})")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="model sizes of every section (default tiny)")
+    p.add_argument("--preset", choices=sorted(PRESETS) + list(FULL_SIZE_PRESETS), default="tiny",
+                   help="model sizes of every section (default tiny); llava-1.5-7b / llada-v-8b: the real model's "
+                        "shapes with RANDOM weights, one family, torch and jax in separate subprocesses "
+                        "(eval/full_size_bench.py)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="full-size presets: decoder layers to build (1..32, default 32) for quicker runs")
+    p.add_argument("--cache-dir", default=None,
+                   help="full-size presets: where the random-weight checkpoints are cached (default $VTP_CACHE or "
+                        "~/.cache/vtp_jax/presets)")
+    p.add_argument("--llada-image", default=None, metavar="HxW",
+                   help="llada-v-8b: image height x width in pixels, which sets the anyres grid and N_v "
+                        "(default 480x640: 2929 visual tokens)")
     for key in PRESETS["tiny"]:
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
-                       help=f"override the LLaVA preset's {key}")
+                       help=f"override the LLaVA preset's {key} (full-size presets: tests only, a reduced model)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per variant; medians are reported (default 5)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed runs per variant before timing (≥ 1 for jax: the first call compiles; default 1)")
@@ -1245,47 +1293,14 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     rows: dict[str, dict] = {}
     flops = {"vision_and_projector": vision_flops(cfg, args.batch)}
     for name, runs in raw.items():
-        runner = variants[name]
-        obj = objs.get(name)
         method, pct = spec_of.get(name, (None, None))
-        stage2 = None
-        if obj is not None and obj.name == "todre-relevance":
-            dropped = [all(x["stage2_dropped"]) for x in runs]
-            fired = all(dropped)
-            stage2 = {"fired": fired, "fired_runs": sum(dropped), "runs": len(runs),
-                      "layer": obj.resolve_layer(cfg.text.num_hidden_layers), "tau": obj.tau,
-                      "alpha_t2v": runs[-1]["alpha_t2v"], "alpha_v2t": runs[-1]["alpha_v2t"]}
-            keep = 0 if fired else None  # visual tokens in layers ≥ ℓ
-        else:
-            fired, keep = False, getattr(obj, "keep", None)
-        flops[name] = method_prefill_flops(cfg, prompt_len, obj, fired=fired, batch=args.batch)
-        llm_tokens = prompt_len if keep is None else prompt_len - n_v + keep
-        rows[name] = {
-            "method": "none" if method is None else method,
-            "stage": None if obj is None else obj.stage,
-            "keep_percent": 100.0 if method is None else pct,
-            "prefill_ms": 1e3 * _median([x["prefill_s"] for x in runs]),
-            "decode_tokens_per_s": _median([x["tokens_per_s"] for x in runs]),
-            "decode_ms_per_step": 1e3 * _median([x["decode_s"] for x in runs]) / (n - 1),
-            "prefill_ms_min": 1e3 * min(x["prefill_s"] for x in runs),
-            "decode_tokens_per_s_max": max(x["tokens_per_s"] for x in runs),
-            "prefill_ms_runs": [1e3 * x["prefill_s"] for x in runs],
-            "decode_tokens_per_s_runs": [x["tokens_per_s"] for x in runs],
-            "visual_tokens_kept": n_v if keep is None else keep,
-            "llm_tokens_after_pruning": llm_tokens,
-            "llm_prefill_flops": flops[name],
-            "prefill_flops": flops[name] + flops["vision_and_projector"],
-            "compile_s": getattr(runner, "compile_s", None),
-            "stage2": stage2,
-        }
+        rows[name] = llava_row(runs, obj=objs.get(name), method=method, pct=pct,
+                               compile_s=getattr(variants[name], "compile_s", None), cfg=cfg, prompt_len=prompt_len,
+                               n=n, batch=args.batch, vision_flops_=flops["vision_and_projector"])
+        flops[name] = rows[name]["llm_prefill_flops"]
+    add_llava_ratios(rows)
     base = rows["jax none"]
     torch_row = rows.get("torch")
-    for name, row in rows.items():
-        row["prefill_speedup_vs_jax_none"] = _ratio(base["prefill_ms"], row["prefill_ms"])
-        row["decode_x_torch"] = (_ratio(row["decode_tokens_per_s"], torch_row["decode_tokens_per_s"])
-                                 if torch_row else None)
-        row["llm_flop_ratio_vs_jax_none"] = _ratio(base["llm_prefill_flops"], row["llm_prefill_flops"])
-        row["prefill_flop_ratio_vs_jax_none"] = _ratio(base["prefill_flops"], row["prefill_flops"])
 
     # Greedy agreement between torch and jax (sanity check that both compute the same model; info only).
     agreement = None
@@ -1323,9 +1338,63 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     return report
 
 
+def llava_row(runs: list[dict], *, obj, method: str | None, pct: float | None, compile_s: float | None, cfg,
+              prompt_len: int, n: int, batch: int, vision_flops_: int) -> dict:
+    """One LLaVA table row from a variant's timed runs (each ``{"prefill_s", "decode_s", "tokens_per_s", ...}``,
+    seconds / tokens per second): medians and bests in ms and tokens/s, kept tokens, analytic FLOPs (ToDRE stage 2's
+    depend on whether it fired in every run). Ratios come from :func:`add_llava_ratios`."""
+    n_v = cfg.num_visual_tokens
+    stage2 = None
+    if obj is not None and obj.name == "todre-relevance":
+        dropped = [all(x["stage2_dropped"]) for x in runs]
+        fired = all(dropped)
+        stage2 = {"fired": fired, "fired_runs": sum(dropped), "runs": len(runs),
+                  "layer": obj.resolve_layer(cfg.text.num_hidden_layers), "tau": obj.tau,
+                  "alpha_t2v": runs[-1]["alpha_t2v"], "alpha_v2t": runs[-1]["alpha_v2t"]}
+        keep = 0 if fired else None  # visual tokens in layers ≥ ℓ
+    else:
+        fired, keep = False, getattr(obj, "keep", None)
+    llm_flops = method_prefill_flops(cfg, prompt_len, obj, fired=fired, batch=batch)
+    return {
+        "method": "none" if method is None else method,
+        "stage": None if obj is None else obj.stage,
+        "keep_percent": 100.0 if method is None else pct,
+        "prefill_ms": 1e3 * _median([x["prefill_s"] for x in runs]),
+        "decode_tokens_per_s": _median([x["tokens_per_s"] for x in runs]),
+        "decode_ms_per_step": 1e3 * _median([x["decode_s"] for x in runs]) / (n - 1),
+        "prefill_ms_min": 1e3 * min(x["prefill_s"] for x in runs),
+        "decode_tokens_per_s_max": max(x["tokens_per_s"] for x in runs),
+        "prefill_ms_runs": [1e3 * x["prefill_s"] for x in runs],
+        "decode_tokens_per_s_runs": [x["tokens_per_s"] for x in runs],
+        "visual_tokens_kept": n_v if keep is None else keep,
+        "llm_tokens_after_pruning": prompt_len if keep is None else prompt_len - n_v + keep,
+        "llm_prefill_flops": llm_flops,
+        "prefill_flops": llm_flops + vision_flops_,
+        "compile_s": compile_s,
+        "stage2": stage2,
+    }
+
+
+def add_llava_ratios(rows: dict[str, dict]) -> None:
+    """Adds to every row: prefill speed-up over ``jax none``, decode × ``torch`` (None without a torch row), FLOP
+    ratios jax none / variant."""
+    base = rows["jax none"]
+    torch_row = rows.get("torch")
+    for row in rows.values():
+        row["prefill_speedup_vs_jax_none"] = _ratio(base["prefill_ms"], row["prefill_ms"])
+        row["decode_x_torch"] = (_ratio(row["decode_tokens_per_s"], torch_row["decode_tokens_per_s"])
+                                 if torch_row else None)
+        row["llm_flop_ratio_vs_jax_none"] = _ratio(base["llm_prefill_flops"], row["llm_prefill_flops"])
+        row["prefill_flop_ratio_vs_jax_none"] = _ratio(base["prefill_flops"], row["prefill_flops"])
+
+
 def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     """Runs the sections that ``--family`` selects and returns the JSON-able report: ``{"random_weights": true,
     "note", "families": [...], "llava": {...}, "llada_v": {...}}`` (a section is absent when not run)."""
+    if args.preset in FULL_SIZE_PRESETS:
+        return run_full_size_bench(args, log)
+    if getattr(args, "layers", None) is not None or getattr(args, "llada_image", None) is not None:
+        raise BenchError("--layers / --llada-image apply only to the full-size presets (llava-1.5-7b, llada-v-8b)")
     families = ["llava", "llada_v"] if args.family == "all" else [args.family]
     _selection(args)  # bad --methods / --llada-methods / --keeps: fail before anything runs
     log("=" * 100)
@@ -1340,9 +1409,29 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     return report
 
 
+def run_full_size_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """A full-size preset (:mod:`eval.full_size_bench`): ``{"random_weights": true, "note", "families": [family],
+    family: section}`` with the section's ``"full_size": true``."""
+    from eval.full_size_bench import run_full_size, validate
+
+    family = validate(args)["family"]  # every flag checked before anything runs
+    log("=" * 100)
+    log(f"vtp-bench --preset {args.preset} — {RANDOM_WEIGHTS_NOTE.upper()}")
+    log("=" * 100)
+    t0 = time.perf_counter()
+    section = run_full_size(args, log)
+    section["section_wall_s"] = time.perf_counter() - t0
+    log(f"{args.preset}: {section['section_wall_s']:.0f} s")
+    return {"random_weights": True, "note": RANDOM_WEIGHTS_NOTE, "families": [family], family: section}
+
+
 def format_report(report: dict) -> str:
     """The human-readable tables and target lines of every section that ran."""
     parts = ["", "#" * 100, f"# {RANDOM_WEIGHTS_NOTE.upper()}", "#" * 100]
+    if any(report.get(f, {}).get("full_size") for f in report.get("families", [])):
+        from eval.full_size_bench import format_full_size
+
+        return "\n".join(parts + [format_full_size(report[f]) for f in report["families"]])
     if "llava" in report:
         parts.append(format_llava(report["llava"]))
     if "llada_v" in report:
@@ -1410,11 +1499,16 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Returns 0 (targets missed is not an error), 2 on bad arguments."""
     args = _parser().parse_args(argv)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    from eval.full_size_bench import FullSizeError
+
     try:
         report = run_bench(args, log)
     except BenchError as e:
         print(f"vtp-bench: error: {e}", file=sys.stderr)
         return 2
+    except FullSizeError as e:
+        print(f"vtp-bench: error: {e}", file=sys.stderr)
+        return 1
     print(format_report(report), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
