@@ -8,11 +8,21 @@ Steps:
 2. Read only the headers of the weight files and plan where every tensor goes (:mod:`convert.names`). All
    problems — unrecognised or surplus tensors, missing parameters, wrong shapes, non-float dtypes, duplicates —
    are collected and reported together before any tensor data is read.
-3. Stream the tensors one at a time (transpose, cast to ``dtype``) into a parameter dict of numpy arrays — the
-   only full copy of the model in memory — and write it as an Orbax checkpoint, with ``config.json``,
-   ``vtp_jax.json`` and the tokenizer/processor files, into a temporary directory beside OUT_DIR.
+3. Stream the tensors into an Orbax checkpoint (:func:`vtp_jax.checkpoint.save_params_streaming`), with
+   ``config.json``, ``vtp_jax.json`` and the tokenizer/processor files, in a temporary directory beside OUT_DIR.
+   Every parameter is a :class:`~vtp_jax.checkpoint.LazyArray` whose loader reads one source tensor, transposes
+   it and casts it to ``dtype``; leaves are loaded in file order, and only while fewer than
+   :data:`INFLIGHT_BYTES` of loaded tensors wait for their write. Peak memory is therefore about that budget plus
+   the largest tensor (the token embedding) and its transient copies — independent of the number of layers; no
+   whole-model dict ever exists. The checkpoint is the one Orbax's StandardCheckpointHandler writes for the
+   in-memory dict (same ``_METADATA``, same arrays), restored by :func:`vtp_jax.checkpoint.load` as before.
 4. Rename the temporary directory to OUT_DIR. Any failure removes the temporary directory: OUT_DIR is either
    complete or absent (an OUT_DIR replaced with ``force`` survives a failed conversion untouched).
+
+A conversion killed outright (SIGKILL, power loss) cannot clean up. Its temporary directory
+``.<OUT_DIR name>.tmp-*`` carries a marker file (:data:`OWNER_FILE`: target path, pid, host, process start time);
+the next conversion to the same OUT_DIR removes such a directory when the marker is ours and its process is gone,
+and names every other look-alike (no marker, another target, another host, a live process) without touching it.
 
 Every user-facing failure raises :class:`ConversionError` (the CLI turns it into ``vtp-convert: error: ...``).
 """
@@ -20,10 +30,16 @@ Every user-facing failure raises :class:`ConversionError` (the CLI turns it into
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
+from typing import Callable
 
 import numpy as np
 
@@ -35,6 +51,12 @@ MAX_LISTED = 10  # problems spelled out in an error message; the rest are counte
 # this checkpoint (vtp-train-dyrate), which vtp-generate / vtp-eval then find without --predictor.
 EXTRA_FILE_PATTERNS = ("*.json", "*.jinja", "*.model", "*.txt", "dyrate_predictor.safetensors")
 SKIPPED_FILES = {"config.json", SAFETENSORS_INDEX, PICKLE_INDEX, "vtp_jax.json"}
+INFLIGHT_BYTES = 256 << 20  # loaded tensors allowed to wait for their write at once (one larger tensor goes alone)
+OWNER_FILE = ".vtp-convert-owner.json"  # marker in our temporary directory; removed just before the final rename
+OWNER_TOOL = "vtp-convert"
+# Test hook: after this many tensors are written, print a line naming the temporary directory and stop (block), so
+# a test can SIGKILL a conversion at a known point. Never set outside tests.
+STALL_ENV = "VTP_CONVERT_TEST_STALL_AFTER"
 
 
 class ConversionError(Exception):
@@ -193,6 +215,94 @@ def _copy_extra_files(hf_dir: str, dst: str) -> list[str]:
     return copied
 
 
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (field 22 of /proc/PID/stat, clock ticks since boot), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        return stat[stat.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    """Whether ``pid`` still runs the process that wrote a marker (its start time, when recorded, must match)."""
+    if pid == os.getpid():  # a recycled pid: our own conversion has not started writing yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+def _owner_record(out_dir: str) -> dict:
+    return {"tool": OWNER_TOOL, "target": out_dir, "pid": os.getpid(), "host": socket.gethostname(),
+            "process_start": _process_start(os.getpid()), "created": time.time()}
+
+
+def _read_owner(path: str) -> dict | None:
+    try:
+        with open(os.path.join(path, OWNER_FILE), encoding="utf-8") as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and owner.get("tool") == OWNER_TOOL else None
+
+
+def clean_stale_temp_dirs(out_dir: str, notify: Callable[[str], None]) -> list[str]:
+    """Removes temporary directories that killed conversions to ``out_dir`` left beside it; returns their paths.
+
+    A directory ``.<name>.tmp-*`` next to ``out_dir`` is removed only if it is a real directory (not a link) holding
+    our marker (:data:`OWNER_FILE`) for exactly this ``out_dir``, written on this host by a process that no longer
+    runs. Every other look-alike — and any ``.<name>.old-*`` left by a ``--force`` run killed between its two
+    renames, which holds the previous checkpoint — is named through ``notify`` and left alone.
+
+    Args:
+      out_dir: absolute OUT_DIR path.
+      notify: called with one human-readable line per directory removed or left alone.
+    """
+    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        path = os.path.join(parent, entry)
+        if entry.startswith(f".{base}.old-"):
+            notify(f"left {path} alone: a previous checkpoint set aside by an interrupted --force run "
+                   f"(move it back to {out_dir} or remove it)")
+            continue
+        if not entry.startswith(f".{base}.tmp-"):
+            continue
+        owner = None if os.path.islink(path) or not os.path.isdir(path) else _read_owner(path)
+        if owner is None or owner.get("target") != out_dir:
+            notify(f"left {path} alone: it looks like a temporary directory of an earlier conversion, but it has "
+                   f"no {OWNER_FILE} naming {out_dir}; remove it by hand if it is not in use")
+            continue
+        pid = owner.get("pid")
+        if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+            notify(f"left {path} alone: written by a conversion on host {owner.get('host')!r}, which this one "
+                   "cannot check; remove it by hand if that conversion is over")
+            continue
+        if _process_alive(pid, owner.get("process_start")):
+            notify(f"left {path} alone: the conversion that writes it (pid {pid}) is still running")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.lexists(path):
+            notify(f"could not remove {path}, left by an interrupted conversion (pid {pid}); remove it by hand")
+        else:
+            notify(f"removed {path}, left by an interrupted conversion (pid {pid})")
+            removed.append(path)
+    return removed
+
+
 def _commit(tmp: str, out_dir: str) -> None:
     """Renames ``tmp`` to ``out_dir``, replacing an existing ``out_dir`` (already vetted by _check_paths)."""
     if not os.path.lexists(out_dir):
@@ -209,6 +319,10 @@ def _commit(tmp: str, out_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _stderr_note(message: str) -> None:
+    print(f"{OWNER_TOOL}: {message}", file=sys.stderr, flush=True)
+
+
 def convert(
     hf_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -217,14 +331,23 @@ def convert(
     force: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
+    inflight_bytes: int = INFLIGHT_BYTES,
+    notify: Callable[[str], None] | None = None,
 ) -> str:
     """Converts HF_DIR (config.json + safetensors / pickled weights) to OUT_DIR; returns OUT_DIR's absolute path.
+
+    Tensors are streamed: read, transposed, cast and written a few at a time (see the module docstring), so peak
+    memory is about ``inflight_bytes`` + the largest tensor, not the model's size. Temporary directories left
+    beside OUT_DIR by killed conversions are removed first (:func:`clean_stale_temp_dirs`).
 
     Args:
       dtype: parameter dtype of the output, "float32" or "bfloat16" (tensors are cast while streaming).
       force: replace an existing OUT_DIR (only if it is empty or a converted checkpoint).
       allow_pickle: accept ``pytorch_model.bin`` (loaded with ``torch.load(weights_only=True)``).
       progress: show a tqdm bar over tensors on stderr.
+      inflight_bytes: bytes of loaded tensors that may wait for their write at once (≥ 1; one tensor larger than
+        this is written alone).
+      notify: receives one line per stale temporary directory removed or left alone; default: stderr.
 
     Raises:
       ConversionError: bad paths, unsupported config, unusable weight files, tensors that do not fit the model
@@ -232,10 +355,14 @@ def convert(
     """
     from vtp_jax import checkpoint
 
+    notify = _stderr_note if notify is None else notify
     hf_dir, out_dir = os.path.abspath(os.fspath(hf_dir)), os.path.abspath(os.fspath(out_dir))
     if dtype not in checkpoint.DTYPES:
         raise ConversionError(f"unsupported --dtype {dtype!r} (choose from {', '.join(checkpoint.DTYPES)})")
+    if not isinstance(inflight_bytes, int) or inflight_bytes < 1:
+        raise ConversionError(f"inflight_bytes must be a positive int, got {inflight_bytes!r}")
     _check_paths(hf_dir, out_dir, force)
+    clean_stale_temp_dirs(out_dir, notify)
     raw_config, cfg = _read_config(hf_dir)
     abstract = checkpoint.abstract_params(cfg, dtype)
     key_paths = _key_paths(abstract)
@@ -248,6 +375,7 @@ def convert(
     if problems:
         raise ConversionError(_problems_message(f"the weights in {hf_dir} do not fit the model in config.json",
                                                 problems))
+    stall_after = _stall_after()
 
     parent = os.path.dirname(out_dir)
     try:
@@ -256,12 +384,12 @@ def convert(
     except OSError as e:
         raise ConversionError(f"cannot create a directory beside OUT_DIR {out_dir}: {e}") from None
     try:
-        params = _stream(source, chosen, key_paths, expected, progress)
-        if "lm_head.kernel" not in {t.path for t in chosen.values()}:  # tied head: W_head = E^T
-            embedding = _leaf(params, key_paths["language_model.embed_tokens.embedding"])
-            _set(params, key_paths["lm_head.kernel"], np.ascontiguousarray(embedding.T))
-        checkpoint.save_params(os.path.join(tmp, checkpoint.PARAMS_DIR), params)
-        del params
+        with open(os.path.join(tmp, OWNER_FILE), "w", encoding="utf-8") as f:
+            json.dump(_owner_record(out_dir), f, indent=2)
+            f.write("\n")
+        lazy = lazy_params(source, chosen, key_paths, expected)
+        _write_params(os.path.join(tmp, checkpoint.PARAMS_DIR), lazy, inflight_bytes, progress, stall_after, tmp)
+        del lazy
         shutil.copyfile(os.path.join(hf_dir, "config.json"), os.path.join(tmp, checkpoint.CONFIG_FILE))
         _copy_extra_files(hf_dir, tmp)
         meta = {
@@ -274,6 +402,7 @@ def convert(
         with open(os.path.join(tmp, checkpoint.META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
+        os.remove(os.path.join(tmp, OWNER_FILE))
         _commit(tmp, out_dir)
     except SourceError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -287,25 +416,98 @@ def convert(
     return out_dir
 
 
+def _stall_after() -> int | None:
+    value = os.environ.get(STALL_ENV)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConversionError(f"{STALL_ENV}={value!r} is not an integer") from None
+
+
+def _load_tensor(source, name: str, target: names.Target, spec, transpose_after: bool = False):
+    """One parameter: source tensor ``name`` → transform → cast to ``spec.dtype`` (→ transposed: a tied head).
+
+    Returns a C-contiguous numpy array of ``spec.shape`` / ``spec.dtype``. Raises SourceError for a short read or
+    a tensor whose data disagree with its header.
+    """
+    array = source.read(name)
+    out = names.apply_transform(array, target.transform).astype(spec.dtype, copy=False)
+    del array
+    if transpose_after:  # tied head: W_head = E^T
+        out = np.ascontiguousarray(out.T)
+    if out.shape != tuple(spec.shape):  # headers were checked; this guards against lying files
+        raise SourceError(f"tensor {name!r} read with shape {list(out.shape)}, header said otherwise")
+    return out
+
+
+def lazy_params(source, chosen: dict[str, names.Target], key_paths: dict, expected: dict) -> dict:
+    """The parameter pure dict with :class:`~vtp_jax.checkpoint.LazyArray` leaves; nothing is read yet.
+
+    Each leaf's loader reads its source tensor (``source.read``), applies the layout transform and casts it to the
+    expected dtype; leaves are ordered by (file, byte offset) so every file is read front to back. A missing
+    ``lm_head.kernel`` (``plan`` allows that only for tied embeddings) is the transposed token embedding, read again.
+
+    Args:
+      source: a :mod:`convert.sources` source (``read``, ``order_key``).
+      chosen: {HF name: Target} from :func:`plan` (no problems).
+      key_paths: {dotted path: key tuple} of the abstract parameters.
+      expected: {dotted path: jax.ShapeDtypeStruct}.
+    """
+    from vtp_jax.checkpoint import LazyArray
+
+    tree: dict = {}
+    by_path = {}
+    for name, target in chosen.items():
+        spec = expected[target.path]
+        by_path[target.path] = name
+        leaf = LazyArray(spec.shape, spec.dtype, functools.partial(_load_tensor, source, name, target, spec),
+                         order=(*source.order_key(name), 0))
+        _set(tree, key_paths[target.path], leaf)
+    if "lm_head.kernel" not in by_path:
+        name = by_path["language_model.embed_tokens.embedding"]
+        spec = expected["lm_head.kernel"]
+        load = functools.partial(_load_tensor, source, name, chosen[name], spec, transpose_after=True)
+        _set(tree, key_paths["lm_head.kernel"], LazyArray(spec.shape, spec.dtype, load,
+                                                          order=(*source.order_key(name), 1)))
+    return tree
+
+
+def _write_params(path: str, lazy: dict, inflight_bytes: int, progress: bool, stall_after: int | None,
+                  tmp: str) -> None:
+    """Streams ``lazy`` into an Orbax checkpoint at ``path`` with a tqdm bar over tensors."""
+    from tqdm.auto import tqdm
+
+    from vtp_jax import checkpoint
+
+    n_leaves = len(checkpoint.flatten(lazy))
+    written = 0
+    with tqdm(total=n_leaves, desc="vtp-convert", unit="tensor", disable=not progress) as bar:
+
+        def on_written(n: int) -> None:  # called from Orbax's writer thread
+            nonlocal written
+            written += n
+            bar.update(n)
+            if stall_after is not None and written >= stall_after:
+                print(f"{OWNER_TOOL}: test stall after {written} tensors in {tmp}", file=sys.stderr, flush=True)
+                while True:
+                    time.sleep(3600)
+
+        # Orbax logs a traceback (absl ERROR) for a failed background write before re-raising it here; the error
+        # itself reaches the caller, so that log would only repeat it on the command line.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.CRITICAL)
+        try:
+            checkpoint.save_params_streaming(path, lazy, max_inflight_bytes=inflight_bytes, on_written=on_written)
+        except ValueError as e:  # tensorstore / Orbax write failures (e.g. no space left) surface as ValueError
+            raise OSError(f"saving the parameters failed: {e}") from None
+        finally:
+            absl_logger.setLevel(level)
+
+
 def _set(tree: dict, keys: tuple, value) -> None:
     for k in keys[:-1]:
         tree = tree.setdefault(k, {})
     tree[keys[-1]] = value
-
-
-def _stream(source, chosen: dict[str, names.Target], key_paths: dict, expected: dict, progress: bool) -> dict:
-    """Reads the chosen tensors one by one into a nested dict of numpy arrays in the expected dtypes."""
-    from tqdm.auto import tqdm
-
-    params: dict = {}
-    with tqdm(total=len(chosen), desc="vtp-convert", unit="tensor", disable=not progress) as bar:
-        for name, array in source.iter_arrays(list(chosen)):
-            target = chosen[name]
-            spec = expected[target.path]
-            out = names.apply_transform(array, target.transform).astype(spec.dtype, copy=False)
-            del array
-            if out.shape != tuple(spec.shape):  # headers were checked; this guards against lying files
-                raise SourceError(f"tensor {name!r} read with shape {list(out.shape)}, header said otherwise")
-            _set(params, key_paths[target.path], out)
-            bar.update(1)
-    return params

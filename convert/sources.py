@@ -7,9 +7,12 @@ Supported layouts, in order of preference:
 * ``pytorch_model.bin.index.json`` / ``pytorch_model.bin`` (pickle; only with ``allow_pickle=True``, then loaded
   with ``torch.load(weights_only=True)``; torch is imported only there).
 
-safetensors files are opened with ``safe_open(..., framework="numpy")``; bfloat16 comes back as
-``ml_dtypes.bfloat16``. Should an older safetensors refuse a dtype for numpy, the tensor's bytes are read straight
-from the file instead. Every problem raises :class:`SourceError` (turned into a ConversionError by the caller).
+safetensors headers are validated with ``safe_open(..., framework="numpy")``; tensor data is then read with plain
+``readinto`` calls straight from the file into a fresh numpy array (bfloat16 as ``ml_dtypes.bfloat16``), one tensor
+at a time. No file is memory-mapped while tensors are read: the pages of a mapped multi-GB shard would count toward
+the converter's resident memory until the mapping is closed, so reading ``k`` tensors would cost their sum, not
+their maximum. Pickled weights are the exception (``torch.load(mmap=True)``; see :class:`PickleSource`).
+Every problem raises :class:`SourceError` (turned into a ConversionError by the caller).
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ class SafetensorsSource:
     def __init__(self, files_by_name: dict[str, str] | None, single_file: str | None = None):
         from safetensors import safe_open
 
-        self._safe_open = safe_open
         self.tensors: dict[str, TensorInfo] = {}
+        self._spans: dict[tuple[str, str], tuple[int, int]] = {}  # (file, name) → (absolute offset, byte count)
         files = sorted(set(files_by_name.values())) if files_by_name is not None else [single_file]
         present: dict[str, dict[str, TensorInfo]] = {}
         for path in files:
@@ -98,6 +101,13 @@ class SafetensorsSource:
                         present[path][key] = TensorInfo(path, tuple(int(s) for s in sl.get_shape()), sl.get_dtype())
             except Exception as e:  # noqa: BLE001 — safetensors raises its own error types
                 raise SourceError(f"{os.path.basename(path)}: not a valid safetensors file ({e})") from None
+            data_start, header = _header(path)
+            for key in present[path]:
+                try:
+                    begin, end = (int(x) for x in header[key]["data_offsets"])
+                except (KeyError, TypeError, ValueError):
+                    raise SourceError(f"{os.path.basename(path)}: bad header entry for tensor {key!r}") from None
+                self._spans[path, key] = (data_start + begin, end - begin)
         if files_by_name is None:
             self.tensors = present[single_file]
             return
@@ -108,42 +118,97 @@ class SafetensorsSource:
                 )
             self.tensors[name] = present[path][name]
 
+    def order_key(self, name: str) -> tuple[str, int]:
+        """(file, byte offset) of tensor ``name``: sorting by it reads every file front to back."""
+        info = self.tensors[name]
+        return info.file, self._spans[info.file, name][0]
+
+    def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a fresh, writable, C-contiguous numpy array of its stored dtype and shape.
+
+        Reads ``nbytes`` with ``readinto`` (no memory map, no intermediate ``bytes``), so the only memory used is
+        the returned array.
+
+        Raises:
+          SourceError: the file is shorter than its header says, or cannot be read.
+        """
+        info = self.tensors[name]
+        start, nbytes = self._spans[info.file, name]
+        return _read_into(info.file, name, start, nbytes, ST_DTYPES[info.dtype], info.shape)
+
     def iter_arrays(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """Yields (name, array) for ``names``, file by file, one tensor in memory at a time."""
-        by_file: dict[str, list[str]] = {}
+        """Yields (name, array) for ``names`` in the given order, one tensor in memory at a time (see :meth:`read`)."""
         for name in names:
-            by_file.setdefault(self.tensors[name].file, []).append(name)
-        for path, file_names in by_file.items():
-            with self._safe_open(path, framework="numpy") as f:
-                for name in file_names:
-                    try:
-                        array = f.get_tensor(name)
-                    except Exception:  # noqa: BLE001 — e.g. an older safetensors without bf16 for numpy
-                        array = read_raw(path, name)
-                    yield name, array
+            yield name, self.read(name)
+
+
+def _header(path: str) -> tuple[int, dict]:
+    """(absolute offset of the data section, header dict) of a safetensors file.
+
+    Raises:
+      SourceError: the file is too short or its header is not a JSON object.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise SourceError(f"{os.path.basename(path)}: not a valid safetensors file (shorter than 8 bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            raw = f.read(header_len)
+    except OSError as e:
+        raise SourceError(f"{os.path.basename(path)}: cannot be read ({e})") from None
+    if len(raw) != header_len:
+        raise SourceError(f"{os.path.basename(path)}: not a valid safetensors file (truncated header)")
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise SourceError(f"{os.path.basename(path)}: not a valid safetensors file (header: {e})") from None
+    if not isinstance(header, dict):
+        raise SourceError(f"{os.path.basename(path)}: not a valid safetensors file (header is not an object)")
+    return 8 + header_len, header
+
+
+def _read_into(path: str, name: str, start: int, nbytes: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """``nbytes`` little-endian bytes at absolute offset ``start`` of ``path`` as a fresh array (dtype, shape)."""
+    out = np.empty(shape, dtype=np.dtype(dtype).newbyteorder("<"))
+    if out.nbytes != nbytes:
+        raise SourceError(
+            f"{os.path.basename(path)}: tensor {name!r} spans {nbytes} bytes, but shape {list(shape)} of "
+            f"{np.dtype(dtype).name} needs {out.nbytes}"
+        )
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(start)
+            done = 0
+            while done < nbytes:
+                n = f.readinto(view[done:])
+                if not n:
+                    break
+                done += n
+    except OSError as e:
+        raise SourceError(f"{os.path.basename(path)}: reading tensor {name!r} failed ({e})") from None
+    if done != nbytes:
+        raise SourceError(f"{os.path.basename(path)}: truncated data for tensor {name!r}")
+    return out if out.dtype == np.dtype(dtype) else out.astype(dtype)
 
 
 def read_raw(path: str, name: str) -> np.ndarray:
-    """Reads one tensor's bytes straight from a safetensors file (little-endian, row-major).
+    """Reads one tensor's bytes straight from a safetensors file (little-endian, row-major) into a fresh array.
+
+    Returns an array of the tensor's stored shape and dtype (``ml_dtypes.bfloat16`` for BF16).
 
     Raises:
       SourceError: the tensor is absent, its dtype is not a float type, or the file is short.
     """
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        if name not in header:
-            raise SourceError(f"{os.path.basename(path)}: no tensor {name!r}")
-        info = header[name]
-        if info["dtype"] not in ST_DTYPES:
-            raise SourceError(f"{os.path.basename(path)}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        f.seek(8 + header_len + start)
-        data = f.read(end - start)
-    if len(data) != end - start:
-        raise SourceError(f"{os.path.basename(path)}: truncated data for tensor {name!r}")
-    dtype = ST_DTYPES[info["dtype"]].newbyteorder("<")
-    return np.frombuffer(data, dtype=dtype).reshape(info["shape"]).astype(ST_DTYPES[info["dtype"]])
+    data_start, header = _header(path)
+    if name not in header or name == "__metadata__":
+        raise SourceError(f"{os.path.basename(path)}: no tensor {name!r}")
+    info = header[name]
+    if info["dtype"] not in ST_DTYPES:
+        raise SourceError(f"{os.path.basename(path)}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    return _read_into(path, name, data_start + start, end - start, ST_DTYPES[info["dtype"]], tuple(info["shape"]))
 
 
 _TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -157,6 +222,7 @@ class PickleSource:
 
         self._torch = torch
         self._state: dict = {}
+        self._position: dict[str, int] = {}
         self.tensors: dict[str, TensorInfo] = {}
         for path in files:
             try:
@@ -172,14 +238,27 @@ class PickleSource:
                 code = _TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
                 self.tensors[name] = TensorInfo(path, tuple(t.shape), code)
                 self._state[name] = t
+                self._position[name] = len(self._position)
+
+    def order_key(self, name: str) -> tuple[str, int]:
+        """(file, position in that file's state dict): the order the pickles were written in."""
+        return self.tensors[name].file, self._position[name]
+
+    def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a numpy array of its stored dtype and shape (bfloat16 as ``ml_dtypes.bfloat16``).
+
+        The state dicts stay memory-mapped for the whole conversion, so pages read here stay resident until the
+        source is dropped: pickled checkpoints are not held to the streaming memory bound of safetensors.
+        """
+        t = self._state[name].detach().contiguous()
+        if t.dtype == self._torch.bfloat16:
+            return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
 
     def iter_arrays(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """Yields (name, array) for ``names`` in the given order (see :meth:`read`)."""
         for name in names:
-            t = self._state[name].detach().contiguous()
-            if t.dtype == self._torch.bfloat16:
-                yield name, t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
-            else:
-                yield name, t.numpy()
+            yield name, self.read(name)
 
 
 def open_source(hf_dir: str, *, allow_pickle: bool):

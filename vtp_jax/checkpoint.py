@@ -9,6 +9,10 @@ A converted directory (written by ``vtp-convert``, see :mod:`convert`) holds::
                     nested dicts keyed by attribute name / layer index, leaves are arrays in ``dtype``)
     tokenizer*.json, processor / chat-template / generation_config files copied from HF_DIR
 
+Saving: :func:`save_params` writes an in-memory dict; :func:`save_params_streaming` writes a dict of
+:class:`LazyArray` leaves a few at a time (the converter's path, memory independent of the model's size). Both give
+the same Orbax StandardCheckpointHandler checkpoint.
+
 Loading never initialises full weights at random: the model is built abstractly with ``nnx.eval_shape`` and the
 parameters are restored straight into that shape/dtype target.
 
@@ -17,6 +21,7 @@ Errors: :class:`CheckpointError` (a ``ValueError``) for anything that is not a l
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -99,9 +104,180 @@ def save_params(path: str | os.PathLike, params: dict) -> None:
     """Writes the parameter pure dict (numpy or jax array leaves) as an Orbax checkpoint at ``path``.
 
     ``path`` must not exist yet (Orbax creates it). Synchronous: returns once the checkpoint is committed.
+    The whole dict is in memory (and Orbax copies numpy leaves once more); for model-sized trees use
+    :func:`save_params_streaming`.
     """
     ocp, ckpt = _checkpointer()
     ckpt.save(os.path.abspath(os.fspath(path)), args=ocp.args.StandardSave(params))
+
+
+class LazyArray:
+    """A checkpoint leaf that is produced only when :func:`save_params_streaming` writes it.
+
+    Attributes:
+      shape: the array's shape (tuple of ints).
+      dtype: its numpy dtype (e.g. ``np.float32``, ``ml_dtypes.bfloat16``).
+      load: a zero-argument callable returning a numpy array of exactly ``shape`` and ``dtype`` (any strides);
+        called once, from a worker thread, and the array is dropped as soon as it is written.
+      order: a sortable key; leaves are loaded in ascending order (e.g. (file, byte offset) of the source).
+    """
+
+    __slots__ = ("shape", "dtype", "load", "order")
+
+    def __init__(self, shape, dtype, load, order: Any = 0):
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.load = load
+        self.order = order
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the loaded array (product of ``shape`` × itemsize)."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __repr__(self) -> str:
+        return f"LazyArray(shape={self.shape}, dtype={self.dtype.name})"
+
+
+DEFAULT_INFLIGHT_BYTES = 256 << 20  # loaded-but-not-yet-written bytes allowed at once by save_params_streaming
+
+
+@functools.cache
+def _streaming_classes():
+    """(LazyNumpyHandler, LazyPyTreeHandler, LazySave): Orbax classes defined once, on first use (Orbax registers
+    handler classes globally by name, so they must not be re-created per call)."""
+    import asyncio
+    import dataclasses
+
+    import orbax.checkpoint as ocp
+
+    class LazyNumpyHandler(ocp.type_handlers.NumpyHandler):
+        """Orbax's NumpyHandler (same tensorstore spec, same metadata, typestr "np.ndarray"), for LazyArray leaves:
+        each leaf is loaded only when its turn comes, and at most ``max_inflight_bytes`` of loaded leaves await
+        their write at once (a leaf larger than that is written alone)."""
+
+        def __init__(self, max_inflight_bytes: int, on_written):
+            super().__init__(deepcopy_host_arrays=False)
+            self._max_inflight = max_inflight_bytes
+            self._on_written = on_written
+
+        async def serialize(self, values, infos, args=None):
+            args = args or [ocp.SaveArgs()] * len(values)
+            return [ocp.future.CommitFutureAwaitingContractedSignals(
+                self._stream(list(values), list(infos), list(args)), name="vtp_lazy_numpy")]
+
+        async def _write_one(self, lazy, info, arg):
+            array = await asyncio.to_thread(lazy.load)
+            if tuple(array.shape) != lazy.shape or np.dtype(array.dtype) != lazy.dtype:
+                raise ValueError(
+                    f"leaf {info.name!r} loaded as {np.dtype(array.dtype).name}{list(array.shape)}, "
+                    f"expected {lazy.dtype.name}{list(lazy.shape)}"
+                )
+            # NumpyHandler's own writer for this one value: Orbax's tensorstore spec, awaited until committed.
+            await self._background_serialize([array], [info], [arg])
+            return lazy.nbytes
+
+        async def _stream(self, values, infos, args):
+            pending: set = set()
+            inflight = 0
+
+            async def settle():
+                nonlocal pending, inflight
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    inflight -= task.result()  # re-raises a failed load or write
+                    if self._on_written is not None:
+                        self._on_written(1)
+
+            try:
+                for i in sorted(range(len(values)), key=lambda j: values[j].order):
+                    while pending and inflight + values[i].nbytes > self._max_inflight:
+                        await settle()
+                    inflight += values[i].nbytes
+                    pending.add(asyncio.ensure_future(self._write_one(values[i], infos[i], args[i])))
+                while pending:
+                    await settle()
+            except BaseException:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
+
+    class LazyPyTreeHandler(ocp.PyTreeCheckpointHandler):
+        """PyTreeCheckpointHandler (with StandardCheckpointHandler's settings) over a registry that knows only
+        LazyArray leaves."""
+
+        def __init__(self, max_inflight_bytes: int, on_written):
+            registry = ocp.type_handlers.create_type_handler_registry(
+                (LazyArray, LazyNumpyHandler(max_inflight_bytes, on_written)))
+            super().__init__(save_concurrent_gb=96, restore_concurrent_gb=96, type_handler_registry=registry)
+
+    @ocp.args.register_with_handler(LazyPyTreeHandler, for_save=True, for_restore=True)
+    @dataclasses.dataclass
+    class LazySave(ocp.args.PyTreeSave):
+        """PyTreeSave for LazyPyTreeHandler (Orbax's Checkpointer looks handlers' args up by exact class)."""
+
+    return LazyNumpyHandler, LazyPyTreeHandler, LazySave
+
+
+def save_params_streaming(
+    path: str | os.PathLike,
+    params: dict,
+    *,
+    max_inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+    on_written=None,
+) -> None:
+    """Writes a pure dict of :class:`LazyArray` leaves as an Orbax checkpoint at ``path``, a few leaves at a time.
+
+    The result is the checkpoint :func:`save_params` writes for the loaded dict (same ``_METADATA``, same
+    tensorstore arrays, same ``StandardCheckpointHandler`` record), restorable with :func:`load`; but no more
+    than ``max_inflight_bytes`` of loaded leaves (at least one leaf) are held at once, so peak memory is about
+    ``max_inflight_bytes`` + the largest leaf (+ what each ``load`` needs transiently), whatever the tree's size.
+
+    Args:
+      path: the checkpoint directory; must not exist yet (Orbax creates it, via a temporary sibling).
+      params: nested dicts (str / int keys) whose leaves are all :class:`LazyArray`.
+      max_inflight_bytes: bytes of loaded leaves allowed to await their write at once.
+      on_written: optional callable, called with 1 from a worker thread after each leaf is committed.
+
+    Raises:
+      TypeError: a leaf is not a LazyArray.
+      Whatever a leaf's ``load`` raises (the first such error, re-raised unchanged); ValueError for a leaf whose
+        ``load`` returned the wrong shape or dtype; OSError / ValueError from Orbax for write failures. The
+        partial checkpoint is left for the caller to remove.
+    """
+    bad = [leaf for leaf in jax.tree.leaves(params) if not isinstance(leaf, LazyArray)]
+    if bad:
+        raise TypeError(f"save_params_streaming needs LazyArray leaves, got {type(bad[0]).__name__}")
+    import orbax.checkpoint as ocp
+
+    _, handler_cls, save_args = _streaming_classes()
+    path = os.path.abspath(os.fspath(path))
+    ocp.Checkpointer(handler_cls(int(max_inflight_bytes), on_written)).save(path, args=save_args(params))
+    _record_standard_handler(path, handler_cls.typestr(), ocp.StandardCheckpointHandler.typestr())
+
+
+def _record_standard_handler(path: str, ours: str, standard: str) -> None:
+    """Names StandardCheckpointHandler in ``path/_CHECKPOINT_METADATA`` instead of our PyTree handler.
+
+    What LazyPyTreeHandler writes is what StandardCheckpointHandler writes for the loaded dict (the same _METADATA,
+    the same tensorstore arrays and OCDBT layout), so the record says so, and a tool that picks its handler from
+    the record (a CheckpointManager without explicit handlers) finds one it can import. A record of another shape
+    is left alone.
+    """
+    meta_path = os.path.join(path, "_CHECKPOINT_METADATA")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(meta, dict) or meta.get("item_handlers") != ours:
+        return
+    meta["item_handlers"] = standard
+    tmp = meta_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    os.replace(tmp, meta_path)
 
 
 def read_meta(model_dir: str | os.PathLike) -> tuple[dict, dict]:
