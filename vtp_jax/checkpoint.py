@@ -307,6 +307,97 @@ def read_meta(model_dir: str | os.PathLike) -> tuple[dict, dict]:
     return texts[CONFIG_FILE], meta
 
 
+RESTORE_GROUP_BYTES = 512 * 2**20  # parameters restored per Orbax call (a larger tensor is restored alone)
+
+
+def _restore_groups(flat: dict[str, Any], budget: int) -> list[list[str]]:
+    """Consecutive dotted paths of ``flat`` (leaves with ``.shape`` / ``.dtype``) in groups of at most ``budget``
+    bytes (a leaf larger than ``budget`` forms a group of its own)."""
+    groups, cur, size = [], [], 0
+    for path, leaf in flat.items():
+        n = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        if cur and size + n > budget:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(path)
+        size += n
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _subtree(tree: dict, keep: set[str], prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            sub = _subtree(value, keep, path + ".")
+            if sub:
+                out[key] = sub
+        elif path in keep:
+            out[key] = value
+    return out
+
+
+def restore_params(path: str | os.PathLike, target: dict, *, group_bytes: int = RESTORE_GROUP_BYTES) -> dict:
+    """Restores the Orbax parameter checkpoint at ``path`` into ``target`` (a pure dict of ``jax.ShapeDtypeStruct``
+    with shardings) → the same dict with ``jax.Array`` leaves in the target dtypes and shardings.
+
+    The parameters are restored a group of about ``group_bytes`` at a time (Orbax partial restores): restoring the
+    whole tree in one call holds tensorstore's read buffers of every array at once — measured on a 3.2 GB bf16
+    checkpoint (LLaDA-V width, one decoder layer): peak RSS 5.7 GB in one call, 3.8 GB leaf by leaf, where the
+    parameters alone take 3.4 GB with the runtime. Arrays are read in the stored dtype and cast only if the target
+    dtype differs (bf16 → bf16 creates no float32 intermediate).
+
+    Raises:
+      ValueError / KeyError / OSError: Orbax's errors for a checkpoint that does not fit ``target``.
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.fspath(path))
+    ckpt = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    metadata = ckpt.metadata(path)
+    stored = flatten(_pure_tree(metadata))
+    flat = flatten(target)
+    missing = sorted(set(flat) - set(stored))
+    surplus = sorted(set(stored) - set(flat))
+    if missing or surplus:
+        raise ValueError(f"checkpoint and model differ: missing {missing[:5]}, unexpected {surplus[:5]}")
+    for p, spec in flat.items():
+        shape = tuple(getattr(stored[p], "shape", ()) or ())
+        if shape != tuple(spec.shape):
+            raise ValueError(f"{p}: stored shape {list(shape)}, the model needs {list(spec.shape)}")
+    restored: dict[str, Any] = {}
+    for group in _restore_groups(flat, group_bytes):
+        item = _subtree(target, set(group))
+        args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype,
+                                                           global_shape=s.shape), item)
+        out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
+        restored.update(flatten(out))
+    result: dict = {}
+    for keys, spec in _key_tuples(target):
+        node = result
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = restored[".".join(map(str, keys))]
+    return result
+
+
+def _pure_tree(metadata) -> dict:
+    """The nested dict of a PyTree checkpoint's metadata (Orbax returns a mapping or an object holding it)."""
+    tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", None) or metadata
+    tree = getattr(tree, "tree", tree)
+    return dict(tree)
+
+
+def _key_tuples(tree: dict, prefix: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _key_tuples(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
 def load(model_dir: str | os.PathLike, dtype: Any = None) -> tuple[nnx.Module, LlavaConfig, dict]:
     """Loads a converted directory → (model, config, meta).
 
@@ -332,9 +423,8 @@ def load(model_dir: str | os.PathLike, dtype: Any = None) -> tuple[nnx.Module, L
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
         nnx.to_pure_dict(nnx.filter_state(state, nnx.Param)),
     )
-    ocp, ckpt = _checkpointer()
     try:
-        restored = ckpt.restore(os.path.join(model_dir, PARAMS_DIR), args=ocp.args.StandardRestore(target))
+        restored = restore_params(os.path.join(model_dir, PARAMS_DIR), target)
     except (ValueError, KeyError, OSError, FileNotFoundError) as e:
         raise CheckpointError(
             f"{model_dir}: parameters do not match the model described by config.json: {e}"
