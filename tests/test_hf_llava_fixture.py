@@ -72,8 +72,10 @@ def test_config_fields_and_rope_json(tmp_path):
     plain = hf_llava.tiny_llava_config(vision_feature_select_strategy="full")
     assert plain.text_config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
     assert plain.image_seq_length == 50
+    floored = hf_llava.tiny_llava_config(image_size=200)  # not a multiple of patch 32: the conv floors, 6 × 6
+    assert floored.image_seq_length == 36
     with pytest.raises(ValueError):
-        hf_llava.tiny_llava_config(image_size=200)
+        hf_llava.tiny_llava_config(image_size=16)  # smaller than one patch
 
 
 # --- processor -------------------------------------------------------------------------------

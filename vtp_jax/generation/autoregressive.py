@@ -28,7 +28,7 @@ from flax import nnx
 
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
-from vtp_jax.modeling.attention import mask_free_attention
+from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning import dyrate as dyrate_lib
@@ -344,21 +344,21 @@ class AutoregressiveGenerator:
         args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), jnp.asarray(pixel_values, jnp.float32))
         stages: dict = {}
         dropped = None
-        all_valid = mask_free_attention(attention_mask)  # GPU, no padding: cuDNN attention in prefill
+        mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in prefill
         t0 = time.perf_counter()
         dy_weights = self._dy_weights if self._dyrate is not None else None
         dy = None
         if self._relevance is None:
             dy_args = {"dy_weights": dy_weights} if dy_weights is not None else {}  # same signature as before DyRate
             pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens,
-                               all_valid=all_valid, **dy_args)
+                               **mask_kw, **dy_args)
             dy = pre.dyrate
             token, caches, next_pos, key, kept = pre.token, pre.caches, pre.next_pos, pre.key, pre.kept
             kept_pre = pre.kept_pre
             jax.block_until_ready(token)
         else:
             seq, vmask, kept, head_caches, a_tv, a_vt = self.prefill_head(self.state, *args, max_new_tokens=max_new_tokens,
-                                                                          all_valid=all_valid)
+                                                                          **mask_kw)
             a_tv, a_vt = np.asarray(a_tv), np.asarray(a_vt)  # host sync: the decision picks the compiled shape
             dropped = self._relevance.fires(a_tv, a_vt)
             token, tail_caches, next_pos, key = self.prefill_tail(

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vtp_jax.modeling.decoder import SequenceState
-from vtp_jax.modeling.attention import mask_free_attention
+from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
 
@@ -336,11 +336,11 @@ class DiffusionGenerator:
         prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays, static=static)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
-        all_valid = mask_free_attention(attention_mask)  # GPU, no padding: cuDNN attention in every step
+        mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in every step
         x_gen, counts, key, prompt, kept = self.first_step(
-            self.state, prompt, key, temperature=temperature, num_visual=n_left, all_valid=all_valid
+            self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw
         )
-        x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature, all_valid=all_valid)
+        x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature, **mask_kw)
         tokens = np.asarray(jax.block_until_ready(x_gen))
         t2 = time.perf_counter()
         if kept is None:

@@ -60,6 +60,13 @@ def mask_free_attention(attention_mask) -> bool:
     return jax.default_backend() == "gpu" and bool(np.all(np.asarray(attention_mask)))
 
 
+def mask_free_kwargs(attention_mask) -> dict:
+    """``{"all_valid": True}`` when :func:`mask_free_attention` holds, else ``{}``, for the generators' jitted
+    calls: the static flag is passed only when set, so a caller that omits it (the default, False) shares the same
+    compiled function instead of adding a second cache entry."""
+    return {"all_valid": True} if mask_free_attention(attention_mask) else {}
+
+
 def attention_rows(
     q: jax.Array, k: jax.Array, rows: jax.Array, mask: jax.Array, scale: float
 ) -> jax.Array:
