@@ -29,7 +29,7 @@ from flax import nnx
 from vtp_jax.generation.sampling import sample_token
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
-from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
+from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning import dyrate as dyrate_lib
 from vtp_jax.pruning.todre_relevance import relevance_ratios
@@ -141,7 +141,7 @@ class AutoregressiveGenerator:
             self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
             self._dy_weights = (jnp.asarray(self._predictor.weight), jnp.asarray(self._predictor.bias))
         self.graphdef, self.state = nnx.split(model)
-        opts = compiler_options()  # CPU: no float32 copy of every bf16 weight at once (modeling/layers.py)
+        opts = compiler_options(low_precision_weights(self.state))  # CPU bf16: no f32 copy of every weight
         self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens", "all_valid"), compiler_options=opts)
         self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens", "all_valid"),
                                     compiler_options=opts)

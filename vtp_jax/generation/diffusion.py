@@ -34,7 +34,7 @@ from flax import nnx
 
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
-from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights
+from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
 
 
@@ -198,7 +198,7 @@ class DiffusionGenerator:
         self.num_layers = model.cfg.text.num_hidden_layers
         self.image_token_id = model.cfg.image_token_id
         self.graphdef, self.state = nnx.split(model)
-        opts = compiler_options()  # CPU: no float32 copy of every bf16 weight at once (modeling/layers.py)
+        opts = compiler_options(low_precision_weights(self.state))  # CPU bf16: no f32 copy of every weight
         self.encode = jax.jit(self._encode, static_argnames=("static",), compiler_options=opts)
         self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual", "all_valid"),
                                   compiler_options=opts)

@@ -45,11 +45,17 @@ ACTIVATIONS = {
 CPU_BLOCK_BYTES = 24 * 2**20
 
 
-def compiler_options() -> dict | None:
-    """XLA compiler options for every jitted generation function: on the CPU backend the memory-optimised
-    scheduler (see the module docstring: without it a bf16 model's compiled temp memory is the float32 size of
-    all its weights); None elsewhere."""
-    if jax.default_backend() == "cpu":
+def low_precision_weights(params) -> bool:
+    """Whether a parameter pytree holds any bfloat16 / float16 array (the case the CPU measures below are for)."""
+    return any(getattr(x, "dtype", None) in (jnp.bfloat16, jnp.float16) for x in jax.tree.leaves(params))
+
+
+def compiler_options(low_precision: bool = True) -> dict | None:
+    """XLA compiler options for the jitted generation functions of a model: on the CPU backend, for bf16 / f16
+    weights, the memory-optimised scheduler (see the module docstring: without it a bf16 model's compiled temp
+    memory is the float32 size of all its weights); None elsewhere. Float32 models have no such copies and keep
+    XLA's default (concurrency-optimised) scheduler (on the tiny f32 bench presets the two measured the same)."""
+    if low_precision and jax.default_backend() == "cpu":
         return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     return None
 
@@ -61,8 +67,11 @@ def loop_invariant_weights(params, counter):
     XLA's while-loop invariant code motion hoists ``convert(W)`` of loop-invariant bf16 weights out of the loop
     (see the module docstring), which keeps a float32 copy of every weight alive for the whole decode loop (a 7B
     model's decode asked for 27.5 GB). Tied to the loop-variant ``counter``, the barrier's outputs are
-    loop-variant, so each convert stays inside the body, next to its dot. Values are unchanged.
+    loop-variant, so each convert stays inside the body, next to its dot. Values are unchanged. Float32 ``params``
+    are returned as they are (XLA may hoist their layout changes out of the loop, which is what a f32 model wants).
     """
+    if not low_precision_weights(params):  # nothing to keep in the loop; hoisting helps f32 models
+        return params
     params, _ = jax.lax.optimization_barrier((params, counter))
     return params
 
