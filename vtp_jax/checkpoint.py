@@ -310,20 +310,27 @@ def read_meta(model_dir: str | os.PathLike) -> tuple[dict, dict]:
 RESTORE_GROUP_BYTES = 512 * 2**20  # parameters restored per Orbax call (a larger tensor is restored alone)
 
 
-def _restore_groups(flat: dict[str, Any], budget: int) -> list[list[str]]:
-    """Consecutive dotted paths of ``flat`` (leaves with ``.shape`` / ``.dtype``) in groups of at most ``budget``
-    bytes (a leaf larger than ``budget`` forms a group of its own)."""
+def group_by_bytes(items: list, nbytes, budget: int) -> list[list]:
+    """Greedy split of ``items`` (in order) into consecutive groups of at most ``budget`` bytes, ``nbytes(item)``
+    giving each item's size; an item larger than ``budget`` forms a group of its own. Used for restore groups here
+    and for the shards of the full-size checkpoint writer."""
     groups, cur, size = [], [], 0
-    for path, leaf in flat.items():
-        n = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    for item in items:
+        n = nbytes(item)
         if cur and size + n > budget:
             groups.append(cur)
             cur, size = [], 0
-        cur.append(path)
+        cur.append(item)
         size += n
     if cur:
         groups.append(cur)
     return groups
+
+
+def _restore_groups(flat: dict[str, Any], budget: int) -> list[list[str]]:
+    """Dotted paths of ``flat`` (leaves with ``.shape`` / ``.dtype``) in groups of at most ``budget`` bytes."""
+    return group_by_bytes(list(flat), lambda p: int(np.prod(flat[p].shape)) * np.dtype(flat[p].dtype).itemsize,
+                          budget)
 
 
 def _subtree(tree: dict, keep: set[str], prefix: str = "") -> dict:
@@ -398,6 +405,20 @@ def _key_tuples(tree: dict, prefix: tuple = ()):
             yield prefix + (key,), value
 
 
+def read_config(model_dir: str | os.PathLike) -> tuple[LlavaConfig, dict]:
+    """(model config, vtp_jax.json dict) of a converted directory from its JSON files only (no weights read).
+
+    Raises:
+      CheckpointError: not a converted directory, or a config.json this library cannot build a model from.
+    """
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    hf_config, meta = read_meta(model_dir)
+    try:
+        return config_from_hf(hf_config), meta
+    except ConfigError as e:
+        raise CheckpointError(f"{os.path.join(model_dir, CONFIG_FILE)}: {e}") from None
+
+
 def load(model_dir: str | os.PathLike, dtype: Any = None) -> tuple[nnx.Module, LlavaConfig, dict]:
     """Loads a converted directory → (model, config, meta).
 
@@ -411,11 +432,7 @@ def load(model_dir: str | os.PathLike, dtype: Any = None) -> tuple[nnx.Module, L
         the model the config describes.
     """
     model_dir = os.path.abspath(os.fspath(model_dir))
-    hf_config, meta = read_meta(model_dir)
-    try:
-        cfg = config_from_hf(hf_config)
-    except ConfigError as e:
-        raise CheckpointError(f"{os.path.join(model_dir, CONFIG_FILE)}: {e}") from None
+    cfg, meta = read_config(model_dir)
     name = dtype_name(meta.get("dtype", "float32") if dtype is None else dtype)
     graphdef, state = abstract_model(cfg, name)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

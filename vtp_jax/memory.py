@@ -347,15 +347,9 @@ def check_fits(est: MemoryEstimate, *, where: str, limit_bytes: int | None = Non
 def model_config(model_dir: str | os.PathLike) -> tuple[Any, str, dict]:
     """(config, parameter dtype name, vtp_jax.json dict) of a converted directory, from its JSON files only (no
     weights read): what :func:`vtp_jax.checkpoint.load` would build. Raises CheckpointError like ``load``."""
-    from vtp_jax.checkpoint import CONFIG_FILE, CheckpointError, dtype_name, read_meta
-    from vtp_jax.config import ConfigError, config_from_hf
+    from vtp_jax.checkpoint import dtype_name, read_config
 
-    model_dir = os.path.abspath(os.fspath(model_dir))
-    hf_config, meta = read_meta(model_dir)
-    try:
-        cfg = config_from_hf(hf_config)
-    except ConfigError as e:
-        raise CheckpointError(f"{os.path.join(model_dir, CONFIG_FILE)}: {e}") from None
+    cfg, meta = read_config(model_dir)
     return cfg, dtype_name(meta.get("dtype", "float32")), meta
 
 

@@ -375,20 +375,11 @@ _ST = {"bfloat16": ("BF16", 2), "float16": ("F16", 2), "float32": ("F32", 4)}
 def plan_shards(specs: list[tuple[str, tuple, str]], dtype: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES
                 ) -> list[list[tuple[str, tuple, str]]]:
     """Greedy split of ``specs`` (in order) into shards of at most ``max_shard_bytes``; a tensor larger than the
-    limit gets a shard of its own."""
+    limit gets a shard of its own (:func:`vtp_jax.checkpoint.group_by_bytes`)."""
+    from vtp_jax.checkpoint import group_by_bytes
+
     size = _ST[dtype][1]
-    shards: list[list] = []
-    cur, cur_bytes = [], 0
-    for spec in specs:
-        nbytes = int(np.prod(spec[1])) * size
-        if cur and cur_bytes + nbytes > max_shard_bytes:
-            shards.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(spec)
-        cur_bytes += nbytes
-    if cur:
-        shards.append(cur)
-    return shards
+    return group_by_bytes(specs, lambda spec: int(np.prod(spec[1])) * size, max_shard_bytes)
 
 
 def _header(shard: list[tuple[str, tuple, str]], dtype: str) -> bytes:
