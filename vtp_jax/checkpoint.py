@@ -381,13 +381,8 @@ def restore_params(path: str | os.PathLike, target: dict, *, group_bytes: int = 
                                                            global_shape=s.shape), item)
         out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
         restored.update(flatten(out))
-    result: dict = {}
-    for keys, spec in _key_tuples(target):
-        node = result
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = restored[".".join(map(str, keys))]
-    return result
+    return jax.tree_util.tree_map_with_path(
+        lambda keys, _: restored[".".join(str(k.key) for k in keys)], target)
 
 
 def _pure_tree(metadata) -> dict:
@@ -396,13 +391,6 @@ def _pure_tree(metadata) -> dict:
     tree = getattr(tree, "tree", tree)
     return dict(tree)
 
-
-def _key_tuples(tree: dict, prefix: tuple = ()):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _key_tuples(value, prefix + (key,))
-        else:
-            yield prefix + (key,), value
 
 
 def read_config(model_dir: str | os.PathLike) -> tuple[LlavaConfig, dict]:
