@@ -1,0 +1,101 @@
+"""Validated argparse types shared by every command-line front end (vtp-generate, vtp-eval, vtp-bench, vtp-convert,
+the trainers): a bad value is an argparse usage error (``<prog>: error: argument --flag: <why>``, exit 2) before
+anything runs, never an ``OverflowError`` or a silent clamp later.
+
+* :func:`integer` / :func:`real` — range-checked int / finite float types (``nan`` and ``inf`` are refused).
+* :data:`SEED` — a seed in ``[0, SEED_MAX]`` (what ``numpy.random.default_rng`` and ``jax.random.key`` accept on
+  every backend without overflow).
+* :data:`POSITIVE`, :data:`NON_NEGATIVE`, :data:`PROBABILITY` (``(0, 1]``, e.g. top-p), :data:`UNIT_INTERVAL`
+  (``[0, 1]``, e.g. a threshold), :data:`NON_NEGATIVE_REAL` (e.g. a temperature or a guidance scale).
+
+Each type is a plain callable ``str -> value`` raising ``argparse.ArgumentTypeError``; :func:`check_value` applies the
+same rule to a value that did not come from the command line (the Python API), raising ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+SEED_MAX = 2**32 - 1
+
+
+def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '≥'} {lo}"
+    return f"{'<' if hi_open else '≤'} {hi}"
+
+
+def _check_range(value, lo, hi, lo_open: bool, hi_open: bool) -> str | None:
+    """None when ``value`` is inside the range, else the reason it is not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    below = lo is not None and (value <= lo if lo_open else value < lo)
+    above = hi is not None and (value >= hi if hi_open else value > hi)
+    if below or above:
+        return f"must be {_range_text(lo, hi, lo_open, hi_open)}, got {value}"
+    return None
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[lo, hi]`` (either bound may be None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        why = _check_range(value, lo, hi, False, False)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def real(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+         hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in the range (closed bounds unless ``lo_open`` / ``hi_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        why = _check_range(value, lo, hi, lo_open, hi_open)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+SEED = integer(0, SEED_MAX)
+POSITIVE = integer(1)
+NON_NEGATIVE = integer(0)
+PROBABILITY = real(0.0, 1.0, lo_open=True)
+UNIT_INTERVAL = real(0.0, 1.0)
+NON_NEGATIVE_REAL = real(0.0)
+FINITE = real()
+
+
+def check_value(name: str, value, parse: Callable[[str], object]) -> None:
+    """Applies the rule of an argparse type from this module to a Python value (not a string).
+
+    Raises:
+      ValueError: ``"<name> <why>"`` when ``value`` breaks the rule (or is not a number).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if parse.__name__ == "integer" and not isinstance(value, int):
+        if not (isinstance(value, float) and value.is_integer()):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    try:
+        parse(repr(int(value)) if parse.__name__ == "integer" and math.isfinite(value) else repr(float(value)))
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"{name} {e}") from None
