@@ -148,6 +148,15 @@ def test_pack_features_rejects_bad_inputs():
 def test_legacy_unpad_truncates():
     # LLaDA-V's llava_arch.unpad_image uses int(x); transformers int(round(x, 7)). They agree except where x falls
     # a rounding error below an integer; both are available, the default is transformers'.
+    # 820×738 on a 3×2 grid of 27-patch tiles (81×54 features): x = 820 · 54 / 738 = 59.99999999999999 in floats.
+    # Truncation: new_h = 59, pad = (81 − 59) // 2 = 11 → rows [11, 70); rounding: new_h = 60, pad = 10 → [10, 71).
+    assert anyres.grid_shape((820, 738), [(j * 384, i * 384) for i in range(1, 7) for j in range(1, 7)], 384) == (3, 2)
+    assert anyres.unpad_crop((820, 738), (81, 54)) == ((10, 71), (0, 54))
+    assert anyres.unpad_crop((820, 738), (81, 54), legacy_unpad=True) == ((11, 70), (0, 54))
+    # The width branch: a 49×49 image on 27×54 features: x = 49 · (27 / 49) = 26.999999999999996 → new_w 26 (pad 14,
+    # columns [14, 40)) truncated, 27 (pad 13, columns [13, 41)) rounded.
+    assert anyres.unpad_crop((49, 49), (27, 54)) == ((0, 27), (13, 41))
+    assert anyres.unpad_crop((49, 49), (27, 54), legacy_unpad=True) == ((0, 27), (14, 40))
     pins = [(j * 384, i * 384) for i in range(1, 7) for j in range(1, 7)]
     differ = []
     for h in range(1, 1200, 7):
@@ -157,7 +166,7 @@ def test_legacy_unpad_truncates():
             b = anyres.unpad_crop((h, w), (g[0] * 27, g[1] * 27), legacy_unpad=True)
             if a != b:
                 differ.append((h, w))
-    assert len(differ) < 5  # rare
+    assert differ == [(820, 738)]  # the only size of this sweep where the two rules disagree
 
 
 def test_parse_grid_pinpoints():
