@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -137,32 +138,116 @@ class RatePredictor:
         return feats @ jnp.asarray(self.weight) + jnp.asarray(self.bias)
 
     def save(self, path: str) -> None:
-        """Writes ``path`` (safetensors: ``weight``, ``bias``; metadata ``layer`` and ``meta`` as JSON)."""
+        """Writes ``path`` (safetensors: ``weight``, ``bias`` float32; metadata ``format`` = :data:`PREDICTOR_FORMAT`,
+        ``layer`` and ``meta`` as JSON), through a temporary file renamed into place.
+
+        Raises:
+          PruningError: what :meth:`load` would refuse (weight / bias shapes, NaN or inf values, a negative or
+            non-integer layer, a meta that is not a JSON-able dict); nothing is written then.
+        """
         from safetensors.numpy import save_file
 
+        weight = np.asarray(self.weight, np.float32)
+        bias = np.asarray(self.bias, np.float32)
+        where = f"refusing to write DyRate predictor {path!r}"
+        _check_tensors(where, weight, bias)
+        if isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer)) or self.layer < 0:
+            raise PruningError(f"{where}: layer must be an integer ≥ 0, got {self.layer!r}")
+        if not isinstance(self.meta, dict):
+            raise PruningError(f"{where}: meta must be a dict, got {type(self.meta).__name__}")
+        try:
+            meta = json.dumps(self.meta)
+        except (TypeError, ValueError) as e:
+            raise PruningError(f"{where}: meta is not JSON-serialisable ({e})") from None
         tmp = path + ".tmp"
-        save_file({"weight": np.asarray(self.weight, np.float32), "bias": np.asarray(self.bias, np.float32)}, tmp,
-                  metadata={"layer": str(self.layer), "meta": json.dumps(self.meta), "format": "vtp_jax.dyrate.v1"})
-        os.replace(tmp, path)
+        try:
+            save_file({"weight": weight, "bias": bias}, tmp,
+                      metadata={"layer": str(int(self.layer)), "meta": meta, "format": PREDICTOR_FORMAT})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     @staticmethod
     def load(path: str) -> "RatePredictor":
-        """Reads a file written by :meth:`save`. Raises PruningError (missing or malformed file)."""
+        """Reads a file written by :meth:`save`.
+
+        Raises:
+          PruningError, naming the file and the field or tensor: no such file (or a directory); not a safetensors
+            file (empty, truncated, random bytes: "is not a vtp-train-dyrate file"); metadata ``format`` missing or
+            not :data:`PREDICTOR_FORMAT`; ``layer`` missing or not an integer ≥ 0; ``meta`` not a JSON object;
+            tensor ``weight`` / ``bias`` missing, not floating point, of the wrong rank, of shapes that do not fit
+            [H·4, K] / [K] (K ≥ 1, H ≥ 1), or holding NaN / inf values.
+        """
         from safetensors import safe_open
 
+        if os.path.isdir(path):
+            raise PruningError(f"DyRate predictor {path!r} is a directory, not a predictor file")
         if not os.path.isfile(path):
             raise PruningError(f"DyRate predictor {path!r} not found (train one with vtp-train-dyrate)")
+        where = f"DyRate predictor {path!r}"
         try:
             with safe_open(path, "np") as fh:
                 meta = fh.metadata() or {}
-                weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
-            layer = int(meta["layer"])
+                names = set(fh.keys())
+                missing = [n for n in ("weight", "bias") if n not in names]
+                if missing:
+                    raise PruningError(f"{where}: tensor {' and '.join(map(repr, missing))} missing "
+                                       f"(the file holds {sorted(names) or 'no tensors'})")
+                tensors = {}
+                for name in ("weight", "bias"):
+                    try:
+                        tensors[name] = fh.get_tensor(name)
+                    except Exception as e:  # noqa: BLE001 — an unreadable tensor (dtype numpy lacks, bad offsets)
+                        raise PruningError(f"{where}: tensor {name!r} cannot be read ({e})") from None
+        except PruningError:
+            raise
+        except OSError as e:
+            raise PruningError(f"{where}: cannot read ({e.strerror or e})") from None
         except Exception as e:  # noqa: BLE001 — any parse failure is a bad file
-            raise PruningError(f"DyRate predictor {path!r} is not a vtp-train-dyrate file: {e}") from None
-        if weight.ndim != 2 or bias.ndim != 1 or weight.shape[1] != bias.shape[0] or weight.shape[0] % len(GROUPS):
-            raise PruningError(f"DyRate predictor {path!r}: weight {weight.shape} / bias {bias.shape} do not fit "
-                               f"[H·{len(GROUPS)}, K] / [K]")
-        return RatePredictor(weight.astype(np.float32), bias.astype(np.float32), layer, json.loads(meta.get("meta", "{}")))
+            raise PruningError(f"{where} is not a vtp-train-dyrate file: {e}") from None
+        fmt = meta.get("format")
+        if fmt != PREDICTOR_FORMAT:
+            raise PruningError(f"{where}: metadata field 'format' must be {PREDICTOR_FORMAT!r}, got {fmt!r} "
+                               "(not a vtp-train-dyrate file)")
+        layer = meta.get("layer")
+        if layer is None or not re.fullmatch(r"\s*\+?[0-9]+\s*", layer):
+            raise PruningError(f"{where}: metadata field 'layer' must be an integer ≥ 0, got {layer!r}")
+        try:
+            record = json.loads(meta.get("meta", "{}"))
+        except json.JSONDecodeError as e:
+            raise PruningError(f"{where}: metadata field 'meta' is not valid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise PruningError(f"{where}: metadata field 'meta' must be a JSON object, got {type(record).__name__}")
+        for name, t in tensors.items():
+            if np.dtype(t.dtype).name not in _FLOAT_DTYPES:
+                raise PruningError(f"{where}: tensor {name!r} has dtype {np.dtype(t.dtype).name}, expected a floating "
+                                   f"point dtype ({', '.join(_FLOAT_DTYPES)})")
+        weight, bias = (tensors[n].astype(np.float32) for n in ("weight", "bias"))
+        _check_tensors(where, weight, bias)
+        return RatePredictor(weight, bias, int(layer), record)
+
+
+PREDICTOR_FORMAT = "vtp_jax.dyrate.v1"
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _check_tensors(where: str, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Raises PruningError (prefixed ``where``) unless weight [H·4, K] and bias [K] fit, with H, K ≥ 1, and every
+    value is finite (the tensor and the number of NaN / inf values are named)."""
+    if weight.ndim != 2 or bias.ndim != 1 or weight.shape[1] != bias.shape[0] or weight.shape[0] % len(GROUPS):
+        raise PruningError(f"{where}: weight {weight.shape} / bias {bias.shape} do not fit "
+                           f"[H·{len(GROUPS)}, K] / [K]")
+    if weight.shape[0] == 0 or bias.shape[0] == 0:
+        raise PruningError(f"{where}: weight {weight.shape} / bias {bias.shape} are empty (need H ≥ 1 heads, K ≥ 1 "
+                           "rates)")
+    for name, t in (("weight", weight), ("bias", bias)):
+        bad = ~np.isfinite(t)
+        if bad.any():
+            nan, inf = int(np.isnan(t).sum()), int(np.isinf(t).sum())
+            raise PruningError(f"{where}: tensor {name!r} has non-finite values ({nan} NaN, {inf} inf of {t.size}); "
+                               "re-train it with vtp-train-dyrate")
 
 
 @register
