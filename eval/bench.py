@@ -176,6 +176,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vtp_jax import argtypes
+
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: speed only, the generated text is meaningless"
 FULL_SIZE_PRESETS = ("llava-1.5-7b", "llada-v-8b")  # = vtp_jax.testbed.full_size.PRESETS (eval/full_size_bench.py)
 
@@ -1100,7 +1102,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="model sizes of every section (default tiny); llava-1.5-7b / llada-v-8b: the real model's "
                         "shapes with RANDOM weights, one family, torch and jax in separate subprocesses "
                         "(eval/full_size_bench.py)")
-    p.add_argument("--layers", type=int, default=None,
+    p.add_argument("--layers", type=argtypes.POSITIVE, default=None,
                    help="full-size presets: decoder layers to build (1..32, default 32) for quicker runs")
     p.add_argument("--cache-dir", default=None,
                    help="full-size presets: where the random-weight checkpoints are cached (default $VTP_CACHE or "
@@ -1109,17 +1111,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="llada-v-8b: image height x width in pixels, which sets the anyres grid and N_v "
                         "(default 480x640: 2929 visual tokens)")
     for key in PRESETS["tiny"]:
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+        p.add_argument("--" + key.replace("_", "-"), type=argtypes.POSITIVE, default=None,
                        help=f"override the LLaVA preset's {key} (full-size presets: tests only, a reduced model)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per variant; medians are reported (default 5)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed runs per variant before timing (≥ 1 for jax: the first call compiles; default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="LLaVA: tokens generated per run (default 32)")
-    p.add_argument("--batch", type=int, default=1,
+    p.add_argument("--runs", type=argtypes.POSITIVE, default=5,
+                   help="timed runs per variant, ≥ 1; medians are reported (default 5)")
+    p.add_argument("--warmup", type=argtypes.NON_NEGATIVE, default=1,
+                   help="untimed runs per variant before timing, ≥ 0 (jax always makes at least one: the first call "
+                        "compiles; default 1)")
+    p.add_argument("--max-new-tokens", type=argtypes.integer(2), default=32,
+                   help="LLaVA: tokens generated per run, ≥ 2 (default 32)")
+    p.add_argument("--batch", type=argtypes.POSITIVE, default=1,
                    help="LLaVA: batch size (the prompt repeated; default 1; LLaDA-V always runs batch 1)")
-    p.add_argument("--fastv-layer", type=int, default=2, help="LLaVA: FastV decoder layer K (default 2)")
+    p.add_argument("--fastv-layer", type=argtypes.POSITIVE, default=2, help="LLaVA: FastV decoder layer K (default 2)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
-    p.add_argument("--torch-threads", type=int, default=None,
+    p.add_argument("--torch-threads", type=argtypes.POSITIVE, default=None,
                    help="torch.set_num_threads for the baselines (default: torch's own default, left untouched)")
     p.add_argument("--torch-attn", choices=["sdpa", "eager"], default="sdpa",
                    help="LLaDA-V: attention of the PyTorch reference's decoder (default sdpa, as LLaDA's own code)")
@@ -1495,13 +1500,36 @@ def format_llava(report: dict) -> str:
     return "\n".join(lines)
 
 
+def check_json_path(path: str | None) -> None:
+    """``--json PATH`` before anything runs: PATH is not a folder and its folder exists and takes a file (tried
+    with a temporary file, removed at once). Raises BenchError naming the path."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise BenchError(f"--json: {path} is a folder")
+    if not os.path.isdir(parent):
+        raise BenchError(f"--json: folder {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vtp-bench-probe-", dir=parent)
+    except OSError as e:
+        raise BenchError(f"--json: cannot write into {parent}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point. Returns 0 (targets missed is not an error), 2 on bad arguments."""
-    args = _parser().parse_args(argv)
+    """Console entry point. Returns 0 (targets missed is not an error), 2 on bad arguments (argparse usage errors
+    return 2 instead of raising SystemExit)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help (0); argparse has printed its message
+        return int(e.code or 0)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     from eval.full_size_bench import FullSizeError
 
     try:
+        check_json_path(args.json)
         report = run_bench(args, log)
     except BenchError as e:
         print(f"vtp-bench: error: {e}", file=sys.stderr)

@@ -73,6 +73,12 @@ largest batch (rows × longest bucket + the tokens to generate) is estimated and
 (:mod:`vtp_jax.memory`; ``--skip-memory-check`` tries anyway); an out-of-memory inside XLA while loading or
 generating is reported as ``vtp-eval: error: out of memory while …: needs ≈ X GB, Y GB available``.
 
+Input checks, before any work: every numeric flag is range-checked by argparse as in ``vtp-generate``
+(:mod:`vtp_jax.argtypes`; ``--seed`` / ``--task-seed`` in [0, 2³² − 1], ``nan`` / ``inf`` refused); ``--out`` and
+``--json`` are tried for writing (a temporary file, removed at once) before the first record is read; task images
+are opened as in ``vtp-generate`` (8-bit RGB, high bit depths scaled; more than ``--max-image-pixels N`` pixels,
+default PIL's 89,478,485, refused with the record, the size and the limit).
+
 Exit codes: 0 on success; 2 on bad input (task, model, method, flags, output paths) or too little memory, with a
 message on stderr and no traceback.
 """
@@ -90,8 +96,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from vtp_jax import argtypes
 from vtp_jax.runtime import (
-    FAMILY_STAGES, add_sampler_arguments, check_method_family, eos_token_ids, keep_ratio_used,
+    FAMILY_STAGES, add_input_arguments, add_sampler_arguments, check_method_family, eos_token_ids, keep_ratio_used,
 )
 
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
@@ -115,30 +122,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="converted checkpoint directory (from vtp-convert)")
     p.add_argument("--task", required=True, help="'shapes', 'shapes-describe' or 'jsonl:PATH'")
     p.add_argument("--split", default="test", help="shapes split: train | val | test (default test)")
-    p.add_argument("--task-seed", type=int, default=0, help="shapes generator seed (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N records (shapes: generate N)")
+    p.add_argument("--task-seed", type=argtypes.SEED, default=0,
+                   help=f"shapes generator seed in [0, {argtypes.SEED_MAX}] (default 0)")
+    p.add_argument("--limit", type=argtypes.POSITIVE, default=None,
+                   help="evaluate the first N ≥ 1 records (shapes: generate N)")
     p.add_argument("--post-prompt", default="", help="text appended (on a new line) to every question")
     p.add_argument("--method", default="none",
                    help="pruning method: none (default) | a registered method | stages joined by + "
                         "(e.g. todre+todre-relevance)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
-    g.add_argument("--keep-ratio", type=float, help="visual tokens to keep (fraction of N_v; default 0.5, ToDRE 0.1, DivPrune 0.098)")
-    p.add_argument("--layer", type=int, default=None,
+    g.add_argument("--keep", type=argtypes.POSITIVE, help="visual tokens to keep (count, ≥ 1)")
+    g.add_argument("--keep-ratio", type=argtypes.PROBABILITY,
+                   help="visual tokens to keep (fraction of N_v in (0, 1]; default 0.5, ToDRE 0.1, DivPrune 0.098)")
+    p.add_argument("--layer", type=argtypes.NON_NEGATIVE, default=None,
                    help="method option: layer K (FastV, LLaDA-FastV), layer ℓ (todre-relevance), probe layer (dyrate)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows")
-    p.add_argument("--tau", type=float, default=None, help="todre-relevance: threshold of both ratios (default 0.10)")
+    p.add_argument("--tau", type=argtypes.UNIT_INTERVAL, default=None,
+                   help="todre-relevance: threshold of both ratios, in [0, 1] (default 0.10)")
     p.add_argument("--pivot", default=None, choices=["cls", "norm", "center", "first"],
                    help="ToDRE: first token of the diversity selection (default cls with a class token, else norm)")
-    p.add_argument("--cls-layer", type=int, default=None,
+    p.add_argument("--cls-layer", type=argtypes.integer(), default=None,
                    help="ToDRE pivot cls: vision layer of the class-token attention (HF hidden_states indexing)")
     p.add_argument("--predictor", default=None, metavar="PATH",
                    help="dyrate: rate predictor file (default: MODEL/dyrate_predictor.safetensors if present)")
     add_sampler_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one)")
-    p.add_argument("--batch-size", type=int, default=8, help="most records per generation call (default 8)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed calls of each new (method, batch shape) before timing it (default 1)")
+    add_input_arguments(p)
+    p.add_argument("--seed", type=argtypes.SEED, default=0,
+                   help=f"sampling seed in [0, {argtypes.SEED_MAX}] (and the seed of methods that take one)")
+    p.add_argument("--batch-size", type=argtypes.POSITIVE, default=8,
+                   help="most records per generation call, ≥ 1 (default 8)")
+    p.add_argument("--warmup", type=argtypes.NON_NEGATIVE, default=1,
+                   help="untimed calls (≥ 0) of each new (method, batch shape) before timing it (default 1)")
     s = p.add_argument_group("sweep")
     s.add_argument("--sweep", action="store_true", help="methods × keep ratios, plus the unpruned baseline")
     s.add_argument("--methods", default=None, help="comma-separated (default: every method fitting the family)")
@@ -163,14 +177,12 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise EvalError("--methods / --ratios / --no-random only apply with --sweep")
     if args.method == "none" and (args.keep is not None or args.keep_ratio is not None):
         raise EvalError("--keep / --keep-ratio need a pruning --method")
-    for flag, value, low in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
-                             ("--warmup", args.warmup, 0), ("--max-new-tokens", args.max_new_tokens, 1)):
-        if value is not None and value < low:
-            raise EvalError(f"{flag} must be ≥ {low}, got {value}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise EvalError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.temperature < 0:
-        raise EvalError(f"--temperature must be ≥ 0, got {args.temperature}")
+    from vtp_jax.cli import check_flag_values
+
+    try:  # the command line has enforced these already; a Namespace built in Python has not
+        check_flag_values(args)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -189,8 +201,14 @@ def parse_ratios(text: str) -> list[float]:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Checks, before any work and without creating anything, that ``--out`` can be created or written and that
-    ``--json``'s folder exists. Raises EvalError."""
+    """Checks, before any work, that ``--out`` can be created or written and that ``--json`` can be written.
+
+    ``--out`` DIR: not an existing non-folder; its nearest existing folder (DIR itself, or the parent it would be
+    created in) must take a new file — tried for real with a temporary file that is removed at once (permission
+    bits alone do not tell: root ignores them, read-only mounts do not show in them); every result file
+    (:data:`RESULT_FILES`) already in DIR must be a file that can be overwritten. ``--json`` PATH: its folder exists
+    and takes a file, PATH is not a folder. Nothing is left behind. Raises EvalError naming the flag and the path.
+    """
     if args.out:
         out = os.path.abspath(args.out)
         if os.path.exists(out) and not os.path.isdir(out):
@@ -198,14 +216,34 @@ def _check_outputs(args: argparse.Namespace) -> None:
         existing = out
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
-        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-            raise EvalError(f"--out: cannot write into {existing}")
+        if not os.path.isdir(existing):
+            raise EvalError(f"--out: cannot create {args.out}: {existing} is not a folder")
+        _probe_writable("--out", existing)
+        for name in RESULT_FILES:
+            path = os.path.join(out, name)
+            if os.path.isdir(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+                raise EvalError(f"--out: {path} exists and is not a file, so the results cannot be written there")
+            if os.path.isfile(path) and not os.access(path, os.W_OK):
+                raise EvalError(f"--out: {path} exists and cannot be overwritten")
     if args.json:
         parent = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(parent):
             raise EvalError(f"--json: folder {parent} does not exist")
         if os.path.isdir(args.json):
             raise EvalError(f"--json: {args.json} is a folder")
+        _probe_writable("--json", parent)
+
+
+def _probe_writable(flag: str, folder: str) -> None:
+    """Creates and removes a temporary file in ``folder``. Raises EvalError naming ``flag`` when that fails."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vtp-eval-probe-", dir=folder)
+    except OSError as e:
+        raise EvalError(f"{flag}: cannot write into {folder}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +378,7 @@ class Evaluator:
 
         recs = [self.records[i] for i in rows]
         try:
-            images = [r.load_image() for r in recs]
+            images = [r.load_image(max_pixels=getattr(self.args, "max_image_pixels", None)) for r in recs]
             return self.processor(images, [r.prompt(self.args.post_prompt) for r in recs])
         except ValueError as e:
             ids = ", ".join(dict.fromkeys(r.id for r in recs))

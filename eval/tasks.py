@@ -62,14 +62,17 @@ class Record:
     kind: str | None = None
     meta: dict = dataclasses.field(default_factory=dict)
 
-    def load_image(self):
-        """The image as an RGB ``PIL.Image``. Raises :class:`vtp_jax.processing.InputError` (a ValueError) for a
-        missing or unreadable file."""
-        if self.image is not None:
-            return self.image if self.image.mode == "RGB" else self.image.convert("RGB")
-        from vtp_jax.processing import load_image
+    def load_image(self, *, max_pixels: int | None = None):
+        """The image as an 8-bit RGB ``PIL.Image`` (any PIL mode scaled, not clipped:
+        :func:`vtp_jax.processing.to_rgb`). ``max_pixels``: the pixel limit of image files (default PIL's
+        ``Image.MAX_IMAGE_PIXELS``; ``vtp-eval --max-image-pixels``), see :func:`vtp_jax.processing.load_image`.
+        Raises :class:`vtp_jax.processing.InputError` (a ValueError) for a missing or unreadable file or one over
+        the limit."""
+        from vtp_jax.processing import load_image, to_rgb
 
-        return load_image(self.image_path)
+        if self.image is not None:
+            return to_rgb(self.image)
+        return load_image(self.image_path, max_pixels=max_pixels)
 
     def prompt(self, post_prompt: str = "") -> str:
         """The question sent to the model. Multiple choice: the question, the lettered options one per line

@@ -73,9 +73,9 @@ def test_json_contract_unpruned_and_fastv(model_dir, image, capsys):
     [
         (["--image", "/nonexistent/cat.png"], "image not found"),
         (["--image", "CORRUPT"], "cannot read image"),
-        (["--method", "fastv", "--keep", "0"], "keep must be between 1"),
+        (["--method", "fastv", "--keep", "0"], "argument --keep: must be ≥ 1, got 0"),
         (["--method", "fastv", "--keep", "17"], "keep must be between 1"),
-        (["--method", "fastv", "--keep-ratio", "1.5"], "keep ratio must be in"),
+        (["--method", "fastv", "--keep-ratio", "1.5"], "argument --keep-ratio: must be in (0, 1], got 1.5"),
         (["--method", "fastv", "--keep", "4", "--layer", "3"], "layer K must be in [1, 2]"),
         (["--method", "fastv", "--keep", "4", "--layer", "0"], "layer K must be in [1, 2]"),
         (["--max-new-tokens", "120"], "exceeds the model's 160 positions"),

@@ -201,7 +201,7 @@ def test_bad_jsonl_exits_2_with_the_line(task_dir, tmp_path, capsys, lines, need
         (["--sweep"], "--sweep needs --out DIR"),
         (["--ratios", "0.5"], "only apply with --sweep"),
         (["--max-new-tokens", "250"], "exceeds the model's 256 positions"),
-        (["--batch-size", "0"], "--batch-size must be ≥ 1"),
+        (["--batch-size", "0"], "argument --batch-size: must be ≥ 1, got 0"),
         (["--task", "nosuch"], "unknown task 'nosuch'"),
         (["--task", "jsonl:/nonexistent.jsonl"], "task file not found: /nonexistent.jsonl"),
         (["--model", "/nonexistent/model"], "/nonexistent/model"),

@@ -41,6 +41,13 @@ accelerator memory, else the host's MemAvailable). A model that does not fit is 
 ``vtp-generate: error: <model dir>: needs ≈ X GB, Y GB available (…)``; ``--skip-memory-check`` tries anyway. An
 out-of-memory inside XLA while loading or generating is reported the same way (``out of memory while …``).
 
+Input checks, before anything loads: every numeric flag is range-checked by argparse (:mod:`vtp_jax.argtypes`:
+``--seed`` in [0, 2³² − 1]; ``--temperature``, ``--cfg`` finite ≥ 0; ``--top-p``, ``--keep-ratio`` in (0, 1];
+``--tau`` in [0, 1]; counts ≥ 1; ``--warmup`` ≥ 0; ``nan`` / ``inf`` refused). The image is opened as 8-bit RGB
+(16-bit and float images scaled, not clipped; alpha composited over white: :func:`vtp_jax.processing.to_rgb`);
+an image of more than ``--max-image-pixels N`` pixels (default PIL's 89,478,485) is refused from its header with
+its size and the limit.
+
 Exit codes: 0 on success, 2 on bad input or too little memory (message on stderr, no traceback).
 """
 
@@ -54,7 +61,11 @@ import sys
 
 import numpy as np
 
-from vtp_jax.runtime import add_sampler_arguments, build_methods, check_method_family, check_positions, diffusion_config, eos_token_ids
+from vtp_jax import argtypes
+from vtp_jax.runtime import (
+    add_input_arguments, add_sampler_arguments, build_methods, check_method_family, check_positions, diffusion_config,
+    eos_token_ids,
+)
 
 DIFFUSION_DEFAULTS = {"gen_length": 32, "steps": 16, "remasking": "low_confidence", "cfg": 0.0}
 AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
@@ -63,34 +74,38 @@ AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtp-generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="converted checkpoint directory (from vtp-convert)")
-    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--image", required=True, help="image file (any mode PIL opens; high bit depths scaled to 8 bits)")
     p.add_argument("--prompt", required=True, help="question / instruction text")
     p.add_argument("--method", default="none",
                    help="pruning method: none | fastv, todre-relevance, dyrate (llava) | redvtp, llada-fastv "
                         "(llada_v) | todre, divprune, random (both, before the LLM); combine stages with +, e.g. "
                         "todre+todre-relevance")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--keep", type=int, help="visual tokens to keep (count)")
-    g.add_argument("--keep-ratio", type=float,
+    g.add_argument("--keep", type=argtypes.POSITIVE, help="visual tokens to keep (count, ≥ 1)")
+    g.add_argument("--keep-ratio", type=argtypes.PROBABILITY,
                    help="visual tokens to keep (fraction of N_v; default 0.5, ToDRE 0.1, DivPrune 0.098; LLaVA round(N_v·R), LLaDA-V int(N_v·R))")
-    p.add_argument("--layer", type=int, default=None,
+    p.add_argument("--layer", type=argtypes.NON_NEGATIVE, default=None,
                    help="FastV: decoder layer K at which to prune (default 2); todre-relevance: layer ℓ (default "
                         "7L/8); dyrate: probe layer (0-based; default the predictor's)")
-    p.add_argument("--tau", type=float, default=None,
-                   help="todre-relevance: drop all visual tokens when both attention ratios are below tau (default 0.10)")
+    p.add_argument("--tau", type=argtypes.UNIT_INTERVAL, default=None,
+                   help="todre-relevance: drop all visual tokens when both attention ratios are below tau, in [0, 1] "
+                        "(default 0.10)")
     p.add_argument("--criterion", default=None, choices=["last", "all"], help="FastV scoring rows (default last)")
     p.add_argument("--pivot", default=None, choices=["cls", "norm", "center", "first"],
                    help="ToDRE: first token of the diversity selection (default cls with a class token, else norm)")
-    p.add_argument("--cls-layer", type=int, default=None,
+    p.add_argument("--cls-layer", type=argtypes.integer(), default=None,
                    help="ToDRE pivot cls: vision layer of the class-token attention, HF hidden_states indexing "
                         "(default: the vision feature layer; -1: the tower's last layer)")
     p.add_argument("--predictor", default=None, metavar="PATH",
                    help="dyrate: rate predictor file from vtp-train-dyrate (default: MODEL/dyrate_predictor.safetensors "
                         "if present)")
     add_sampler_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the seed of methods that take one: random)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first, so timings exclude compilation")
-    p.add_argument("--runs", type=int, default=1, help="timed runs; timings are their medians")
+    add_input_arguments(p)
+    p.add_argument("--seed", type=argtypes.SEED, default=0,
+                   help=f"sampling seed in [0, {argtypes.SEED_MAX}] (and the seed of methods that take one: random)")
+    p.add_argument("--warmup", type=argtypes.NON_NEGATIVE, default=1,
+                   help="untimed runs first (≥ 0), so timings exclude compilation")
+    p.add_argument("--runs", type=argtypes.POSITIVE, default=1, help="timed runs (≥ 1); timings are their medians")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--skip-memory-check", action="store_true",
                    help="load the model even when its memory estimate exceeds the memory available")
@@ -119,10 +134,10 @@ def _median(xs) -> float:
 def _timed_runs(generate, args) -> tuple[list, float | None]:
     """``--warmup`` untimed calls, then ``--runs`` timed ones → (timed outputs, first call's latency or None)."""
     first_call_s = None
-    for _ in range(max(args.warmup, 0)):
+    for _ in range(args.warmup):
         warm = generate()
         first_call_s = first_call_s if first_call_s is not None else _latency(warm)
-    return [generate() for _ in range(max(args.runs, 1))], first_call_s
+    return [generate() for _ in range(args.runs)], first_call_s
 
 
 def _latency(out) -> float:
@@ -150,6 +165,27 @@ def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit
     return memory.check_fits(est, where=args.model, hint=MEMORY_HINT)
 
 
+def check_flag_values(args: argparse.Namespace) -> None:
+    """The argparse rules of every numeric flag, applied again to a Namespace built in Python (the command line
+    has already enforced them): names the flag and the value. Shared with ``vtp-eval``. Raises InputError."""
+    from vtp_jax.processing import InputError
+
+    rules = {"seed": argtypes.SEED, "warmup": argtypes.NON_NEGATIVE, "runs": argtypes.POSITIVE,
+             "keep": argtypes.POSITIVE, "keep_ratio": argtypes.PROBABILITY, "layer": argtypes.NON_NEGATIVE,
+             "tau": argtypes.UNIT_INTERVAL, "cls_layer": argtypes.integer(), "max_new_tokens": argtypes.POSITIVE,
+             "top_p": argtypes.TOP_P, "gen_length": argtypes.POSITIVE, "steps": argtypes.POSITIVE,
+             "block_length": argtypes.POSITIVE, "cfg": argtypes.GUIDANCE, "temperature": argtypes.TEMPERATURE,
+             "max_image_pixels": argtypes.POSITIVE, "task_seed": argtypes.SEED, "limit": argtypes.POSITIVE,
+             "batch_size": argtypes.POSITIVE}
+    for name, rule in rules.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                argtypes.check_value("--" + name.replace("_", "-"), value, rule)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+
+
 def run(args: argparse.Namespace) -> dict:
     """Reads the config, processes the prompt, checks the memory estimate, loads, generates; returns the JSON-able
     result. Raises ValueError subclasses on bad input (MemoryCheckError when the model does not fit or runs out of
@@ -158,11 +194,8 @@ def run(args: argparse.Namespace) -> dict:
     from vtp_jax.checkpoint import load
     from vtp_jax.processing import InputError, load_image
 
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
-    image = load_image(args.image)
+    check_flag_values(args)
+    image = load_image(args.image, max_pixels=getattr(args, "max_image_pixels", None))
     cfg, dtype, _ = memory.model_config(args.model)  # JSON only: the weights are loaded once the estimate fits
     family_flags(args, cfg.family)
     check_method_family(args.method, cfg.family)
@@ -216,8 +249,6 @@ def _prepare_llada_v(args, image, cfg) -> dict:
     memory estimate."""
     from vtp_jax.processing import InputError, load_processor
 
-    if args.temperature < 0:
-        raise InputError(f"--temperature must be ≥ 0, got {args.temperature}")
     processor = load_processor(args.model, cfg)
     dcfg = diffusion_config(
         cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,

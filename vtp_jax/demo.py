@@ -256,13 +256,43 @@ def demo_llada_v(out: str, image: str, prompt: str, gen_length: int, steps: int)
           f"{gen_length} tokens, {steps} denoising steps; throughput = generated tokens / latency)")
 
 
+DEMO_MARKER = ".vtp-demo"  # written into --out, so that a later run knows the folder is the demo's to recreate
+
+
+def prepare_out(out: str) -> None:
+    """Recreates the demo's working folder ``out`` — but only a folder the demo owns: one that does not exist, is
+    empty, holds the :data:`DEMO_MARKER` file, or (written by an earlier demo) holds ``chelsea.png``. Any other
+    folder, or a file, is left untouched. Raises SystemExit (exit 2, ``vtp-demo: error: …``) for those."""
+    if os.path.lexists(out):
+        if not os.path.isdir(out) or os.path.islink(out):
+            _usage_error(f"--out {out} exists and is not a folder; choose another --out")
+        entries = os.listdir(out)
+        if entries and not ({DEMO_MARKER, "chelsea.png"} & set(entries)):
+            _usage_error(f"--out {out} is a folder the demo did not make ({len(entries)} entries); it would be "
+                         "deleted and recreated, so choose an empty or new --out")
+        shutil.rmtree(out)
+    os.makedirs(out)
+    with open(os.path.join(out, DEMO_MARKER), "w", encoding="utf-8") as fh:
+        fh.write("vtp-demo working folder: recreated by every run\n")
+
+
+def _usage_error(message: str):
+    print(f"vtp-demo: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``vtp-demo`` / ``make demo``: runs the parts above. Returns 0; argparse usage errors and an ``--out`` the
+    demo does not own exit 2 with a message."""
+    from vtp_jax import argtypes
+
     p = argparse.ArgumentParser(prog="vtp-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="demo_out", help="working directory (recreated)")
+    p.add_argument("--out", default="demo_out",
+                   help="working directory (recreated; must be new, empty, or one an earlier demo made)")
     p.add_argument("--prompt", default="What animal is in this picture?")
-    p.add_argument("--max-new-tokens", type=int, default=24, help="LLaVA part")
-    p.add_argument("--gen-length", type=int, default=32, help="LLaDA-V part")
-    p.add_argument("--steps", type=int, default=16, help="LLaDA-V part")
+    p.add_argument("--max-new-tokens", type=argtypes.POSITIVE, default=24, help="LLaVA part (≥ 1)")
+    p.add_argument("--gen-length", type=argtypes.POSITIVE, default=32, help="LLaDA-V part (≥ 1)")
+    p.add_argument("--steps", type=argtypes.POSITIVE, default=16, help="LLaDA-V part (≥ 1)")
     p.add_argument("--only", choices=["testbed", "llada_testbed", "llava", "llada_v"], default=None,
                    help="run one part only")
     p.add_argument("--testbed", default=TESTBED, help="part 0: the trained HF-format LLaVA testbed checkpoint")
@@ -273,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
     from skimage import data
 
-    shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out)
+    prepare_out(args.out)
     image = os.path.join(args.out, "chelsea.png")
     Image.fromarray(data.chelsea()).save(image)
 

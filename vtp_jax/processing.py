@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,16 +38,148 @@ class InputError(ValueError):
     """Bad user input: unreadable image, prompt too long, wrong number of image placeholders…"""
 
 
-def load_image(path: str) -> Image.Image:
-    """Opens an image file as RGB. Raises InputError if it is missing or not a readable image."""
+# PIL's own guard warns above Image.MAX_IMAGE_PIXELS and raises above twice that; vtp_jax applies one rule instead
+# (see load_image) and never lets a DecompressionBombWarning / DecompressionBombError escape.
+_PIL_LIMIT_LOCK = threading.Lock()
+MAX_IMAGE_PIXELS_FLAG = "--max-image-pixels"
+
+
+def default_max_image_pixels() -> int | None:
+    """The pixel limit :func:`load_image` applies when given none: PIL's ``Image.MAX_IMAGE_PIXELS`` as it is now
+    (89,478,485 pixels by default, about 9459 × 9459; None = no limit, if a caller of the Python API set it so)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def load_image(path: str, *, max_pixels: int | None = None) -> Image.Image:
+    """Opens an image file as an 8-bit RGB ``PIL.Image`` (mode "RGB"; every mode PIL opens, see :func:`to_rgb`).
+
+    The one size rule: an image whose width × height exceeds ``max_pixels`` (default
+    :func:`default_max_image_pixels`; the front ends' ``--max-image-pixels N``) is refused from its header, before
+    anything is decoded; any image within the limit opens without a warning. Frames that PIL checks while decoding
+    (GIF, ICO) are held to the same limit.
+
+    Raises:
+      InputError: the file is missing, is not a readable image, or is over the pixel limit (the message names the
+        file, its size, the limit and the flag that raises it).
+    """
     if not os.path.isfile(path):
         raise InputError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"cannot read image {path}: {e}") from None
+    limit = default_max_image_pixels() if max_pixels is None else int(max_pixels)
+    if limit is not None and limit < 1:
+        raise InputError(f"the image pixel limit must be ≥ 1, got {limit}")
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = None  # header only: the size is checked below, with a clear message
+            with Image.open(path) as img:
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise InputError(
+                        f"image {path} is {width}×{height} = {width * height:,} pixels, over the limit of {limit:,} "
+                        f"pixels (a guard against decompression bombs); {MAX_IMAGE_PIXELS_FLAG} N raises it"
+                    )
+                Image.MAX_IMAGE_PIXELS = limit  # frames PIL checks while decoding: the same limit
+                img.load()
+                return to_rgb(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(
+                f"image {path} holds a frame over the limit of {limit:,} pixels (a guard against decompression "
+                f"bombs); {MAX_IMAGE_PIXELS_FLAG} N raises it"
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"cannot read image {path}: {e}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any ``PIL.Image`` → an 8-bit RGB image of the same size (a new image; an RGB input without a transparency
+    key is returned as is).
+
+    High bit depths are scaled to 8 bits, never clipped (PIL's own ``convert`` clips 16-bit and float values at
+    255 — a 16-bit grayscale PNG would turn white):
+
+    * ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (unsigned 16-bit): ``round(v · 255 / 65535)``.
+    * ``I`` (signed 32-bit): when every value is in [0, 65535] (16-bit data: PNG, TIFF, PGM), as 16-bit; otherwise
+      the value range is stretched linearly to 0 … 255 (``round((v − min) · 255 / (max − min))``; a constant image
+      becomes 0).
+    * ``F`` (32-bit float): values in [0, 1] → ``round(v · 255)``; else values in [0, 255] → ``round(v)``; else
+      stretched like ``I``; NaN → 0, +inf → 255, −inf → 0 (the stretch uses the finite values).
+    * Alpha (``LA``, ``La``, ``PA``, ``RGBA``, ``RGBa``, or a ``transparency`` entry in ``img.info``): composited
+      over white (as transformers' ``convert_to_rgb``); premultiplied modes are un-premultiplied first.
+    * ``LAB`` (8-bit CIE L*a*b*, D65 white: L = v · 100 / 255, a and b = v − 128): to sRGB by the CIE formulas
+      (PIL has no LAB → RGB conversion).
+    * ``1``, ``L``, ``P``, ``RGBX``, ``CMYK``, ``YCbCr``, ``HSV``: PIL's conversions (already 8-bit).
+
+    The result is grayscale replicated into R, G and B for the single-channel modes.
+    """
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _scale_to_uint8(np.asarray(img), mode)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1), "RGB")
+    if mode == "LAB":
+        return Image.fromarray(lab_to_srgb(np.asarray(img)), "RGB")
+    if mode in ALPHA_MODES or "transparency" in img.info:
+        if mode == "La":
+            img = img.convert("LA")
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """One channel of mode ``I;16*`` / ``I`` / ``F`` (any numeric dtype, [H, W]) → uint8 [H, W] (rules in
+    :func:`to_rgb`)."""
+    v = values.astype(np.float64)
+    finite = np.isfinite(v)
+    lo, hi = (float(v[finite].min()), float(v[finite].max())) if finite.any() else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        out = v * (255.0 / 65535.0)
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        out = v * 255.0
+    elif mode == "F" and lo >= 0 and hi <= 255:
+        out = v
+    elif hi > lo:
+        out = (v - lo) * (255.0 / (hi - lo))
+    else:
+        out = np.zeros_like(v)
+    out = np.where(np.isnan(v), 0.0, np.where(np.isposinf(v), 255.0, np.where(np.isneginf(v), 0.0, out)))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)  # the clip only absorbs rounding at the ends
+
+
+# CIE L*a*b* (D65 white) → XYZ → linear sRGB (IEC 61966-2-1 matrix).
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+_XYZ_TO_LINEAR_SRGB = np.array([[3.2404542, -1.5371385, -0.4985314],
+                                [-0.9692660, 1.8760108, 0.0415560],
+                                [0.0556434, -0.2040259, 1.0572252]])
+
+
+def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    """PIL ``LAB`` pixels uint8 [..., 3] (L = v · 100 / 255, a = v − 128, b = v − 128) → sRGB uint8 [..., 3]
+    (D65 white; colours outside the sRGB gamut are clipped to it)."""
+    lab = lab.astype(np.float64)
+    L, a, b = lab[..., 0] * (100.0 / 255.0), lab[..., 1] - 128.0, lab[..., 2] - 128.0
+    fy = (L + 16.0) / 116.0
+    f = np.stack([fy + a / 500.0, fy, fy - b / 200.0], axis=-1)
+    eps = 6.0 / 29.0
+    xyz = np.where(f > eps, f ** 3, 3 * eps * eps * (f - 4.0 / 29.0)) * _D65_WHITE
+    rgb = np.clip(xyz @ _XYZ_TO_LINEAR_SRGB.T, 0.0, 1.0)
+    srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
+    return np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def _rgb_images(images) -> list:
+    """``images`` with every ``PIL.Image`` through :func:`to_rgb` (other objects, e.g. arrays, unchanged)."""
+    return [to_rgb(im) if isinstance(im, Image.Image) else im for im in images]
 
 
 def bucket_length(n: int, bucket: int = 64) -> int:
@@ -166,8 +300,10 @@ class Processor(BaseProcessor):
         return f"USER: <image>\n{question} ASSISTANT:"
 
     def __call__(self, images: list[Image.Image], questions: list[str], *, bucket: int = 64) -> Batch:
-        """Processes one image + one question per row. Raises InputError on a placeholder-count mismatch."""
+        """Processes one image + one question per row (any PIL mode: :func:`to_rgb` first). Raises InputError on a
+        placeholder-count mismatch."""
         self._check_pairs(images, questions)
+        images = _rgb_images(images)
         rows, pixels = [], []
         for image, question in zip(images, questions):
             enc = self.hf(images=image, text=self.build_prompt(question), return_tensors="np")
@@ -249,7 +385,8 @@ class LladaVProcessor(BaseProcessor):
     def __call__(self, images: list[Image.Image], questions: list[str], *, bucket: int = 64) -> Batch:
         """Processes one image + one question per row.
 
-        Returns a :class:`Batch` with pixel_values float32 [B, n_tiles, 3, S, S] (base tile first; rows padded with
+        Images of any PIL mode are turned into 8-bit RGB first (:func:`to_rgb`). Returns a :class:`Batch` with
+        pixel_values float32 [B, n_tiles, 3, S, S] (base tile first; rows padded with
         zero tiles by the image processor) and image_inputs {"pixel_values", "image_size", "grid"}.
 
         Raises InputError when the image processor fails, or when the rows' images do not share one anyres layout
@@ -258,6 +395,7 @@ class LladaVProcessor(BaseProcessor):
         from vtp_jax.modeling.anyres import AnyresError
 
         self._check_pairs(images, questions)
+        images = _rgb_images(images)
         try:
             enc = self.image_processor(images=list(images), return_tensors="np")
         except Exception as e:  # e.g. degenerate image sizes

@@ -148,8 +148,10 @@ def diffusion_config(
     source: str = "the checkpoint",
 ):
     """LLaDA-V sampler settings: the checkpoint's mask id, suppressed ids (EOS, BOS, header tokens — LLaDA-V
-    forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. Raises InputError (no usable
-    mask id) or DiffusionError (lengths that do not divide, bad remasking / cfg)."""
+    forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. ``block_length`` None means one
+    block of ``gen_length``; any given value, 0 included, is validated as it is. Raises InputError (no usable
+    mask id) or DiffusionError (lengths < 1 or that do not divide, bad remasking, a cfg that is negative or not
+    finite)."""
     from vtp_jax.generation.diffusion import DiffusionConfig
 
     mask_id = getattr(cfg, "mask_token_id", None)
@@ -165,7 +167,7 @@ def diffusion_config(
     if eos is not None and int(eos) not in stops:
         stops.append(int(eos))
     dcfg = DiffusionConfig(
-        gen_length=gen_length, block_length=block_length or gen_length, steps=steps, remasking=remasking,
+        gen_length=gen_length, block_length=gen_length if block_length is None else block_length, steps=steps, remasking=remasking,
         cfg=cfg_scale, mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
     )
     dcfg.validate()
@@ -174,20 +176,39 @@ def diffusion_config(
 
 def add_sampler_arguments(p) -> None:
     """The flags ``vtp-generate`` and ``vtp-eval`` share: position handling of kept tokens, and the sampler
-    settings of each family (``None`` defaults are filled per family by ``vtp_jax.cli.family_flags``)."""
+    settings of each family (``None`` defaults are filled per family by ``vtp_jax.cli.family_flags``).
+
+    Every number is range-checked by argparse (a usage error, exit 2, before anything runs): lengths and step
+    counts whole numbers ≥ 1, ``--top-p`` in (0, 1], ``--temperature`` and ``--cfg`` finite and ≥ 0 — the rules of
+    :mod:`vtp_jax.argtypes` that :func:`vtp_jax.generation.sampling.check_sampler_settings` applies to the Python
+    API."""
+    from vtp_jax import argtypes
+
     r = p.add_mutually_exclusive_group()
     r.add_argument("--reindex", dest="reindex", action="store_const", const=True, default=None,
                    help="renumber positions of kept tokens contiguously (RedVTP default)")
     r.add_argument("--original-positions", dest="reindex", action="store_const", const=False,
                    help="kept tokens keep their original positions (FastV default)")
     a = p.add_argument_group("autoregressive (llava)")
-    a.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
-    a.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1.0)")
+    a.add_argument("--max-new-tokens", type=argtypes.POSITIVE, default=None, help="default 32")
+    a.add_argument("--top-p", type=argtypes.TOP_P, default=None, help="nucleus sampling, in (0, 1] (default 1.0)")
     d = p.add_argument_group("masked diffusion (llada_v)")
-    d.add_argument("--gen-length", type=int, default=None, help="response length in tokens (default 32)")
-    d.add_argument("--steps", type=int, default=None, help="denoising steps in all (default 16)")
-    d.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen length)")
+    d.add_argument("--gen-length", type=argtypes.POSITIVE, default=None, help="response length in tokens (default 32)")
+    d.add_argument("--steps", type=argtypes.POSITIVE, default=None, help="denoising steps in all (default 16)")
+    d.add_argument("--block-length", type=argtypes.POSITIVE, default=None,
+                   help="semi-autoregressive block, ≥ 1, dividing --gen-length (default: the gen length)")
     d.add_argument("--remasking", default=None, choices=["low_confidence", "random"],
                    help="which predictions to keep at each step (default low_confidence)")
-    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 0 = off)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    d.add_argument("--cfg", type=argtypes.GUIDANCE, default=None,
+                   help="classifier-free guidance scale, ≥ 0 (default 0 = off)")
+    p.add_argument("--temperature", type=argtypes.TEMPERATURE, default=0.0, help="≥ 0; 0 = greedy (default)")
+
+
+def add_input_arguments(p) -> None:
+    """The input flags ``vtp-generate`` and ``vtp-eval`` share: ``--max-image-pixels N`` (a whole number ≥ 1; the
+    pixel limit of :func:`vtp_jax.processing.load_image`, default PIL's 89,478,485)."""
+    from vtp_jax import argtypes
+
+    p.add_argument("--max-image-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
+                   help="refuse image files of more than N pixels, width × height, from their header (a guard "
+                        "against decompression bombs; default PIL's limit, 89478485 ≈ 9459×9459)")

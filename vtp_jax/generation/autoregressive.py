@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vtp_jax.generation.sampling import sample_token
+from vtp_jax.generation.sampling import check_sampler_settings, sample_token
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
@@ -338,7 +338,11 @@ class AutoregressiveGenerator:
 
         input_ids int [B, T] (T a bucket length), attention_mask {0,1} [B, T], pixel_values float32 [B, 3, H, W].
         Returns tokens int [B, max_new_tokens] (EOS included, pad after), kept indices and timings (seconds).
+        Raises SamplerError (a ValueError) before any work for a temperature that is negative or not finite, a
+        top_p outside (0, 1], a seed outside [0, 2³² − 1] or max_new_tokens < 1
+        (:func:`vtp_jax.generation.sampling.check_sampler_settings`).
         """
+        check_sampler_settings(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
         key = jax.random.key(seed)
         temp, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
         args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), jnp.asarray(pixel_values, jnp.float32))

@@ -24,6 +24,8 @@ original positions unless the method's ``reindex`` (the response then starts rig
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import time
 from typing import NamedTuple
 
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vtp_jax.generation.sampling import check_sampler_settings
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
@@ -62,9 +65,19 @@ class DiffusionConfig:
     stop_ids: tuple[int, ...] = ()
 
     def validate(self) -> None:
-        """Raises DiffusionError with the offending values."""
+        """Raises DiffusionError with the offending values (lengths and steps whole numbers ≥ 1 that divide, a
+        known remasking, a finite cfg ≥ 0)."""
+        for name in ("gen_length", "block_length", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise DiffusionError(f"{name} must be a whole number, got {value!r}")
         if self.gen_length < 1 or self.block_length < 1 or self.steps < 1:
-            raise DiffusionError("gen_length, block_length and steps must be ≥ 1")
+            raise DiffusionError(
+                f"gen_length, block_length and steps must be ≥ 1, got {self.gen_length}, {self.block_length}, "
+                f"{self.steps}"
+            )
+        if isinstance(self.cfg, bool) or not isinstance(self.cfg, numbers.Real):
+            raise DiffusionError(f"cfg must be a number, got {self.cfg!r}")
         if self.gen_length % self.block_length:
             raise DiffusionError(
                 f"gen_length ({self.gen_length}) must be divisible by block_length ({self.block_length})"
@@ -73,8 +86,8 @@ class DiffusionConfig:
             raise DiffusionError(f"steps ({self.steps}) must be divisible by the number of blocks ({self.num_blocks})")
         if self.remasking not in ("low_confidence", "random"):
             raise DiffusionError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
-        if self.cfg < 0:
-            raise DiffusionError(f"cfg must be ≥ 0, got {self.cfg}")
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise DiffusionError(f"cfg must be a finite number ≥ 0, got {self.cfg}")
 
     @property
     def num_blocks(self) -> int:
@@ -319,7 +332,11 @@ class DiffusionGenerator:
         input_ids / attention_mask int [B, P], left-padded; image_inputs: keyword arguments of
         ``model.image_features`` (arrays are traced, other values static). Every row must hold the same number
         of image placeholders. Returns tokens int [B, gen_length], kept visual indices and timings (seconds).
+        Raises SamplerError (a ValueError) before any work for a temperature that is negative or not finite or a
+        seed outside [0, 2³² − 1] (:func:`vtp_jax.generation.sampling.check_sampler_settings`, shared with the
+        autoregressive generator).
         """
+        check_sampler_settings(temperature=temperature, seed=seed)
         arrays = {k: jnp.asarray(v) for k, v in image_inputs.items() if isinstance(v, (np.ndarray, jax.Array))}
         static = tuple(sorted((k, v) for k, v in image_inputs.items() if k not in arrays))
         input_ids = np.asarray(input_ids)

@@ -5,6 +5,34 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vtp_jax import argtypes
+
+
+class SamplerError(ValueError):
+    """Invalid sampler settings passed to a generator (a non-finite or negative temperature, a top-p outside
+    (0, 1], a seed outside [0, 2³² − 1], …)."""
+
+
+def check_sampler_settings(*, temperature=0.0, top_p=None, seed=None, **counts) -> None:
+    """The one validation of sampler settings, shared by both families' generators (``AutoregressiveGenerator`` and
+    ``DiffusionGenerator`` call it first in ``generate``). The rules are those of the command-line flags
+    (:mod:`vtp_jax.argtypes`): ``temperature`` a finite number ≥ 0 (0 = greedy); ``top_p`` finite in (0, 1];
+    ``seed`` a whole number in [0, :data:`vtp_jax.argtypes.SEED_MAX`]; every keyword of ``counts`` (e.g.
+    ``max_new_tokens``) a whole number ≥ 1. None skips a setting.
+
+    Raises:
+      SamplerError: naming the setting and the value (e.g. ``temperature must be a finite number, got nan``).
+    """
+    checks = [("temperature", temperature, argtypes.TEMPERATURE), ("top_p", top_p, argtypes.TOP_P),
+              ("seed", seed, argtypes.SEED)] + [(k, v, argtypes.POSITIVE) for k, v in counts.items()]
+    for name, value, rule in checks:
+        if value is None:
+            continue
+        try:
+            argtypes.check_value(name, value, rule)
+        except ValueError as e:
+            raise SamplerError(str(e)) from None
+
 
 def top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     """Keeps the smallest set of tokens whose probability mass reaches ``top_p`` (at least one); others → −inf.

@@ -254,22 +254,26 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vtp_jax import argtypes
+
     d = DEFAULTS
     p = argparse.ArgumentParser(prog="vtp-train-dyrate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="converted LLaVA checkpoint directory (vtp-convert output)")
     p.add_argument("--out", default=None, help=f"predictor file (default MODEL/{dy.PREDICTOR_FILE})")
-    p.add_argument("--layer", type=int, default=None, help="probe layer ℓ, 0-based (default ⌊L/2⌋)")
-    p.add_argument("--rates", type=int, default=d["rates"], help="K discrete rates k/K (default 5)")
-    p.add_argument("--lam", type=float, default=d["lam"], help="cost of keeping every visual token, in nats")
-    p.add_argument("--n", type=int, default=d["n"], help="training prompts (shapes train split)")
-    p.add_argument("--val-n", type=int, default=d["val_n"], help="held-out prompts (val split)")
-    p.add_argument("--describe", type=float, default=d["describe"], help="share of description prompts")
-    p.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
-    p.add_argument("--steps", type=int, default=d["steps"])
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--tau", type=float, default=d["tau"], help="Gumbel-softmax temperature")
-    p.add_argument("--batch", type=int, default=d["batch"])
-    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--layer", type=argtypes.NON_NEGATIVE, default=None, help="probe layer ℓ, 0-based (default ⌊L/2⌋)")
+    p.add_argument("--rates", type=int, default=d["rates"], help="K ≥ 2 discrete rates k/K (default 5; checked in main)")
+    p.add_argument("--lam", type=argtypes.NON_NEGATIVE_REAL, default=d["lam"],
+                   help="cost of keeping every visual token, in nats (≥ 0)")
+    p.add_argument("--n", type=argtypes.POSITIVE, default=d["n"], help="training prompts (shapes train split)")
+    p.add_argument("--val-n", type=argtypes.POSITIVE, default=d["val_n"], help="held-out prompts (val split)")
+    p.add_argument("--describe", type=float, default=d["describe"],
+                   help="share of description prompts, in [0, 1] (checked in main)")
+    p.add_argument("--max-new-tokens", type=argtypes.integer(2), default=d["max_new_tokens"])
+    p.add_argument("--steps", type=argtypes.POSITIVE, default=d["steps"])
+    p.add_argument("--lr", type=argtypes.POSITIVE_REAL, default=d["lr"])
+    p.add_argument("--tau", type=argtypes.POSITIVE_REAL, default=d["tau"], help="Gumbel-softmax temperature (> 0)")
+    p.add_argument("--batch", type=argtypes.POSITIVE, default=d["batch"])
+    p.add_argument("--seed", type=argtypes.SEED, default=d["seed"])
     p.add_argument("--no-progress", action="store_true")
     return p
 

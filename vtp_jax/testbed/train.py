@@ -1189,26 +1189,28 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vtp_jax import argtypes
+
     p = argparse.ArgumentParser(prog="vtp-train-testbed", description=__doc__.splitlines()[0])
     p.add_argument("--family", required=True, choices=FAMILIES)
     p.add_argument("--out", required=True, help="output HF-format directory (the input of vtp-convert)")
     d = TrainSettings("llava")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--describe", type=float, default=d.describe,
+    p.add_argument("--steps", type=argtypes.POSITIVE, default=d.steps)
+    p.add_argument("--seed", type=argtypes.SEED, default=d.seed)
+    p.add_argument("--batch", type=argtypes.POSITIVE, default=d.batch)
+    p.add_argument("--lr", type=argtypes.POSITIVE_REAL, default=d.lr, help="peak learning rate (> 0)")
+    p.add_argument("--warmup", type=argtypes.NON_NEGATIVE, default=d.warmup)
+    p.add_argument("--weight-decay", type=argtypes.NON_NEGATIVE_REAL, default=d.weight_decay)
+    p.add_argument("--describe", type=argtypes.UNIT_INTERVAL, default=d.describe,
                    help="fraction of training examples replaced by the auxiliary description task")
-    p.add_argument("--vision-steps", type=int, default=d.vision_steps,
+    p.add_argument("--vision-steps", type=argtypes.NON_NEGATIVE, default=d.vision_steps,
                    help="steps of the vision pre-training stage (0 = none)")
-    p.add_argument("--max-turns", type=int, default=d.max_turns, help="question turns per training conversation")
+    p.add_argument("--max-turns", type=argtypes.POSITIVE, default=d.max_turns, help="question turns per training conversation")
     p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 2")
     p.add_argument("--complementary", action="store_true",
                    help="LLaDA-V: complementary masking (LaViDa): --batch/2 conversations per step, each twice, "
                         "the copy masked with the complement, so every response token is a target")
-    p.add_argument("--full-mask", type=float, default=d.full_mask, metavar="F",
+    p.add_argument("--full-mask", type=float, default=d.full_mask,  # range checked in main (its own message) metavar="F",
                    help="LLaDA-V: fraction of each batch whose whole response is masked (t = 1, the first denoising "
                         "step's input); the rest t ~ U(0, 1) as in LLaDA")
     p.add_argument("--kinds", default=None, metavar="K1,K2",
@@ -1221,9 +1223,9 @@ def _parser() -> argparse.ArgumentParser:
                         "weight's share — e.g. colour=1,count=1,presence=1,location=2,position=2")
     p.add_argument("--init", default=None, metavar="HF_DIR",
                    help="continue from an exported testbed of the same sizes (use with --vision-steps 0)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--val-n", type=int, default=d.val_n)
-    p.add_argument("--test-n", type=int, default=d.test_n)
+    p.add_argument("--eval-every", type=argtypes.POSITIVE, default=d.eval_every)
+    p.add_argument("--val-n", type=argtypes.POSITIVE, default=d.val_n)
+    p.add_argument("--test-n", type=argtypes.POSITIVE, default=d.test_n)
     p.add_argument("--sizes", default=None, help="JSON dict overriding model sizes (tiny_*_config arguments)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true")
