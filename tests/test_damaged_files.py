@@ -354,3 +354,17 @@ def test_front_end_refuses_a_nan_predictor(model_dir, image, tmp_path, capsys):
     assert code == 2 and out == ""
     assert err == (f"vtp-generate: error: DyRate predictor {path!r}: tensor 'weight' has non-finite values "
                    "(1 NaN, 0 inf of 64); re-train it with vtp-train-dyrate\n"), err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files of any mode")
+@pytest.mark.parametrize("kind", ["config", "index", "data"])
+def test_unreadable_file_is_named_and_not_called_damaged(model_dir, tmp_path, kind):
+    d = _copy(model_dir, tmp_path)
+    rel = _file_of_kind(d, kind)
+    os.chmod(os.path.join(d, rel), 0)
+    try:
+        with pytest.raises(CheckpointError, match="Permission denied") as info:
+            checkpoint.load(d)
+    finally:
+        os.chmod(os.path.join(d, rel), 0o644)
+    assert rel in str(info.value) and not isinstance(info.value, DamagedCheckpointError)

@@ -346,7 +346,12 @@ def check_fits(est: MemoryEstimate, *, where: str, limit_bytes: int | None = Non
 
 def model_config(model_dir: str | os.PathLike) -> tuple[Any, str, dict]:
     """(config, parameter dtype name, vtp_jax.json dict) of a converted directory, from its JSON files only (no
-    weights read): what :func:`vtp_jax.checkpoint.load` would build. Raises CheckpointError like ``load``."""
+    weights read): what :func:`vtp_jax.checkpoint.load` would build.
+
+    Raises CheckpointError like ``load`` (via :func:`vtp_jax.checkpoint.read_config`): DamagedCheckpointError for a
+    missing / truncated / malformed config.json or vtp_jax.json or a field of the wrong type (named), CheckpointError
+    for a directory that is not converted or a config this library cannot build. The parameter files are checked
+    only by ``load``."""
     from vtp_jax.checkpoint import dtype_name, read_config
 
     cfg, meta = read_config(model_dir)
