@@ -294,7 +294,8 @@ def _nan_weight():
 
 PREDICTOR_CASES = {
     "nan-weight": (dict(weight=_nan_weight()), "tensor 'weight' has non-finite values (1 NaN, 0 inf of 64)"),
-    "inf-bias": (dict(bias=np.array([0, np.inf, 0, 0], np.float32)), "tensor 'bias' has non-finite values (0 NaN, 1 inf"),
+    "inf-bias": (dict(bias=np.array([0, np.inf, 0, 0], np.float32)),
+                 "tensor 'bias' has non-finite values (0 NaN, 1 inf"),
     "bad-json-meta": (dict(meta={"meta": "{not json"}), "metadata field 'meta' is not valid JSON"),
     "list-meta": (dict(meta={"meta": "[1, 2]"}), "metadata field 'meta' must be a JSON object, got list"),
     "no-format": (dict(drop=("format",)), "metadata field 'format' must be 'vtp_jax.dyrate.v1', got None"),

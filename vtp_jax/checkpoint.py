@@ -654,7 +654,7 @@ def restore_params(path: str | os.PathLike, target: dict, *, group_bytes: int = 
     try:
         stored = flatten(_pure_tree(ckpt.metadata(path)))
     except Exception as e:  # noqa: BLE001 — verify_params passed, so this is corruption it cannot see
-        raise _restore_failure(root, "the parameter metadata", e) from None
+        raise _restore_failure(root, "the parameter metadata", e, damaged_types=(OSError, TypeError)) from None
     flat = flatten(target)
     missing = sorted(set(flat) - set(stored))
     surplus = sorted(set(stored) - set(flat))
@@ -713,11 +713,14 @@ def _quiet_orbax_noise() -> None:
     sys.unraisablehook = hook
 
 
-def _restore_failure(root: str, what: str, e: BaseException) -> BaseException:
+def _restore_failure(root: str, what: str, e: BaseException,
+                     damaged_types: tuple = (OSError,)) -> BaseException:
     """The exception to raise for Orbax failing to read ``what`` of the checkpoint under ``root``: an out-of-memory
     error in ``e``'s chain unchanged; DamagedCheckpointError for TensorStore's data errors (a corrupt or shortened
-    chunk: DATA_LOSS, OUT_OF_RANGE, …) and OSError; CheckpointError otherwise. The message names the parameter
-    (from TensorStore's spec in Orbax's error, when there) and the innermost cause."""
+    chunk: DATA_LOSS, OUT_OF_RANGE, …) and innermost causes of ``damaged_types`` (for the metadata step also
+    TypeError: Orbax returns no tree, without raising, for an index it could not read); CheckpointError otherwise.
+    The message names the parameter (from TensorStore's spec in Orbax's error, when there) and the innermost
+    cause."""
     from vtp_jax.memory import is_out_of_memory
 
     _quiet_orbax_noise()
@@ -734,7 +737,7 @@ def _restore_failure(root: str, what: str, e: BaseException) -> BaseException:
     code = _TS_CODE.match(text)
     if code and code.group(1) == "PERMISSION_DENIED":
         return CheckpointError(f"cannot read the parameters of {root}: {text}")
-    if (code and code.group(1) in _DAMAGE_CODES) or isinstance(cause, (OSError, TypeError)):
+    if (code and code.group(1) in _DAMAGE_CODES) or isinstance(cause, damaged_types):
         return DamagedCheckpointError(root, f"reading {what} failed ({text})")
     return CheckpointError(f"checkpoint {root}: reading {what} failed ({type(cause).__name__}: {text})")
 
