@@ -1102,7 +1102,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="model sizes of every section (default tiny); llava-1.5-7b / llada-v-8b: the real model's "
                         "shapes with RANDOM weights, one family, torch and jax in separate subprocesses "
                         "(eval/full_size_bench.py)")
-    p.add_argument("--layers", type=argtypes.POSITIVE, default=None,
+    p.add_argument("--layers", type=int, default=None,  # range [1, 32] checked by full_size.check_preset
                    help="full-size presets: decoder layers to build (1..32, default 32) for quicker runs")
     p.add_argument("--cache-dir", default=None,
                    help="full-size presets: where the random-weight checkpoints are cached (default $VTP_CACHE or "
@@ -1547,4 +1547,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m eval.bench`` runs this file as __main__, a second copy whose BenchError is not the one
+    # eval.full_size_bench raises: run the importable module's main so every error is caught (exit 2, no traceback).
+    from eval.bench import main as _module_main
+
+    sys.exit(_module_main())

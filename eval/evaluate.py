@@ -359,6 +359,7 @@ class Evaluator:
         return diffusion_config(
             self.cfg, self.processor, gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
             remasking=a.remasking, cfg_scale=a.cfg, source=a.model,
+            warn=lambda m: print(f"vtp-eval: warning: {m}", file=sys.stderr),
         )
 
     def generation_settings(self) -> dict[str, Any]:

@@ -179,7 +179,13 @@ def _rc_text(rc: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 def parse_image(spec: str | None) -> tuple[int, int]:
-    """``--llada-image HxW`` → (height, width); None → :data:`DEFAULT_LLADA_IMAGE`. Raises BenchError."""
+    """``--llada-image HxW`` → (height, width); None → :data:`DEFAULT_LLADA_IMAGE`.
+
+    Raises BenchError: not two whole numbers, a side < 1, or more pixels (H × W) than image files may have
+    (:func:`vtp_jax.processing.default_max_image_pixels`, PIL's 89,478,485): the benchmark builds the image in
+    memory, so a typo such as 48000x64000 would otherwise end in a MemoryError."""
+    from vtp_jax.processing import default_max_image_pixels
+
     if spec is None:
         return DEFAULT_LLADA_IMAGE
     try:
@@ -188,6 +194,9 @@ def parse_image(spec: str | None) -> tuple[int, int]:
         raise bench.BenchError(f"--llada-image: expected HEIGHTxWIDTH in pixels (e.g. 480x640), got {spec!r}") from None
     if h < 1 or w < 1:
         raise bench.BenchError(f"--llada-image: sizes must be positive, got {spec!r}")
+    limit = default_max_image_pixels()
+    if limit is not None and h * w > limit:
+        raise bench.BenchError(f"--llada-image: {h}×{w} = {h * w:,} pixels is over the limit of {limit:,} pixels")
     return h, w
 
 

@@ -139,7 +139,6 @@ BAD_FLAGS = [
     ("vtp-bench", ["--max-new-tokens", "1"], "--max-new-tokens", "must be ≥ 2"),
     ("vtp-bench", ["--batch", "0"], "--batch", "must be ≥ 1"),
     ("vtp-bench", ["--fastv-layer", "0"], "--fastv-layer", "must be ≥ 1"),
-    ("vtp-bench", ["--layers", "0"], "--layers", "must be ≥ 1"),
     ("vtp-bench", ["--torch-threads", "0"], "--torch-threads", "must be ≥ 1"),
     ("vtp-bench", ["--text-hidden", "-64"], "--text-hidden", "must be ≥ 1"),
     ("vtp-train-dyrate", ["--lr", "nan"], "--lr", "must be a finite number"),
@@ -412,6 +411,11 @@ def test_block_length_zero_is_not_the_whole_generation():
     assert diffusion_config(cfg, proc, block_length=None, **kw).block_length == 8
     with pytest.raises(DiffusionError, match="block_length and steps must be ≥ 1, got 8, 0, 4"):
         diffusion_config(cfg, proc, block_length=0, **kw)
+    heard = []  # legal but suspect: more steps than tokens — a warning, not silence
+    diffusion_config(cfg, proc, block_length=None, **{**kw, "steps": 16}, warn=heard.append)
+    assert len(heard) == 1 and "--steps 16 exceeds --gen-length 8" in heard[0]
+    diffusion_config(cfg, proc, block_length=None, **kw, warn=heard.append)
+    assert len(heard) == 1
 
 
 # =====================================================================================================================
@@ -508,6 +512,16 @@ def test_bench_json_checked_before_the_run(tmp_path, capsys, json_path, needle):
     out, err = capsys.readouterr()
     assert code == 2 and needle in err and "Traceback" not in err
     assert "RANDOM WEIGHTS" not in out  # nothing ran
+
+
+def test_bench_full_size_errors_no_traceback_as_a_module(capsys):
+    """Siblings: ``--llada-image`` is held to the image pixel limit (the benchmark builds that image in memory), and
+    ``python -m eval.bench`` caught no full-size BenchError (its __main__ copy had another BenchError class)."""
+    argv = ["--preset", "llada-v-8b", "--no-torch", "--llada-image", "48000x64000"]
+    assert bench.main(argv) == 2
+    assert "--llada-image: 48000×64000 = 3,072,000,000 pixels is over the limit of 89,478,485" in capsys.readouterr().err
+    res = subprocess.run([sys.executable, "-m", "eval.bench", *argv], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "vtp-bench: error: --llada-image" in res.stderr
 
 
 def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):

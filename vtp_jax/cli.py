@@ -253,6 +253,7 @@ def _prepare_llada_v(args, image, cfg) -> dict:
     dcfg = diffusion_config(
         cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
         remasking=args.remasking, cfg_scale=args.cfg, source=args.model,
+        warn=lambda m: print(f"vtp-generate: warning: {m}", file=sys.stderr),
     )
     batch = processor([image], [args.prompt])
     check_positions(cfg, len(batch.prompt_ids[0]), dcfg.gen_length, "--gen-length")

@@ -145,13 +145,15 @@ def check_positions(cfg, prompt_tokens: int, new_tokens: int, what: str) -> None
 
 def diffusion_config(
     cfg, processor, *, gen_length: int, block_length: int | None, steps: int, remasking: str, cfg_scale: float,
-    source: str = "the checkpoint",
+    source: str = "the checkpoint", warn=None,
 ):
     """LLaDA-V sampler settings: the checkpoint's mask id, suppressed ids (EOS, BOS, header tokens — LLaDA-V
     forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. ``block_length`` None means one
     block of ``gen_length``; any given value, 0 included, is validated as it is. Raises InputError (no usable
     mask id) or DiffusionError (lengths < 1 or that do not divide, bad remasking, a cfg that is negative or not
-    finite)."""
+    finite). ``warn`` (a ``str -> None`` callable, e.g. a front end's stderr printer) hears of legal but suspect
+    settings: more denoising steps than generated tokens (the steps beyond one token per step unmask nothing and
+    only cost time)."""
     from vtp_jax.generation.diffusion import DiffusionConfig
 
     mask_id = getattr(cfg, "mask_token_id", None)
@@ -171,6 +173,9 @@ def diffusion_config(
         cfg=cfg_scale, mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
     )
     dcfg.validate()
+    if warn is not None and dcfg.steps > dcfg.gen_length:
+        warn(f"--steps {dcfg.steps} exceeds --gen-length {dcfg.gen_length}: every step unmasks at most the tokens "
+             f"left, so {dcfg.steps - dcfg.gen_length} of the steps do nothing but cost time")
     return dcfg
 
 
