@@ -450,6 +450,22 @@ def test_eval_jsonl_image_over_the_limit(llava_dir, images, tmp_path, image, ext
     _assert_usage_error(code, out, err, "vtp-eval: error: ", *needles)
 
 
+def test_processor_gets_the_scaled_image_not_a_white_one(llava_dir, images):
+    """End to end through the checkpoint's own processor (transformers would clip a 16-bit image to white): a 16-bit
+    image in the Python API gives the pixel values of its 8-bit equivalent."""
+    from vtp_jax import memory
+
+    cfg, _, _ = memory.model_config(llava_dir)
+    proc = processing.load_processor(llava_dir, cfg)
+    gray16 = Image.open(images / "gray16.png")
+    eight = np.round(np.asarray(gray16).astype(np.float64) * 255 / 65535).astype(np.uint8)
+    eight = Image.fromarray(eight).convert("RGB")
+    got = proc([gray16], ["What?"]).pixel_values
+    np.testing.assert_allclose(got, proc([eight], ["What?"]).pixel_values, atol=1e-6)
+    white = proc([Image.new("RGB", gray16.size, (255, 255, 255))], ["What?"]).pixel_values
+    assert np.abs(got - white).max() > 1.0
+
+
 SWEEP = ["--model", "/nonexistent/model", "--task", "jsonl:/nonexistent.jsonl", "--sweep", "--no-progress"]
 
 

@@ -279,12 +279,12 @@ def _run_llada_v(args, model, cfg, prep) -> dict:
     )
     result = _result(args, cfg, processor, batch, runs, first_call_s,
                      prefill=lambda r: r.encode_s, decode=lambda r: r.denoise_s)
-    result["diffusion"] = {
+    result["diffusion"] = jsonable({  # finite by validation; jsonable anyway, so --json can never fail on NaN
         "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
         "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
         "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
         "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
-    }
+    })
     return result
 
 
