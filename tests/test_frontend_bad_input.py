@@ -150,6 +150,11 @@ BAD_FLAGS = [
     ("vtp-train-testbed", ["--weight-decay", "nan"], "--weight-decay", "must be a finite number"),
     ("vtp-train-testbed", ["--warmup", "-1"], "--warmup", "must be ≥ 0"),
     ("vtp-train-testbed", ["--steps", "0"], "--steps", "must be ≥ 1"),
+    ("vtp-train-testbed", ["--sizes", '{"foo": 1}'], "--sizes", "unknown size 'foo'"),
+    ("vtp-train-testbed", ["--sizes", "[1]"], "--sizes", "expected a JSON object of sizes, got list"),
+    ("vtp-train-testbed", ["--sizes", '{"text_heads": 0}'], "--sizes", "text_heads must be a whole number ≥ 1, got 0"),
+    ("vtp-train-testbed", ["--sizes", "{"], "--sizes", "not valid JSON"),
+    ("vtp-train-testbed", ["--sizes", '{"rope_theta": -1}'], "--sizes", "rope_theta must be a finite number > 0"),
     ("vtp-demo", ["--max-new-tokens", "0"], "--max-new-tokens", "must be ≥ 1"),
     ("vtp-demo", ["--steps", "x"], "--steps", "'x' is not a whole number"),
 ]
@@ -566,3 +571,10 @@ def test_seed_bounds_are_what_jax_and_numpy_take():
     jax.random.key(argtypes.SEED_MAX)
     np.random.default_rng(argtypes.SEED_MAX)
     assert math.log2(argtypes.SEED_MAX + 1) == 32
+
+
+def test_testbed_sizes_the_readme_uses_still_parse():
+    sizes = ('{"text_heads": 8, "text_hidden": 128, "text_kv_heads": 8, "text_mlp": 384, "vision_hidden": 96, '
+             '"vision_mlp": 384, "rope_theta": 10000.0}')
+    args = testbed_train._parser().parse_args(["--family", "llada_v", "--out", "x", "--sizes", sizes])
+    assert json.loads(args.sizes)["rope_theta"] == 10000.0

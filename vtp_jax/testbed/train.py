@@ -1226,10 +1226,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=argtypes.POSITIVE, default=d.eval_every)
     p.add_argument("--val-n", type=argtypes.POSITIVE, default=d.val_n)
     p.add_argument("--test-n", type=argtypes.POSITIVE, default=d.test_n)
-    p.add_argument("--sizes", default=None, help="JSON dict overriding model sizes (tiny_*_config arguments)")
+    p.add_argument("--sizes", type=_sizes_type, default=None,
+                   help="JSON dict overriding model sizes (tiny_*_config arguments; sizes whole numbers ≥ 1)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _sizes_type(text: str) -> str:
+    """argparse type of ``--sizes``: a JSON object whose keys are keyword arguments of either family's config
+    builder (``tiny_llava_config`` / ``tiny_llada_v_config``); the sizes of :data:`SIZES` must be whole numbers ≥ 1
+    and ``rope_theta`` a finite number > 0. Returns the text unchanged (main parses it). Raises ArgumentTypeError."""
+    import inspect
+    import math
+
+    try:
+        sizes = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(sizes, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of sizes, got {type(sizes).__name__}")
+    if not sizes:
+        return text
+    known = set()
+    for family, builder in (("llava", "tiny_llava_config"), ("llada_v", "tiny_llada_v_config")):
+        known |= set(inspect.signature(getattr(_family_module(family), builder)).parameters)
+    counts = set(SIZES["llava"]) | set(SIZES["llada_v"])
+    for key, value in sizes.items():
+        if key not in known:
+            raise argparse.ArgumentTypeError(f"unknown size {key!r} (known: {', '.join(sorted(known))})")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in counts and not (number and isinstance(value, int) and value >= 1):
+            raise argparse.ArgumentTypeError(f"{key} must be a whole number ≥ 1, got {value!r}")
+        if key == "rope_theta" and not (number and math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"rope_theta must be a finite number > 0, got {value!r}")
+    return text
 
 
 def parse_kind_weights(text: str, kinds: tuple[str, ...] | None = None) -> dict[str, float]:
