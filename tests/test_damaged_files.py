@@ -369,3 +369,22 @@ def test_unreadable_file_is_named_and_not_called_damaged(model_dir, tmp_path, ki
     finally:
         os.chmod(os.path.join(d, rel), 0o644)
     assert rel in str(info.value) and not isinstance(info.value, DamagedCheckpointError)
+
+
+# ---- damaged tokenizer / processor files of a converted directory --------------------------------------------------
+@pytest.mark.parametrize("name, how, needle", [
+    ("chat_template.jinja", "half", "chat_template.jinja: the chat template does not parse"),
+    ("tokenizer.json", "half", "tokenizer.json: unreadable JSON"),
+    ("tokenizer_config.json", "half", "tokenizer_config.json: unreadable JSON"),
+    ("processor_config.json", "empty", "processor_config.json: unreadable JSON"),
+    ("tokenizer.json", "delete", "cannot load the tokenizer / image processor from"),
+])
+def test_damaged_processor_files_are_named(model_dir, image, tmp_path, capsys, name, how, needle):
+    from vtp_jax.cli import main as generate_main
+
+    d = _copy(model_dir, tmp_path)
+    _damage(os.path.join(d, name), how)
+    code, out, err = _run(capsys, generate_main, ["--model", d, "--image", image, "--prompt", "hi",
+                                                  "--max-new-tokens", "2", "--warmup", "0"])
+    assert code == 2 and needle in err, err
+    assert "Traceback" not in err and err.count("\n") == 1, err

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import threading
 import warnings
@@ -271,6 +272,74 @@ class BaseProcessor:
             raise InputError("no images / prompts to process")
 
 
+TEMPLATE_FILES = ("chat_template.jinja",)  # transformers 5 also reads a template from these JSON files' field:
+TEMPLATE_FIELDS = {"chat_template.json": "chat_template", "tokenizer_config.json": "chat_template",
+                   "processor_config.json": "chat_template"}
+
+
+def check_hf_files(model_dir: str) -> None:
+    """Reads every JSON file and chat template of ``model_dir`` that transformers' processors load, so a damaged
+    one is named (transformers' own errors often name neither the file nor the problem).
+
+    Raises:
+      InputError: ``"<dir>/<file>: unreadable JSON (…)"`` or ``"<dir>/<file>: the chat template does not parse
+        (…)"`` — re-run vtp-convert, or fix the file.
+    """
+    import jinja2
+
+    def bad(name, why):
+        return InputError(f"{os.path.join(model_dir, name)}: {why} — re-run vtp-convert, or fix the file")
+
+    templates = []
+    for name in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path) or not (name.endswith(".json") or name in TEMPLATE_FILES):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise bad(name, f"unreadable ({e})") from None
+        if name in TEMPLATE_FILES:
+            templates.append((name, text))
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise bad(name, f"unreadable JSON ({e})") from None
+        field = TEMPLATE_FIELDS.get(name)
+        if field and isinstance(data, dict) and isinstance(data.get(field), str):
+            templates.append((f"{name} ({field})", data[field]))
+    for name, text in templates:
+        try:
+            jinja2.Environment().parse(text)
+        except jinja2.TemplateError as e:
+            raise bad(name.split(" ")[0], f"the chat template does not parse ({e})") from None
+
+
+def load_hf_files(model_dir: str, load):
+    """``load()`` (a transformers ``from_pretrained`` call) after :func:`check_hf_files`; any exception it raises
+    becomes one InputError line naming ``model_dir``. Returns what ``load`` returns. Raises InputError."""
+    check_hf_files(model_dir)
+    try:
+        return load()
+    except Exception as e:  # transformers raises many types for missing / broken processor files
+        why = " ".join(str(e).split())
+        why = why if len(why) <= 300 else why[:297] + "..."
+        raise InputError(f"cannot load the tokenizer / image processor from {model_dir}: {type(e).__name__}: "
+                         f"{why}") from None
+
+
+def _render_template(render) -> str:
+    """``render()`` (an ``apply_chat_template`` call); a template that fails at render time is an InputError."""
+    import jinja2
+
+    try:
+        return render()
+    except jinja2.TemplateError as e:
+        raise InputError(f"the checkpoint's chat template fails on this prompt ({type(e).__name__}: {e})") from None
+
+
 class Processor(BaseProcessor):
     """LLaVA: wraps the checkpoint's ``transformers`` processor (``AutoProcessor``).
 
@@ -284,10 +353,7 @@ class Processor(BaseProcessor):
     def __init__(self, model_dir: str, *, image_token_id: int, num_visual_tokens: int):
         from transformers import AutoProcessor
 
-        try:
-            self.hf = AutoProcessor.from_pretrained(model_dir)
-        except Exception as e:  # transformers raises many types for missing / broken processor files
-            raise InputError(f"cannot load the tokenizer / image processor from {model_dir}: {e}") from None
+        self.hf = load_hf_files(model_dir, lambda: AutoProcessor.from_pretrained(model_dir))
         self.tokenizer = self.hf.tokenizer
         self.image_token_id = image_token_id
         self.num_visual_tokens = num_visual_tokens
@@ -296,7 +362,8 @@ class Processor(BaseProcessor):
         """The chat-template prompt for one user turn with one image (LLaVA-1.5 format if no template)."""
         if getattr(self.hf, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-            return self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return _render_template(lambda: self.hf.apply_chat_template(messages, add_generation_prompt=True,
+                                                                        tokenize=False))
         return f"USER: <image>\n{question} ASSISTANT:"
 
     def __call__(self, images: list[Image.Image], questions: list[str], *, bucket: int = 64) -> Batch:
@@ -345,12 +412,11 @@ class LladaVProcessor(BaseProcessor):
     def __init__(self, model_dir: str, cfg):
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        try:
+        def both():
             with _quiet_transformers():
-                self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-                self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
-        except Exception as e:  # transformers raises many types for missing / broken files
-            raise InputError(f"cannot load the tokenizer / image processor from {model_dir}: {e}") from None
+                return AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
+
+        self.tokenizer, self.image_processor = load_hf_files(model_dir, both)
         self.cfg = cfg
         self.image_token_id = int(cfg.image_token_id)
 
@@ -365,7 +431,8 @@ class LladaVProcessor(BaseProcessor):
         content = f"{IMAGE_TOKEN}\n{question}"
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": content}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return _render_template(lambda: self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                                               tokenize=False))
         return _LLADA_FALLBACK_TEMPLATE.format(content=content)
 
     def encode_prompt(self, prompt: str, num_visual_tokens: int) -> list[int]:
