@@ -10,6 +10,7 @@ Sources: transformers ``CLIPVisionConfig``, ``SiglipVisionConfig``, ``LlamaConfi
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -102,62 +103,200 @@ def _get(d: dict, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _as_tuple(x: Any) -> tuple[int, ...]:
+# --- field validation -------------------------------------------------------------------------------------------------
+# Every structural field is checked where it is read, and a bad one raises ConfigError naming the field as it is
+# spelled in config.json ("text_config.num_attention_heads", "vision_config.patch_size", "rope_parameters.factor").
+
+ACTIVATION_NAMES = ("quick_gelu", "gelu", "gelu_pytorch_tanh", "silu")  # vtp_jax.modeling.layers.ACTIVATIONS
+
+
+def _whole(value: Any, name: str, *, lo: int | None = 1) -> int:
+    """``value`` as an int ≥ ``lo`` (a float with an integral value is accepted; bools and strings are not).
+
+    Raises:
+        ConfigError: "<name> must be a whole number ≥ lo, got …".
+    """
+    bound = "" if lo is None else f" ≥ {lo}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a whole number{bound}, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():  # also nan / inf
+            raise ConfigError(f"{name} must be a whole number{bound}, got {value!r}")
+        value = int(value)
+    if lo is not None and value < lo:
+        raise ConfigError(f"{name} must be a whole number{bound}, got {value}")
+    return value
+
+
+def _real(value: Any, name: str, *, positive: bool = True) -> float:
+    """``value`` as a finite float (> 0 when ``positive``).
+
+    Raises:
+        ConfigError: "<name> must be a finite number > 0, got …".
+    """
+    want = "a finite number > 0" if positive else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be {want}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ConfigError(f"{name} must be {want}, got {value!r}")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A JSON boolean (``"false"`` is a string, not False: refused rather than read as True)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _object(value: Any, name: str) -> dict:
+    """A JSON object (None → {})."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _token_id(value: Any, name: str) -> int | None:
+    """A token id (any int) or None."""
+    return None if value is None else _whole(value, name, lo=None)
+
+
+def _as_tuple(x: Any, name: str = "token id") -> tuple[int, ...]:
+    """An int or a list of ints → tuple of ints (None → ()); ConfigError naming ``name`` otherwise."""
     if x is None:
         return ()
     if isinstance(x, (list, tuple)):
-        return tuple(int(v) for v in x)
-    return (int(x),)
+        return tuple(_whole(v, name, lo=None) for v in x)
+    return (_whole(x, name, lo=None),)
 
 
-def rope_from_hf(d: dict) -> RopeConfig:
-    """Reads RoPE parameters from a text config dict, new (``rope_parameters``) or legacy layout."""
-    params = dict(d.get("rope_parameters") or {})
-    legacy = d.get("rope_scaling") or {}
-    params = {**legacy, **params}
+def _feature_layers(value: Any, n_layers: int, name: str = "vision_feature_layer") -> tuple[int, ...]:
+    """``vision_feature_layer``: a layer index or a non-empty list of them, each in [-(n+1), n]."""
+    layers = _as_tuple(value, name)
+    if not layers:
+        raise ConfigError(f"{name} must name at least one layer, got {value!r}")
+    for layer in layers:
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise ConfigError(f"{name} {layer} out of range for {n_layers} layers")
+    return layers
+
+
+def rope_from_hf(d: dict, where: str = "") -> RopeConfig:
+    """Reads RoPE parameters from a text config dict, new (``rope_parameters``) or legacy layout.
+
+    ``where`` prefixes field names in error messages (e.g. "text_config.").
+
+    Raises:
+        ConfigError: an unsupported ``rope_type``, or a theta / factor that is not a finite number > 0, a llama3
+        ``low_freq_factor`` not below ``high_freq_factor``, a bad ``original_max_position_embeddings``.
+    """
+    given = _object(d.get("rope_parameters"), f"{where}rope_parameters")
+    legacy = _object(d.get("rope_scaling"), f"{where}rope_scaling")
+    params = {**legacy, **given}
+
+    def name(key: str) -> str:  # where a value came from (or belongs), as config.json spells it
+        if key in given or (key not in legacy and given and key != "rope_theta"):
+            return f"{where}rope_parameters.{key}"
+        if key in legacy or (legacy and key != "rope_theta"):
+            return f"{where}rope_scaling.{key}"
+        return f"{where}{key}"
+
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
-    theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)) or 10000.0)
     if rope_type not in ("default", "llama3"):
-        raise ConfigError(f"unsupported rope_type {rope_type!r} (supported: default, llama3)")
+        raise ConfigError(f"unsupported {name('rope_type')} {rope_type!r} (supported: default, llama3)")
+    theta = params.get("rope_theta", d.get("rope_theta"))
+    theta = 10000.0 if theta is None else _real(theta, name("rope_theta"))
     if rope_type == "default":
         return RopeConfig(theta=theta)
+    if params.get("factor") is None:
+        raise ConfigError(f"{name('factor')} is missing: llama3 rope scaling needs a factor")
+    low = _real(_get(params, "low_freq_factor", 1.0), name("low_freq_factor"))
+    high = _real(_get(params, "high_freq_factor", 4.0), name("high_freq_factor"))
+    if not low < high:
+        raise ConfigError(f"{name('low_freq_factor')} {low} must be below {name('high_freq_factor')} {high}")
+    original = params.get("original_max_position_embeddings")
+    original_name = name("original_max_position_embeddings")
+    if original is None:
+        original, original_name = _get(d, "max_position_embeddings", 8192), f"{where}max_position_embeddings"
     return RopeConfig(
         rope_type="llama3",
         theta=theta,
-        factor=float(params["factor"]),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=int(
-            params.get("original_max_position_embeddings", d.get("max_position_embeddings", 8192))
-        ),
+        factor=_real(params["factor"], name("factor")),
+        low_freq_factor=low,
+        high_freq_factor=high,
+        original_max_position_embeddings=_whole(original, original_name),
     )
 
 
-def text_config_from_hf(d: dict, *, causal: bool = True) -> TextConfig:
-    """Builds a :class:`TextConfig` from a Llama-style ``text_config`` dict (HF defaults where absent)."""
-    hidden = int(_get(d, "hidden_size", 4096))
-    heads = int(_get(d, "num_attention_heads", 32))
+def text_config_from_hf(d: dict, *, causal: bool = True, where: str = "",
+                        names: dict[str, str] | None = None) -> TextConfig:
+    """Builds a :class:`TextConfig` from a Llama-style ``text_config`` dict (HF defaults where absent).
+
+    Args:
+      d: the text config (Llama names).
+      causal: False for LLaDA's bidirectional decoder.
+      where: prefix of field names in error messages ("text_config." for LLaVA, "" for LLaDA-V's top level).
+      names: {Llama name: the name config.json used} for fields read through an alias (LLaDA's ``n_heads`` …).
+
+    Raises:
+        ConfigError: naming the field — sizes / counts that are not whole numbers ≥ 1, ``hidden_size`` not divisible
+        by ``num_attention_heads`` (without an explicit ``head_dim``), ``num_attention_heads`` not a multiple of
+        ``num_key_value_heads``, an odd ``head_dim`` (RoPE rotates pairs), ``rms_norm_eps`` not a finite number > 0,
+        flags that are not booleans, token ids that are not integers, an unsupported ``hidden_act`` or RoPE.
+    """
+    names = names or {}
+
+    def field(key: str) -> str:
+        return f"{where}{names.get(key, key)}"
+
+    def size(key: str, default: int) -> int:
+        return _whole(_get(d, key, default), field(key))
+
+    hidden = size("hidden_size", 4096)
+    heads = size("num_attention_heads", 32)
+    kv_heads = size("num_key_value_heads", heads)
+    if heads % kv_heads:
+        raise ConfigError(f"{field('num_attention_heads')} {heads} is not a multiple of "
+                          f"{field('num_key_value_heads')} {kv_heads}")
+    if d.get("head_dim") is None:
+        if hidden % heads:
+            raise ConfigError(f"{field('hidden_size')} {hidden} is not divisible by {field('num_attention_heads')} "
+                              f"{heads} (give head_dim to use another head size)")
+        head_dim = hidden // heads
+    else:
+        head_dim = size("head_dim", 0)
+    if head_dim % 2:
+        raise ConfigError(f"{field('head_dim')} {head_dim} must be even (rotary embeddings rotate pairs of channels)")
     act = _get(d, "hidden_act", "silu")
     if act != "silu":
-        raise ConfigError(f"unsupported text hidden_act {act!r} (Llama uses silu)")
+        raise ConfigError(f"unsupported {field('hidden_act')} {act!r} (Llama uses silu)")
     return TextConfig(
-        vocab_size=int(_get(d, "vocab_size", 32000)),
+        vocab_size=size("vocab_size", 32000),
         hidden_size=hidden,
-        intermediate_size=int(_get(d, "intermediate_size", 11008)),
-        num_hidden_layers=int(_get(d, "num_hidden_layers", 32)),
+        intermediate_size=size("intermediate_size", 11008),
+        num_hidden_layers=size("num_hidden_layers", 32),
         num_attention_heads=heads,
-        num_key_value_heads=int(_get(d, "num_key_value_heads", heads)),
-        head_dim=int(_get(d, "head_dim", hidden // heads)),
-        rms_norm_eps=float(_get(d, "rms_norm_eps", 1e-6)),
-        max_position_embeddings=int(_get(d, "max_position_embeddings", 2048)),
-        rope=rope_from_hf(d),
-        attention_bias=bool(_get(d, "attention_bias", False)),
-        mlp_bias=bool(_get(d, "mlp_bias", False)),
-        tie_word_embeddings=bool(_get(d, "tie_word_embeddings", False)),
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=_real(_get(d, "rms_norm_eps", 1e-6), field("rms_norm_eps")),
+        max_position_embeddings=size("max_position_embeddings", 2048),
+        rope=rope_from_hf(d, where),
+        attention_bias=_flag(_get(d, "attention_bias", False), field("attention_bias")),
+        mlp_bias=_flag(_get(d, "mlp_bias", False), field("mlp_bias")),
+        tie_word_embeddings=_flag(_get(d, "tie_word_embeddings", False), field("tie_word_embeddings")),
         causal=causal,
-        bos_token_id=d.get("bos_token_id"),
-        eos_token_id=_as_tuple(d.get("eos_token_id")),
-        pad_token_id=d.get("pad_token_id"),
+        bos_token_id=_token_id(d.get("bos_token_id"), field("bos_token_id")),
+        eos_token_id=_as_tuple(d.get("eos_token_id"), field("eos_token_id")),
+        pad_token_id=_token_id(d.get("pad_token_id"), field("pad_token_id")),
     )
 
 
@@ -171,28 +310,51 @@ _VISION_DEFAULTS = {  # LlavaConfig's default vision tower (CLIP ViT-L/14-336)
 }
 
 
-def vision_config_from_hf(d: dict) -> VisionConfig:
-    """Builds a :class:`VisionConfig` from a ``vision_config`` dict (``clip_vision_model`` or ``siglip_vision_model``)."""
+def vision_config_from_hf(d: dict, where: str = "vision_config.") -> VisionConfig:
+    """Builds a :class:`VisionConfig` from a ``vision_config`` dict (``clip_vision_model`` or ``siglip_vision_model``).
+
+    ``image_size`` need not be a multiple of ``patch_size`` (the strided patch convolution floors, as in
+    transformers), but it must hold at least one patch.
+
+    Raises:
+        ConfigError: naming the field — an unsupported ``model_type`` / ``hidden_act``, sizes that are not whole
+        numbers ≥ 1, ``hidden_size`` not divisible by ``num_attention_heads``, ``image_size`` < ``patch_size``,
+        ``num_channels`` other than 3 (images are fed as RGB), ``layer_norm_eps`` not a finite number > 0.
+    """
     model_type = d.get("model_type", "clip_vision_model")
     if model_type in ("clip_vision_model", "clip"):
         kind, act = "clip", "quick_gelu"
     elif model_type in ("siglip_vision_model", "siglip"):
         kind, act = "siglip", "gelu_pytorch_tanh"
     else:
-        raise ConfigError(f"unsupported vision tower model_type {model_type!r} (supported: clip, siglip)")
+        raise ConfigError(f"unsupported {where}model_type {model_type!r} (supported: clip, siglip)")
     act = _get(d, "hidden_act", act)
     if act not in ("quick_gelu", "gelu_pytorch_tanh", "gelu"):
-        raise ConfigError(f"unsupported vision hidden_act {act!r}")
+        raise ConfigError(f"unsupported {where}hidden_act {act!r}")
+
+    def size(key: str) -> int:
+        return _whole(_get(d, key, _VISION_DEFAULTS[key]), f"{where}{key}")
+
+    hidden, heads = size("hidden_size"), size("num_attention_heads")
+    if hidden % heads:
+        raise ConfigError(f"{where}hidden_size {hidden} is not divisible by {where}num_attention_heads {heads}")
+    image_size, patch_size = size("image_size"), size("patch_size")
+    if image_size < patch_size:
+        raise ConfigError(f"{where}image_size {image_size} is smaller than {where}patch_size {patch_size}: "
+                          "an image would hold no patch")
+    channels = _whole(_get(d, "num_channels", 3), f"{where}num_channels")
+    if channels != 3:
+        raise ConfigError(f"{where}num_channels must be 3 (images are fed as RGB), got {channels}")
     return VisionConfig(
         kind=kind,
-        hidden_size=int(_get(d, "hidden_size", _VISION_DEFAULTS["hidden_size"])),
-        intermediate_size=int(_get(d, "intermediate_size", _VISION_DEFAULTS["intermediate_size"])),
-        num_hidden_layers=int(_get(d, "num_hidden_layers", _VISION_DEFAULTS["num_hidden_layers"])),
-        num_attention_heads=int(_get(d, "num_attention_heads", _VISION_DEFAULTS["num_attention_heads"])),
-        image_size=int(_get(d, "image_size", _VISION_DEFAULTS["image_size"])),
-        patch_size=int(_get(d, "patch_size", _VISION_DEFAULTS["patch_size"])),
-        num_channels=int(_get(d, "num_channels", 3)),
-        layer_norm_eps=float(_get(d, "layer_norm_eps", 1e-5 if kind == "clip" else 1e-6)),
+        hidden_size=hidden,
+        intermediate_size=size("intermediate_size"),
+        num_hidden_layers=size("num_hidden_layers"),
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=channels,
+        layer_norm_eps=_real(_get(d, "layer_norm_eps", 1e-5 if kind == "clip" else 1e-6), f"{where}layer_norm_eps"),
         hidden_act=act,
     )
 
@@ -201,39 +363,58 @@ def llava_config_from_hf(d: dict) -> LlavaConfig:
     """Builds a :class:`LlavaConfig` from a ``config.json`` dict with ``model_type == "llava"``.
 
     Raises:
-        ConfigError: unknown ``model_type``, unsupported activation / RoPE type / feature strategy.
+        ConfigError: unknown ``model_type``, unsupported activation / RoPE type / feature strategy, or any
+        structural field out of range (named as config.json spells it; see :func:`text_config_from_hf` and
+        :func:`vision_config_from_hf`).
     """
     if d.get("model_type") != "llava":
         raise ConfigError(f"unsupported model_type {d.get('model_type')!r} (supported: llava)")
-    text = dict(d.get("text_config") or {})
-    text.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", False))
+    text = dict(_object(d.get("text_config"), "text_config"))
+    if "tie_word_embeddings" in d and "tie_word_embeddings" not in text:
+        text["tie_word_embeddings"] = _flag(_get(d, "tie_word_embeddings", False), "tie_word_embeddings")
     strategy = d.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
         raise ConfigError(f"unsupported vision_feature_select_strategy {strategy!r} (default or full)")
-    image_token = d.get("image_token_id", d.get("image_token_index", 32000))
-    vision = vision_config_from_hf(d.get("vision_config") or {"model_type": "clip_vision_model"})
-    layers = _as_tuple(d.get("vision_feature_layer", -2))
-    for layer in layers:
-        if not -(vision.num_hidden_layers + 1) <= layer <= vision.num_hidden_layers:
-            raise ConfigError(f"vision_feature_layer {layer} out of range for {vision.num_hidden_layers} layers")
+    key = "image_token_id" if d.get("image_token_id") is not None else "image_token_index"
+    image_token = _whole(_get(d, key, 32000), key, lo=0)
+    vision = vision_config_from_hf(_object(d.get("vision_config"), "vision_config") or
+                                   {"model_type": "clip_vision_model"})
+    layers = _feature_layers(d.get("vision_feature_layer", -2), vision.num_hidden_layers)
+    act = _get(d, "projector_hidden_act", "gelu")
+    if act not in ACTIVATION_NAMES:
+        raise ConfigError(f"unsupported projector_hidden_act {act!r} (supported: {', '.join(ACTIVATION_NAMES)})")
     return LlavaConfig(
         vision=vision,
-        text=text_config_from_hf(text),
-        image_token_id=int(image_token),
+        text=text_config_from_hf(text, where="text_config."),
+        image_token_id=image_token,
         vision_feature_layer=layers,
         vision_feature_select_strategy=strategy,
-        projector_hidden_act=d.get("projector_hidden_act", "gelu"),
-        projector_bias=bool(d.get("multimodal_projector_bias", True)),
+        projector_hidden_act=act,
+        projector_bias=_flag(_get(d, "multimodal_projector_bias", True), "multimodal_projector_bias"),
     )
 
 
 def config_from_hf(d: dict) -> "LlavaConfig | LladaVConfig":
-    """Dispatches on ``model_type``. Raises :class:`ConfigError` for unknown families."""
+    """Dispatches on ``model_type``: "llava" → :func:`llava_config_from_hf`, "llava_llada" →
+    :func:`llada_v_config_from_hf`.
+
+    Raises:
+        ConfigError: for anything this library cannot build a model from — unknown families, and every structural
+        field of the wrong type or out of range (the message names the field). No other exception escapes for a
+        JSON-shaped ``d``.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"config.json must hold a JSON object, got {type(d).__name__}")
     model_type = d.get("model_type")
-    if model_type == "llava":
-        return llava_config_from_hf(d)
-    if model_type == "llava_llada":
-        return llada_v_config_from_hf(d)
+    try:
+        if model_type == "llava":
+            return llava_config_from_hf(d)
+        if model_type == "llava_llada":
+            return llada_v_config_from_hf(d)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:  # a field no check above covers
+        raise ConfigError(f"invalid config ({type(e).__name__}: {e})") from None
     raise ConfigError(f"unsupported model_type {model_type!r} (supported: llava, llava_llada)")
 
 
@@ -343,10 +524,10 @@ def parse_grid_pinpoints(value: Any, tile_size: int) -> tuple[tuple[int, int], .
                 raise ConfigError(f"image_grid_pinpoints {value!r}: not a list of pairs") from None
             return parse_grid_pinpoints(value, tile_size)
     elif isinstance(value, (list, tuple)):
-        try:
-            out = tuple((int(p[0]), int(p[1])) for p in value)
-        except (TypeError, ValueError, IndexError):
-            raise ConfigError(f"image_grid_pinpoints {value!r}: not a list of (height, width) pairs") from None
+        if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+            raise ConfigError(f"image_grid_pinpoints {value!r}: not a list of (height, width) pairs")
+        out = tuple((_whole(h, "image_grid_pinpoints", lo=None), _whole(w, "image_grid_pinpoints", lo=None))
+                    for h, w in value)
     else:
         raise ConfigError(f"image_grid_pinpoints {value!r}: expected a list of pairs or a '(AxB),...,(CxD)' string")
     if not out:
@@ -359,23 +540,28 @@ def parse_grid_pinpoints(value: Any, tile_size: int) -> tuple[tuple[int, int], .
     return out
 
 
-def _llada_text_dict(d: dict) -> dict:
+def _llada_text_dict(d: dict) -> tuple[dict, str, dict[str, str]]:
     """The text-model fields of a LLaDA-V config: ``text_config`` if present, else the top level (Llama-style names,
-    with LLaDA-8B's OLMo-style names accepted as aliases)."""
-    if isinstance(d.get("text_config"), dict):
-        return dict(d["text_config"])
+    with LLaDA-8B's OLMo-style names accepted as aliases).
+
+    Returns (fields with Llama names, prefix for error messages, {Llama name: the alias config.json used}).
+    """
+    if d.get("text_config") is not None:
+        return dict(_object(d["text_config"], "text_config")), "text_config.", {}
     text = dict(d)
+    names: dict[str, str] = {}
     for old, new in _LLADA_TEXT_ALIASES.items():
         if text.get(new) is None and text.get(old) is not None:
-            text[new] = text[old]
+            text[new], names[new] = text[old], old
     if text.get("vocab_size") is None and text.get("embedding_size") is not None:
-        text["vocab_size"] = text["embedding_size"]
+        text["vocab_size"], names["vocab_size"] = text["embedding_size"], "embedding_size"
     if "weight_tying" in text and "tie_word_embeddings" not in text:
-        text["tie_word_embeddings"] = bool(text["weight_tying"])
+        text["tie_word_embeddings"] = _flag(text["weight_tying"], "weight_tying")
     if text.get("hidden_act") is None and text.get("activation_type") is not None:
         act = text["activation_type"]
         text["hidden_act"] = "silu" if act in ("silu", "swiglu") else act
-    return text
+        names["hidden_act"] = "activation_type"
+    return text, "", names
 
 
 def llada_v_config_from_hf(d: dict) -> LladaVConfig:
@@ -403,22 +589,23 @@ def llada_v_config_from_hf(d: dict) -> LladaVConfig:
 
     Raises:
         ConfigError: wrong ``model_type``, no mask token id, unsupported projector / merge type / aspect ratio /
-        vision tower, inconsistent sizes.
+        vision tower, inconsistent sizes, or any structural field out of range (named as config.json spells it,
+        aliases included: "n_heads must be a whole number ≥ 1, got 0").
     """
     import re
 
     if d.get("model_type") != "llava_llada":
         raise ConfigError(f"unsupported model_type {d.get('model_type')!r} (expected llava_llada for LLaDA-V)")
-    text_dict = _llada_text_dict(d)
+    text_dict, where, names = _llada_text_dict(d)
     text_dict.setdefault("max_position_embeddings", 4096)
-    text = text_config_from_hf(text_dict, causal=False)
+    text = text_config_from_hf(text_dict, causal=False, where=where, names=names)
 
     if d.get("vision_config") is not None:
-        vd = dict(d["vision_config"])
+        vd = dict(_object(d["vision_config"], "vision_config"))
         vd.setdefault("model_type", "siglip_vision_model")
         vision = vision_config_from_hf(vd)
     else:
-        tower = str(d.get("mm_vision_tower") or "siglip")
+        tower = _text(d.get("mm_vision_tower") or "siglip", "mm_vision_tower")
         if "siglip" not in tower.lower():
             raise ConfigError(
                 f"mm_vision_tower {tower!r}: without a vision_config only LLaDA-V's SigLIP so400m tower is supported"
@@ -427,13 +614,10 @@ def llada_v_config_from_hf(d: dict) -> LladaVConfig:
     if vision.kind != "siglip":
         raise ConfigError(f"LLaDA-V needs a SigLIP vision tower, got {vision.kind!r}")
     mm_hidden = d.get("mm_hidden_size")
-    if mm_hidden is not None and int(mm_hidden) != vision.hidden_size:
+    if mm_hidden is not None and _whole(mm_hidden, "mm_hidden_size") != vision.hidden_size:
         raise ConfigError(f"mm_hidden_size {mm_hidden} does not match the vision hidden size {vision.hidden_size}")
 
-    layers = _as_tuple(d.get("vision_feature_layer", -1))
-    for layer in layers:
-        if not -(vision.num_hidden_layers + 1) <= layer <= vision.num_hidden_layers:
-            raise ConfigError(f"vision_feature_layer {layer} out of range for {vision.num_hidden_layers} layers")
+    layers = _feature_layers(d.get("vision_feature_layer", -1), vision.num_hidden_layers)
 
     projector = d.get("mm_projector_type", "mlp2x_gelu") or "mlp2x_gelu"
     if projector != "mlp2x_gelu":
@@ -441,7 +625,7 @@ def llada_v_config_from_hf(d: dict) -> LladaVConfig:
     merge = d.get("mm_patch_merge_type", "spatial_unpad") or "spatial_unpad"
     if merge != "spatial_unpad":
         raise ConfigError(f"unsupported mm_patch_merge_type {merge!r} (supported: spatial_unpad)")
-    aspect = d.get("image_aspect_ratio", "anyres_max_4") or "anyres_max_4"
+    aspect = _text(d.get("image_aspect_ratio", "anyres_max_4") or "anyres_max_4", "image_aspect_ratio")
     m = re.fullmatch(r"anyres_max_(\d+)", aspect)
     if m:
         max_num_patches: int | None = int(m.group(1))
@@ -453,6 +637,7 @@ def llada_v_config_from_hf(d: dict) -> LladaVConfig:
         raise ConfigError(f"unsupported image_aspect_ratio {aspect!r} (supported: anyres_max_N, anyres)")
     pinpoints = parse_grid_pinpoints(d.get("image_grid_pinpoints") or "(1x1),...,(6x6)", vision.image_size)
 
+    mask_name = "mask_token_id" if d.get("mask_token_id") is not None else f"{where}mask_token_id"
     mask = d.get("mask_token_id", text_dict.get("mask_token_id"))
     if mask is None:
         if text.vocab_size == LLADA_VOCAB_SIZE:
@@ -462,14 +647,15 @@ def llada_v_config_from_hf(d: dict) -> LladaVConfig:
                 "config.json has no mask_token_id: a LLaDA-V checkpoint needs the [MASK] token id for diffusion "
                 f"sampling (LLaDA's is {LLADA_MASK_TOKEN_ID}); add \"mask_token_id\" to config.json"
             )
-    mask = int(mask)
+    mask = _whole(mask, mask_name, lo=None)
     if not 0 <= mask < text.vocab_size:
-        raise ConfigError(f"mask_token_id {mask} is outside the vocabulary (size {text.vocab_size})")
-    image_token = d.get("image_token_index", d.get("image_token_id", LLAVA_IMAGE_TOKEN_INDEX))
+        raise ConfigError(f"{mask_name} {mask} is outside the vocabulary (size {text.vocab_size})")
+    key = "image_token_index" if d.get("image_token_index") is not None else "image_token_id"
+    image_token = _whole(_get(d, key, LLAVA_IMAGE_TOKEN_INDEX), key, lo=None)
     return LladaVConfig(
         vision=vision,
         text=text,
-        image_token_id=int(image_token),
+        image_token_id=image_token,
         vision_feature_layer=layers,
         image_grid_pinpoints=pinpoints,
         max_num_patches=max_num_patches,
