@@ -207,18 +207,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
     created in) must take a new file — tried for real with a temporary file that is removed at once (permission
     bits alone do not tell: root ignores them, read-only mounts do not show in them); every result file
     (:data:`RESULT_FILES`) already in DIR must be a file that can be overwritten. ``--json`` PATH: its folder exists
-    and takes a file, PATH is not a folder. Nothing is left behind. Raises EvalError naming the flag and the path.
+    and takes a file, PATH is not a folder (:mod:`vtp_jax.paths`). Nothing is left behind. Raises EvalError /
+    OutputPathError naming the flag and the path.
     """
+    from vtp_jax.paths import check_output_dir, check_output_file
+
     if args.out:
-        out = os.path.abspath(args.out)
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise EvalError(f"--out: {args.out} exists and is not a folder")
-        existing = out
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise EvalError(f"--out: cannot create {args.out}: {existing} is not a folder")
-        _probe_writable("--out", existing)
+        out = check_output_dir("--out", args.out)
         for name in RESULT_FILES:
             path = os.path.join(out, name)
             if os.path.isdir(path) or (os.path.lexists(path) and not os.path.isfile(path)):
@@ -226,24 +221,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
             if os.path.isfile(path) and not os.access(path, os.W_OK):
                 raise EvalError(f"--out: {path} exists and cannot be overwritten")
     if args.json:
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent):
-            raise EvalError(f"--json: folder {parent} does not exist")
-        if os.path.isdir(args.json):
-            raise EvalError(f"--json: {args.json} is a folder")
-        _probe_writable("--json", parent)
-
-
-def _probe_writable(flag: str, folder: str) -> None:
-    """Creates and removes a temporary file in ``folder``. Raises EvalError naming ``flag`` when that fails."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".vtp-eval-probe-", dir=folder)
-    except OSError as e:
-        raise EvalError(f"{flag}: cannot write into {folder}: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(probe)
+        check_output_file("--json", args.json)
 
 
 # ---------------------------------------------------------------------------------------------------------------

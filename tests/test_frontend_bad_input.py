@@ -578,3 +578,29 @@ def test_testbed_sizes_the_readme_uses_still_parse():
              '"vision_mlp": 384, "rope_theta": 10000.0}')
     args = testbed_train._parser().parse_args(["--family", "llada_v", "--out", "x", "--sizes", sizes])
     assert json.loads(args.sizes)["rope_theta"] == 10000.0
+
+
+# ---- output paths of the trainers (vtp_jax.paths), checked before any training ---------------------------------------
+def test_trainers_check_out_before_training(tmp_path, capsys):
+    from vtp_jax.pruning.dyrate_train import main as dyrate_main
+    from vtp_jax.testbed.train import main as testbed_main
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    code = testbed_main(["--family", "llava", "--out", str(user), "--force", "--steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a vtp-train-testbed output" in err and "Traceback" not in err
+    assert (user / "notes.txt").read_text() == "keep me"
+
+    code = testbed_main(["--family", "llava", "--out", str(user / "notes.txt" / "x"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out: cannot create" in err and "notes.txt" in err
+
+    code = testbed_main(["--family", "llava", "--sizes", '{"max_grid": 2}', "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_grid do not apply to --family llava" in err and "Traceback" not in err
+
+    code = dyrate_main(["--model", str(tmp_path), "--out", str(user), "--n", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out: {user} is a folder" in err

@@ -279,6 +279,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vtp_jax.paths import check_output_file
+
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
@@ -289,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise DyRateTrainError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
         if not 0.0 <= args.describe <= 1.0:
             raise DyRateTrainError(f"--describe must be in [0, 1], got {args.describe}")
-        if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise DyRateTrainError(f"--out: folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
+        if args.out:
+            check_output_file("--out", args.out)
+        elif os.path.isdir(args.model):  # the default, MODEL/dyrate_predictor.safetensors (a bad MODEL: load says so)
+            check_output_file("--out (default)", os.path.join(args.model, dy.PREDICTOR_FILE))
         train(args)
     except ValueError as e:  # DyRateTrainError, CheckpointError, InputError, PruningError
         print(f"vtp-train-dyrate: error: {e}", file=sys.stderr)

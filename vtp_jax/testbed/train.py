@@ -1012,6 +1012,16 @@ def _summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "predictions"}
 
 
+def _is_testbed_output(path: str) -> bool:
+    """Whether ``path`` holds a checkpoint this trainer wrote (config.json with a ``vtp_testbed`` record)."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "vtp_testbed" in config
+
+
 def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progress: bool = True) -> dict:
     """Trains, exports to ``out_dir``, converts, evaluates and records. Returns the training log dict."""
     import jax
@@ -1019,6 +1029,7 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
     from tqdm.auto import tqdm
 
     from vtp_jax.config import config_from_hf
+    from vtp_jax.paths import check_output_dir
     from vtp_jax.processing import load_processor
 
     family = settings.family
@@ -1026,9 +1037,13 @@ def train(settings: TrainSettings, out_dir: str, *, force: bool = False, progres
     out_dir = os.path.abspath(out_dir)
     if settings.init and os.path.abspath(settings.init) == out_dir:
         raise TrainError("--init and --out must differ (--out is replaced)")
+    check_output_dir("--out", out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         if not force:
             raise TrainError(f"{out_dir} exists and is not empty; pass --force to replace it")
+        if not _is_testbed_output(out_dir):
+            raise TrainError(f"{out_dir} is not a vtp-train-testbed output (no config.json with \"vtp_testbed\"); "
+                             "refusing to replace it even with --force")
         shutil.rmtree(out_dir)
     t_start = time.time()
     hf_config = make_hf_config(family, settings.sizes)
@@ -1233,6 +1248,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+BUILDERS = {"llava": "tiny_llava_config", "llada_v": "tiny_llada_v_config"}  # --sizes keys: these functions' arguments
+
+
 def _sizes_type(text: str) -> str:
     """argparse type of ``--sizes``: a JSON object whose keys are keyword arguments of either family's config
     builder (``tiny_llava_config`` / ``tiny_llada_v_config``); the sizes of :data:`SIZES` must be whole numbers ≥ 1
@@ -1249,7 +1267,7 @@ def _sizes_type(text: str) -> str:
     if not sizes:
         return text
     known = set()
-    for family, builder in (("llava", "tiny_llava_config"), ("llada_v", "tiny_llada_v_config")):
+    for family, builder in BUILDERS.items():
         known |= set(inspect.signature(getattr(_family_module(family), builder)).parameters)
     counts = set(SIZES["llava"]) | set(SIZES["llada_v"])
     for key, value in sizes.items():
@@ -1291,12 +1309,20 @@ def parse_kind_weights(text: str, kinds: tuple[str, ...] | None = None) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    import inspect
+
+    from vtp_jax.paths import OutputPathError
+
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
         sizes = json.loads(args.sizes) if args.sizes else {}
+        own = set(inspect.signature(getattr(_family_module(args.family), BUILDERS[args.family])).parameters)
+        if set(sizes) - own:
+            raise TrainError(f"--sizes: {', '.join(sorted(set(sizes) - own))} do not apply to --family "
+                             f"{args.family} (its sizes: {', '.join(sorted(own))})")
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds is not None else None
         if kinds is not None and (not kinds or not set(kinds) <= set(shapes.KINDS)):
             raise TrainError(f"--kinds {args.kinds!r}: choose one or more of {','.join(shapes.KINDS)}")
@@ -1316,7 +1342,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes=sizes, init=args.init,
         )
         train(settings, args.out, force=args.force, progress=not args.no_progress)
-    except (TrainError, json.JSONDecodeError) as e:
+    except (TrainError, OutputPathError, json.JSONDecodeError) as e:
         print(f"vtp-train-testbed: error: {e}", file=sys.stderr)
         return 2
     return 0
