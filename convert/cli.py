@@ -1,7 +1,10 @@
-"""``vtp-convert HF_DIR OUT_DIR [--dtype float32|bfloat16] [--force] [--allow-pickle] [--max-inflight-mb N]``.
+"""``vtp-convert HF_DIR OUT_DIR [--dtype float32|bfloat16] [--force] [--allow-pickle] [--allow-nonfinite]
+[--max-inflight-mb N]``.
 
 Exit codes: 0 on success; 2 on any :class:`~convert.core.ConversionError` or bad arguments, with a one-line
-(or short multi-line) ``vtp-convert: error: <problem>`` on stderr and no traceback.
+(or short multi-line) ``vtp-convert: error: <problem>`` on stderr and no traceback; 130 (SIGINT) / 143 (SIGTERM)
+with ``vtp-convert: interrupted, nothing was written`` when a signal stopped the conversion (its temporary
+directory is removed; see :mod:`convert.core`).
 
 Memory: tensors are streamed (see :mod:`convert.core`); peak memory is about ``--max-inflight-mb`` plus the
 largest tensor and its transient copies. The command (not an in-process ``main([...])`` call) also sets glibc's
@@ -15,9 +18,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import os
+import signal
 import sys
 
-from convert.core import INFLIGHT_BYTES
+from convert.core import INFLIGHT_BYTES, raise_interrupted
+from vtp_jax.argtypes import POSITIVE
 
 PROG = "vtp-convert"
 
@@ -38,8 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept pickled pytorch_model.bin weights (loaded with torch.load(weights_only=True))",
     )
     p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert tensors that hold NaN or inf values (refused by default; listed as a warning)",
+    )
+    p.add_argument(
         "--max-inflight-mb",
-        type=_positive_int,
+        type=POSITIVE,
         default=INFLIGHT_BYTES >> 20,
         metavar="N",
         help="MiB of loaded tensors that may wait for their write at once (default %(default)s; peak memory is "
@@ -47,16 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _return_big_buffers_to_the_system(threshold: int = 1 << 20, arenas: int = 2) -> bool:
@@ -76,8 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the converter; returns the exit code (argparse usage errors also return 2 instead of exiting).
 
     ``argv`` None means the real command line (``sys.argv[1:]``); only then is the process-wide malloc setting
-    (module docstring) applied, so calling ``main([...])`` from other code leaves that process's allocator alone.
+    (module docstring) applied, and SIGINT / SIGTERM handled from this point on (before that, during Python's start
+    and the import of this module, a signal has its default effect, and nothing has been written). Calling
+    ``main([...])`` from other code leaves that process's allocator alone; :func:`convert.core.convert` still
+    handles signals while it runs in the main thread.
+
+    Exit codes: 0 written; 2 error (usage or :class:`~convert.core.ConversionError`); 128 + signal number
+    (130 SIGINT, 143 SIGTERM) interrupted.
     """
+    previous: dict = {}
+    if argv is None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, raise_interrupted)  # until convert() takes over
+    try:
+        return _run(argv, previous)
+    except KeyboardInterrupt as e:  # convert.core.Interrupted (SIGINT / SIGTERM), or a Ctrl-C outside convert()
+        signum = int(getattr(e, "signum", signal.SIGINT))
+        name = signal.Signals(signum).name
+        if getattr(e, "written", False):
+            print(f"{PROG}: interrupted ({name}) after OUT_DIR was complete", file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted, nothing was written ({name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        _restore(previous)
+
+
+def _restore(previous: dict) -> None:
+    """Puts back the signal handlers ``main`` replaced (and forgets them)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    previous.clear()
+
+
+def _run(argv: list[str] | None, previous: dict) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -94,17 +127,27 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             force=args.force,
             allow_pickle=args.allow_pickle,
+            allow_nonfinite=args.allow_nonfinite,
             progress=not args.no_progress,
             inflight_bytes=args.max_inflight_mb << 20,
         )
     except ConversionError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    if previous:  # the command line: OUT_DIR is complete, so a signal from now on just ends the process
+        for sig in previous:
+            signal.signal(sig, _exit_at_once)
+        previous.clear()
     print(f"{PROG}: wrote {out}", file=sys.stderr)
     return 0
+
+
+def _exit_at_once(signum, frame) -> None:
+    """After a successful conversion (OUT_DIR complete, about to say so or already said): a signal ends the process
+    at once with 128 + signum, without running the exit handlers (jax's, which a KeyboardInterrupt would interrupt
+    with a traceback)."""
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ Every problem raises :class:`SourceError` (turned into a ConversionError by the 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
+import zipfile
 from typing import Iterator, NamedTuple
 
-import ml_dtypes
 import numpy as np
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -30,13 +31,25 @@ SAFETENSORS_FILE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 
-# safetensors dtype code → numpy dtype (floating types only; anything else is rejected by the planner)
-ST_DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-}
+# safetensors dtype codes of the floating types (anything else is rejected by the planner)
+ST_DTYPE_CODES = ("F64", "F32", "F16", "BF16")
+
+
+@functools.cache
+def _st_dtypes() -> dict[str, np.dtype]:
+    """safetensors dtype code → numpy dtype (bfloat16 as ``ml_dtypes.bfloat16``). ml_dtypes is imported here, on
+    first use, not with this module: it takes half a second, and ``vtp-convert`` installs its signal handlers only
+    once its modules are imported."""
+    import ml_dtypes
+
+    return {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+            "BF16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def __getattr__(name: str):
+    if name == "ST_DTYPES":  # the mapping, for callers that want it (built on first use)
+        return _st_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SourceError(Exception):
@@ -134,7 +147,7 @@ class SafetensorsSource:
         """
         info = self.tensors[name]
         start, nbytes = self._spans[info.file, name]
-        return _read_into(info.file, name, start, nbytes, ST_DTYPES[info.dtype], info.shape)
+        return _read_into(info.file, name, start, nbytes, _st_dtypes()[info.dtype], info.shape)
 
     def iter_arrays(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
         """Yields (name, array) for ``names`` in the given order, one tensor in memory at a time (see :meth:`read`)."""
@@ -205,19 +218,53 @@ def read_raw(path: str, name: str) -> np.ndarray:
     if name not in header or name == "__metadata__":
         raise SourceError(f"{os.path.basename(path)}: no tensor {name!r}")
     info = header[name]
-    if info["dtype"] not in ST_DTYPES:
+    if info["dtype"] not in ST_DTYPE_CODES:
         raise SourceError(f"{os.path.basename(path)}: tensor {name!r} has unsupported dtype {info['dtype']}")
     start, end = info["data_offsets"]
-    return _read_into(path, name, data_start + start, end - start, ST_DTYPES[info["dtype"]], tuple(info["shape"]))
+    return _read_into(path, name, data_start + start, end - start, _st_dtypes()[info["dtype"]],
+                      tuple(info["shape"]))
 
 
 _TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
+def torch_file_format(path: str) -> str:
+    """"zip" (``torch.save``'s format since PyTorch 1.6: a zip archive holding ``data.pkl``) or "legacy" (a bare
+    pickle, older PyTorch), judged from the file's first bytes / zip directory without importing torch.
+
+    Raises:
+      SourceError: the file cannot be read, or is neither (random bytes, a truncated archive, another zip file):
+        "not a PyTorch checkpoint".
+    """
+    base = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise SourceError(f"{base}: cannot be read ({e})") from None
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise SourceError(f"{base}: not a PyTorch checkpoint (a damaged zip archive: {e})") from None
+        if not any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+            raise SourceError(f"{base}: not a PyTorch checkpoint (a zip archive without the data.pkl that "
+                              "torch.save writes)")
+        return "zip"
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return "legacy"
+    raise SourceError(f"{base}: not a PyTorch checkpoint (neither the zip archive torch.save writes nor a "
+                      "legacy pickle; truncated, or another kind of file)")
+
+
 class PickleSource:
-    """``pytorch_model.bin`` (single or sharded), loaded with ``torch.load(weights_only=True, mmap=True)``."""
+    """``pytorch_model.bin`` (single or sharded), loaded with ``torch.load(weights_only=True)`` — memory-mapped
+    for the zip format, read whole for the legacy one (which cannot be mapped)."""
 
     def __init__(self, files: list[str]):
+        formats = {path: torch_file_format(path) for path in files}  # before torch is imported: a clear message
         import torch  # the only torch import of the converter: pickles need it
 
         self._torch = torch
@@ -226,7 +273,7 @@ class PickleSource:
         self.tensors: dict[str, TensorInfo] = {}
         for path in files:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=formats[path] == "zip")
             except Exception as e:  # noqa: BLE001 — torch raises many types for bad pickles
                 why = f"{type(e).__name__}: {e}"
                 raise SourceError(f"{os.path.basename(path)}: cannot be loaded safely ({why})") from None
@@ -252,7 +299,7 @@ class PickleSource:
         """
         t = self._state[name].detach().contiguous()
         if t.dtype == self._torch.bfloat16:
-            return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
+            return t.view(self._torch.int16).numpy().view(_st_dtypes()["BF16"])
         return t.numpy()
 
     def iter_arrays(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
