@@ -5,7 +5,8 @@ Steps:
 1. Check the paths (HF_DIR exists; OUT_DIR absent, or replaceable with ``force``), read ``config.json`` and build
    :class:`~vtp_jax.config.LlavaConfig` with ``config_from_hf``; build the model *abstractly* to learn the name,
    shape and dtype of every parameter.
-2. Read only the headers of the weight files and plan where every tensor goes (:mod:`convert.names`). All
+2. Read only the headers of the weight files and plan where every tensor goes (the family's name map,
+   ``vtp_jax/families/<family>/names.py``). All
    problems — unrecognised or surplus tensors, missing parameters, wrong shapes, non-float dtypes, duplicates —
    are collected and reported together before any tensor data is read.
 3. Stream the tensors into an Orbax checkpoint (:func:`vtp_jax.checkpoint.save_params_streaming`), with
@@ -67,7 +68,7 @@ from typing import Callable
 
 import numpy as np
 
-from convert import names
+from vtp_jax.families import tensor_names as names
 from convert.sources import (PICKLE_INDEX, SAFETENSORS_INDEX, ST_DTYPE_CODES, SafetensorsSource, SourceError,
                              open_source)
 
@@ -251,21 +252,15 @@ def _leaf(tree: dict, keys: tuple):
 
 
 def name_mapper(family: str):
-    """(map_name, is_ignored) for a model family: HF tensor name → :class:`names.Target` | None, and → bool.
-
-    "llava" uses :mod:`convert.names`; "llada_v" uses :mod:`convert.llada_names`.
+    """(map_name, is_ignored) for a model family: HF tensor name → :class:`~vtp_jax.families.tensor_names.Target` |
+    None, and → bool — the family's own map (``Family.tensor_names``). Raises ConversionError for an unknown family.
     """
-    if family == "llava":
-        return names.map_name, names.is_ignored
-    if family == "llada_v":
-        from convert import llada_names
+    from vtp_jax import families
 
-        def map_llada(name: str) -> names.Target | None:
-            target = llada_names.canonical_llada_name(name)
-            return None if target is None else names.Target(target.dotted, target.transform)
-
-        return map_llada, llada_names.is_ignored_llada_name
-    raise ConversionError(f"no tensor-name map for model family {family!r}")
+    try:
+        return families.get(family).tensor_names()
+    except families.UnknownFamilyError as e:
+        raise ConversionError(str(e)) from None
 
 
 def plan(

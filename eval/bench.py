@@ -8,7 +8,7 @@ section under ``"llava"`` / ``"llada_v"``. ``--preset micro|tiny|small`` sizes b
 Which variants (flags; bad values exit 2 with ``vtp-bench: error: ...`` before anything runs):
 
 * ``--methods M1,M2,...`` — LLaVA pruning methods (default: every method registered for LLaVA's stages in
-  :data:`vtp_jax.runtime.FAMILY_STAGES` except ``dyrate``, which needs a trained rate predictor: ``fastv, todre,
+  ``Family.stages`` (:mod:`vtp_jax.families`) except ``dyrate``, which needs a trained rate predictor: ``fastv, todre,
   divprune, random, todre-relevance``; ``""`` = only the unpruned baselines).
 * ``--llada-methods M1,M2,...`` — LLaDA-V pruning methods of the 32/16 setting (default every registered one:
   ``redvtp, llada-fastv, todre, divprune, random``).
@@ -217,12 +217,12 @@ _FLAG = {"llava": "--methods", "llada_v": "--llada-methods"}
 
 
 def family_methods(family: str) -> list[str]:
-    """Every registered pruning method that ``family``'s generator runs (runtime.FAMILY_STAGES), except
+    """Every registered pruning method that ``family``'s generator runs (``Family.stages``), except
     :data:`NOT_BENCHED`, in :data:`METHOD_ORDER` (the default of ``--methods`` / ``--llada-methods``)."""
     from vtp_jax.pruning import METHODS
-    from vtp_jax.runtime import FAMILY_STAGES
+    from vtp_jax.runtime import family_stages
 
-    names = [n for n, cls in METHODS.items() if cls.stage in FAMILY_STAGES[family] and n not in NOT_BENCHED]
+    names = [n for n, cls in METHODS.items() if cls.stage in family_stages(family) and n not in NOT_BENCHED]
     rank = {n: i for i, n in enumerate(METHOD_ORDER)}
     return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: unlisted ones keep registry order
 
@@ -240,7 +240,7 @@ def parse_methods(spec: str | None, family: str) -> list[str]:
     if spec is None:
         return family_methods(family)
     from vtp_jax.pruning import METHODS
-    from vtp_jax.runtime import FAMILY_STAGES
+    from vtp_jax.runtime import family_stages
 
     flag, fitting = _FLAG[family], family_methods(family)
     names = [n.strip() for n in spec.split(",")] if spec.strip() else []
@@ -249,7 +249,7 @@ def parse_methods(spec: str | None, family: str) -> list[str]:
             raise BenchError(f"{flag}: 'none' is not a pruning method (jax none always runs)")
         if n not in METHODS:
             raise BenchError(f"{flag}: unknown pruning method {n!r} (methods for {family}: {', '.join(fitting)})")
-        if METHODS[n].stage not in FAMILY_STAGES[family]:
+        if METHODS[n].stage not in family_stages(family):
             raise BenchError(f"{flag}: pruning method {n!r} (stage {METHODS[n].stage}) does not apply to {family} "
                              f"(methods for {family}: {', '.join(fitting)})")
         if n in NOT_BENCHED:

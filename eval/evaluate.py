@@ -64,7 +64,7 @@ batches are kept in memory (up to 1 GiB of pixels) and shared by all runs of a s
 Checkpoints with random weights (``random_weights`` in ``vtp_jax.json``) are flagged in every output: their
 accuracies are meaningless by design.
 
-Shared with ``vtp-generate``, so both tools refuse and default the same way: :func:`vtp_jax.cli.family_flags`
+Shared with ``vtp-generate``, so both tools refuse and default the same way: :func:`vtp_jax.runtime.family_flags`
 (flags of the other family refused, defaults filled) and :mod:`vtp_jax.runtime` (which methods fit which family,
 keep counts, stop ids, the LLaDA-V sampler settings).
 
@@ -97,8 +97,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vtp_jax import argtypes
+from vtp_jax.families import MASKED_DIFFUSION
 from vtp_jax.runtime import (
-    FAMILY_STAGES, add_input_arguments, add_sampler_arguments, check_method_family, eos_token_ids, keep_ratio_used,
+    add_input_arguments, add_sampler_arguments, check_method_family, eos_token_ids, family_record, family_stages,
+    keep_ratio_used,
 )
 
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
@@ -177,7 +179,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise EvalError("--methods / --ratios / --no-random only apply with --sweep")
     if args.method == "none" and (args.keep is not None or args.keep_ratio is not None):
         raise EvalError("--keep / --keep-ratio need a pruning --method")
-    from vtp_jax.cli import check_flag_values
+    from vtp_jax.runtime import check_flag_values
 
     try:  # the command line has enforced these already; a Namespace built in Python has not
         check_flag_values(args)
@@ -291,12 +293,12 @@ class Evaluator:
 
     Args:
       args: parsed flags (``model``, the generation flags, ``batch_size``, ``warmup``, ``post_prompt``…); the
-        family's defaults are filled in (``vtp_jax.cli.family_flags``), flags of the other family are refused.
+        family's defaults are filled in (``vtp_jax.runtime.family_flags``), flags of the other family are refused.
       records: :class:`eval.tasks.Record` list.
       progress: show tqdm bars (stderr).
 
     The records are planned (processed, bucketed) before the weights are loaded, so the memory estimate of the
-    largest batch is checked first (``self.budget``; :func:`vtp_jax.cli.memory_budget`).
+    largest batch is checked first (``self.budget``; :func:`vtp_jax.runtime.memory_budget`).
 
     Raises ValueError subclasses (CheckpointError, InputError, DiffusionError…) for a bad checkpoint, flags of
     the wrong family, or a record whose image or prompt cannot be processed (the record's id is named);
@@ -304,23 +306,24 @@ class Evaluator:
     """
 
     def __init__(self, args: argparse.Namespace, records, *, progress: bool = True):
-        from vtp_jax import cli, memory
+        from vtp_jax import memory, runtime
         from vtp_jax.checkpoint import load
         from vtp_jax.processing import load_processor
 
         self.args, self.records, self.progress = args, records, progress
         self.cfg, dtype, _ = memory.model_config(args.model)  # JSON only: weights once the estimate fits
         self.family = self.cfg.family
-        cli.family_flags(args, self.family)
+        self.kind = family_record(self.family).kind  # the generator kind decides the sampler and its outputs
+        runtime.family_flags(args, self.family)
         self.processor = load_processor(args.model, self.cfg)
         self.num_layers = self.cfg.text.num_hidden_layers
-        self.dcfg = self._diffusion_config() if self.family == "llada_v" else None
+        self.dcfg = self._diffusion_config() if self.kind == MASKED_DIFFUSION else None
         self._generators: dict[Any, Any] = {}
         self._warm: set = set()
         self._cache: dict[int, Any] = {}
         self._cache_bytes = 0
         self.chunks = self._plan()
-        self.budget = cli.memory_budget(args, self.cfg, dtype, **self._largest_batch())
+        self.budget = runtime.memory_budget(args, self.cfg, dtype, **self._largest_batch())
         with memory.oom_guard(f"loading {args.model}", self.budget):
             self.model, self.cfg, self.meta = load(args.model)
 
@@ -345,7 +348,7 @@ class Evaluator:
         a = self.args
         common = {"temperature": a.temperature, "seed": a.seed, "batch_size": a.batch_size, "warmup": a.warmup,
                   "post_prompt": a.post_prompt}
-        if self.family == "llada_v":
+        if self.kind == MASKED_DIFFUSION:
             d = self.dcfg
             return {**common, "gen_length": d.gen_length, "block_length": d.block_length, "steps": d.steps,
                     "remasking": d.remasking, "cfg": d.cfg}
@@ -377,7 +380,7 @@ class Evaluator:
             for i, rec in enumerate(bar):
                 b = self._process([i])
                 length = len(b.prompt_ids[0])
-                if self.family == "llada_v":
+                if self.kind == MASKED_DIFFUSION:
                     need, what = length + self.dcfg.gen_length, f"--gen-length {self.dcfg.gen_length}"
                     layout = self.processor.layout(b.image_inputs["image_size"])
                 else:
@@ -406,7 +409,7 @@ class Evaluator:
             return dict(batch_size=0, seq_len=0, logit_rows=0, vision_images=0)
         rows = max(len(c.rows) for c in self.chunks)
         longest = max(c.key[0] for c in self.chunks)
-        if self.family == "llada_v":
+        if self.kind == MASKED_DIFFUSION:
             tiles = max(c.key[2].num_tiles for c in self.chunks)  # the anyres layout of the batch
             new = self.dcfg.gen_length
             return dict(batch_size=rows * (2 if self.dcfg.cfg > 0 else 1), seq_len=longest + new, logit_rows=new,
@@ -445,15 +448,15 @@ class Evaluator:
             for n_v in self.visual_counts()
         }
         for method in out.values():
-            if isinstance(method, tuple) and self.family == "llada_v":
+            if isinstance(method, tuple) and self.kind == MASKED_DIFFUSION:
                 raise InputError(f"--method {name!r}: combined stages run on llava checkpoints only")
-            if method is not None and self.family != "llada_v":
+            if method is not None and self.kind != MASKED_DIFFUSION:
                 self._generator(method)
         return out
 
     def _generator(self, method):
         if method not in self._generators:
-            if self.family == "llada_v":
+            if self.kind == MASKED_DIFFUSION:
                 from vtp_jax.generation.diffusion import DiffusionGenerator
 
                 self._generators[method] = DiffusionGenerator(self.model, self.dcfg, method)
@@ -466,7 +469,7 @@ class Evaluator:
     def _generate(self, gen, batch) -> "_Call":
         """One generation call (see :class:`_Call`)."""
         a = self.args
-        if self.family == "llada_v":
+        if self.kind == MASKED_DIFFUSION:
             out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
                                temperature=a.temperature, seed=a.seed)
             ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
@@ -564,7 +567,7 @@ def takes_keep(spec: str) -> bool:
 
 def _predictor(args: argparse.Namespace, spec: str) -> str | None:
     """DyRate's predictor for ``spec``: ``--predictor``, else the model folder's default file (vtp-generate's rule)."""
-    from vtp_jax.cli import default_predictor
+    from vtp_jax.runtime import default_predictor
 
     model = getattr(args, "model", None)
     given = getattr(args, "predictor", None)
@@ -603,7 +606,7 @@ def _sweep_plan(args: argparse.Namespace, family: str) -> tuple[list[str], list[
     from vtp_jax.processing import InputError
     from vtp_jax.pruning import METHODS, PruningError
 
-    stages = FAMILY_STAGES.get(family, ())
+    stages = family_stages(family)
     if args.methods is None:
         names = [n for n in sorted(METHODS) if METHODS[n].stage in stages]
     else:

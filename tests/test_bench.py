@@ -269,12 +269,12 @@ def test_method_prefill_flops_by_hand():
 def test_default_methods_cover_the_registry():
     """--methods / --llada-methods default to every registered method of the family (dyrate excepted)."""
     from vtp_jax.pruning import METHODS
-    from vtp_jax.runtime import FAMILY_STAGES
+    from vtp_jax.runtime import family_stages
 
     assert bench.family_methods("llava") == ["fastv", "todre", "divprune", "random", "todre-relevance"]
     assert bench.family_methods("llada_v") == ["redvtp", "llada-fastv", "todre", "divprune", "random"]
     for family in ("llava", "llada_v"):
-        registered = {n for n, cls in METHODS.items() if cls.stage in FAMILY_STAGES[family]} - set(bench.NOT_BENCHED)
+        registered = {n for n, cls in METHODS.items() if cls.stage in family_stages(family)} - set(bench.NOT_BENCHED)
         assert set(bench.family_methods(family)) == registered
         assert bench.parse_methods(None, family) == bench.family_methods(family)
     assert bench.parse_methods("", "llava") == [] and bench.parse_methods(" todre , fastv", "llava") == ["todre", "fastv"]

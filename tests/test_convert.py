@@ -76,7 +76,7 @@ def rewrite(hf_dir, edit):
 
 def expected_source(path: str) -> tuple[str, str]:
     """(save_pretrained tensor name, transform) for one of our parameter paths — written independently of
-    convert.names, as the test's own statement of the layout."""
+    vtp_jax.families.llava.names, as the test's own statement of the layout."""
     if path == "lm_head.kernel":
         return "language_model.lm_head.weight", "linear"
     special = {
@@ -295,7 +295,7 @@ def test_cli_subprocess_success_never_imports_torch(good_dir, tmp_path):
 
 
 def test_llada_v_family_converts_and_loads(tmp_path, capsys):
-    """The same engine converts a LLaDA-V checkpoint (names from convert.llada_names) and loads a LladaV."""
+    """The same engine converts a LLaDA-V checkpoint (names from vtp_jax.families.llada_v.names) and loads a LladaV."""
     from vtp_jax import checkpoint
     from vtp_jax.testbed import hf_llada_v
 

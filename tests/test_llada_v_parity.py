@@ -10,7 +10,7 @@ LLaDA-V is not in transformers, so the reference is built like LLaDA-V's own cod
   * an untied ``lm_head``.
 
 Weights are renamed to LLaDA-V's on-disk names (and, in one test, plain LLaDA-8B LLM names) and loaded into our model
-through ``convert.llada_names.canonical_llada_name``. Inputs come from the real ``LlavaOnevisionImageProcessor``
+through ``vtp_jax.families.llada_v.names.canonical_llada_name``. Inputs come from the real ``LlavaOnevisionImageProcessor``
 (PIL backend). Compared (max abs error ≤ 1e-4, matmul precision "highest"): vision features, packed features with
 newline (with and without the anyres_max downsample), and full logits (MHA and GQA, with left padding).
 """
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convert.llada_names import canonical_llada_name, is_ignored_llada_name
+from vtp_jax.families.llada_v.names import canonical_llada_name, is_ignored_llada_name
 from vtp_jax.config import ConfigError, config_from_hf, llada_v_config_from_hf
 from vtp_jax.modeling.anyres import AnyresError, pack_features
 from vtp_jax.modeling.llada_v import LladaV

@@ -74,7 +74,7 @@ def test_export_convert_load_round_trip(family, tmp_path):
 
 
 def test_inverse_transforms():
-    from convert.names import apply_transform
+    from vtp_jax.families.tensor_names import apply_transform
 
     rng = np.random.default_rng(0)
     for transform, shape in (("linear", (5, 7)), ("conv", (3, 3, 2, 4)), ("none", (6,))):

@@ -80,16 +80,14 @@ def dtype_name(dtype: Any) -> str:
 
 
 def build_model_class(cfg):
-    """The nnx.Module class for ``cfg.family``: "llava" → Llava, "llada_v" → LladaV."""
-    if cfg.family == "llava":
-        from vtp_jax.modeling.llava import Llava
+    """The nnx.Module class of ``cfg.family`` (``Family.model_class``: "llava" → Llava, "llada_v" → LladaV).
+    Raises CheckpointError for an unknown family."""
+    from vtp_jax import families
 
-        return Llava
-    if cfg.family == "llada_v":
-        from vtp_jax.modeling.llada_v import LladaV
-
-        return LladaV
-    raise CheckpointError(f"unsupported model family {cfg.family!r}")
+    try:
+        return families.get(cfg.family).model_class()
+    except families.UnknownFamilyError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def abstract_model(cfg: LlavaConfig, dtype: Any = jnp.float32) -> tuple[nnx.GraphDef, nnx.State]:
@@ -307,7 +305,6 @@ def _record_standard_handler(path: str, ours: str, standard: str) -> None:
     os.replace(tmp, meta_path)
 
 
-FAMILIES = ("llava", "llada_v")
 
 
 def _read_json(model_dir: str, name: str) -> Any:
@@ -331,6 +328,8 @@ def _read_json(model_dir: str, name: str) -> Any:
 def _check_meta(model_dir: str, meta: Any) -> dict:
     """``meta`` (the parsed vtp_jax.json) if its fields have the types vtp-convert writes; raises CheckpointError for a
     format_version this library does not read, DamagedCheckpointError (naming the field) for anything else."""
+    from vtp_jax import families
+
     def bad(field: str, expected: str):
         return DamagedCheckpointError(model_dir, f"{META_FILE} field {field!r} must be {expected}, got "
                                                  f"{meta.get(field)!r}")
@@ -350,8 +349,9 @@ def _check_meta(model_dir: str, meta: Any) -> dict:
                               f"(expected {FORMAT_VERSION}); re-run vtp-convert")
     if "dtype" in meta and meta["dtype"] not in DTYPES:
         raise bad("dtype", " or ".join(map(repr, DTYPES)))
-    if "family" in meta and meta["family"] not in FAMILIES:
-        raise bad("family", " or ".join(map(repr, FAMILIES)))
+    known = tuple(families.families())
+    if "family" in meta and meta["family"] not in known:
+        raise bad("family", " or ".join(map(repr, known)))
     if "random_weights" in meta and not isinstance(meta["random_weights"], bool):
         raise bad("random_weights", "true or false")
     if "converted_from" in meta and not isinstance(meta["converted_from"], str):

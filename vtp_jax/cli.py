@@ -62,13 +62,12 @@ import sys
 import numpy as np
 
 from vtp_jax import argtypes
-from vtp_jax.runtime import (
-    add_input_arguments, add_sampler_arguments, build_methods, check_method_family, check_positions, diffusion_config,
-    eos_token_ids,
+from vtp_jax.runtime import (  # noqa: F401  (family_flags, memory_budget, … re-exported for older callers)
+    add_input_arguments, add_sampler_arguments, build_methods, check_flag_values, check_method_family,
+    check_positions, default_predictor, diffusion_config, eos_token_ids, family_flags, family_record, memory_budget,
 )
 
-DIFFUSION_DEFAULTS = {"gen_length": 32, "steps": 16, "remasking": "low_confidence", "cfg": 0.0}
-AUTOREGRESSIVE_DEFAULTS = {"max_new_tokens": 32, "top_p": 1.0}
+from vtp_jax.families import AUTOREGRESSIVE, MASKED_DIFFUSION
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,21 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def family_flags(args: argparse.Namespace, family: str) -> None:
-    """Rejects flags of the other family; fills the defaults of this one. Raises InputError."""
-    from vtp_jax.processing import InputError
-
-    own, other = (DIFFUSION_DEFAULTS, AUTOREGRESSIVE_DEFAULTS) if family == "llada_v" else (
-        AUTOREGRESSIVE_DEFAULTS, {**DIFFUSION_DEFAULTS, "block_length": None})
-    given = ["--" + k.replace("_", "-") for k in other if getattr(args, k) is not None]
-    if given:
-        kind = "diffusion (llada_v)" if family != "llada_v" else "autoregressive (llava)"
-        raise InputError(f"{', '.join(given)} only apply to {kind} checkpoints; this checkpoint's family is {family}")
-    for k, v in own.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-
-
 def _median(xs) -> float:
     return float(np.median(xs))
 
@@ -144,48 +128,6 @@ def _latency(out) -> float:
     return float(out.latency_s) if hasattr(out, "latency_s") else float(out.prefill_s + out.decode_s)
 
 
-MEMORY_HINT = "--skip-memory-check to try anyway"
-
-
-def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit_rows: int, vision_images: int):
-    """Estimates the memory of ``cfg`` in ``dtype`` for these lengths and, unless ``args.skip_memory_check``,
-    refuses it when it exceeds the memory available (:func:`vtp_jax.memory.check_fits`, message naming
-    ``args.model``). Returns the :class:`vtp_jax.memory.Budget` (for ``oom_guard``). Raises MemoryCheckError.
-    Shared with ``vtp-eval``."""
-    from vtp_jax import memory
-
-    est = memory.estimate(cfg, dtype, batch_size=batch_size, seq_len=seq_len, logit_rows=logit_rows,
-                          vision_images=vision_images)
-    if getattr(args, "skip_memory_check", False):
-        try:
-            available = memory.available_bytes()
-        except memory.MemoryCheckError:  # a malformed VTP_MEMORY_LIMIT_BYTES does not matter when not checking
-            available = None
-        return memory.Budget(est.total, available, "not checked (--skip-memory-check)", est)
-    return memory.check_fits(est, where=args.model, hint=MEMORY_HINT)
-
-
-def check_flag_values(args: argparse.Namespace) -> None:
-    """The argparse rules of every numeric flag, applied again to a Namespace built in Python (the command line
-    has already enforced them): names the flag and the value. Shared with ``vtp-eval``. Raises InputError."""
-    from vtp_jax.processing import InputError
-
-    rules = {"seed": argtypes.SEED, "warmup": argtypes.NON_NEGATIVE, "runs": argtypes.POSITIVE,
-             "keep": argtypes.POSITIVE, "keep_ratio": argtypes.PROBABILITY, "layer": argtypes.NON_NEGATIVE,
-             "tau": argtypes.UNIT_INTERVAL, "cls_layer": argtypes.integer(), "max_new_tokens": argtypes.POSITIVE,
-             "top_p": argtypes.TOP_P, "gen_length": argtypes.POSITIVE, "steps": argtypes.POSITIVE,
-             "block_length": argtypes.POSITIVE, "cfg": argtypes.GUIDANCE, "temperature": argtypes.TEMPERATURE,
-             "max_image_pixels": argtypes.POSITIVE, "task_seed": argtypes.SEED, "limit": argtypes.POSITIVE,
-             "batch_size": argtypes.POSITIVE}
-    for name, rule in rules.items():
-        value = getattr(args, name, None)
-        if value is not None:
-            try:
-                argtypes.check_value("--" + name.replace("_", "-"), value, rule)
-            except ValueError as e:
-                raise InputError(str(e)) from None
-
-
 def run(args: argparse.Namespace) -> dict:
     """Reads the config, processes the prompt, checks the memory estimate, loads, generates; returns the JSON-able
     result. Raises ValueError subclasses on bad input (MemoryCheckError when the model does not fit or runs out of
@@ -199,22 +141,19 @@ def run(args: argparse.Namespace) -> dict:
     cfg, dtype, _ = memory.model_config(args.model)  # JSON only: the weights are loaded once the estimate fits
     family_flags(args, cfg.family)
     check_method_family(args.method, cfg.family)
-    prepare = _prepare_llada_v if cfg.family == "llada_v" else _prepare_llava
-    prep = prepare(args, image, cfg)
+    kind = family_record(cfg.family).kind
+    prep = _PREPARE[kind](args, image, cfg)
     budget = memory_budget(args, cfg, dtype, **prep["lengths"])
     with memory.oom_guard(f"loading {args.model}", budget):
         model, cfg, meta = load(args.model)
     with memory.oom_guard("generating (compiling and running)", budget):
-        if cfg.family == "llada_v":
-            result = _run_llada_v(args, model, cfg, prep)
-        else:
-            result = _run_llava(args, model, cfg, prep)
+        result = _RUN[kind](args, model, cfg, prep)
     result["random_weights"] = bool(meta.get("random_weights", False))
     return result
 
 
-def _prepare_llava(args, image, cfg) -> dict:
-    """LLaVA inputs that need no weights: method, processor, batch, and the lengths of the memory estimate."""
+def _prepare_autoregressive(args, image, cfg) -> dict:
+    """Autoregressive (LLaVA) inputs that need no weights: method, processor, batch, and the lengths of the memory estimate."""
     from vtp_jax.processing import load_processor
 
     method = _method(args, cfg.family, cfg.num_visual_tokens, cfg.text.num_hidden_layers)
@@ -227,8 +166,8 @@ def _prepare_llava(args, image, cfg) -> dict:
     return {"method": method, "processor": processor, "batch": batch, "lengths": lengths}
 
 
-def _run_llava(args, model, cfg, prep) -> dict:
-    """Autoregressive LLaVA path (prefill + decode), optionally with FastV."""
+def _run_autoregressive(args, model, cfg, prep) -> dict:
+    """Autoregressive (LLaVA) path (prefill + decode), optionally with FastV."""
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 
     processor, batch = prep["processor"], prep["batch"]
@@ -244,8 +183,8 @@ def _run_llava(args, model, cfg, prep) -> dict:
                    prefill=lambda r: r.prefill_s, decode=lambda r: r.decode_s)
 
 
-def _prepare_llada_v(args, image, cfg) -> dict:
-    """LLaDA-V inputs that need no weights: sampler settings, processor, batch, method, and the lengths of the
+def _prepare_diffusion(args, image, cfg) -> dict:
+    """Masked-diffusion (LLaDA-V) inputs that need no weights: sampler settings, processor, batch, method, and the lengths of the
     memory estimate."""
     from vtp_jax.processing import InputError, load_processor
 
@@ -267,8 +206,8 @@ def _prepare_llada_v(args, image, cfg) -> dict:
     return {"method": method, "processor": processor, "batch": batch, "dcfg": dcfg, "lengths": lengths}
 
 
-def _run_llada_v(args, model, cfg, prep) -> dict:
-    """Masked-diffusion LLaDA-V path, optionally with RedVTP."""
+def _run_diffusion(args, model, cfg, prep) -> dict:
+    """Masked-diffusion (LLaDA-V) path, optionally with RedVTP."""
     from vtp_jax.generation.diffusion import DiffusionGenerator
 
     processor, batch, dcfg = prep["processor"], prep["batch"], prep["dcfg"]
@@ -288,16 +227,9 @@ def _run_llada_v(args, model, cfg, prep) -> dict:
     return result
 
 
-def default_predictor(method: str, predictor: str | None, model_dir: str) -> str | None:
-    """DyRate's predictor path: ``predictor`` when given; else, when the ``+``-joined ``method`` includes
-    ``dyrate``, ``<model_dir>/dyrate_predictor.safetensors`` if that file exists; else None (DyRate then refuses
-    with its own message). Shared with ``vtp-eval``."""
-    from vtp_jax.pruning.dyrate import PREDICTOR_FILE
-
-    if predictor is not None or "dyrate" not in [n.strip() for n in method.split("+")]:
-        return predictor
-    path = os.path.join(model_dir, PREDICTOR_FILE)
-    return path if os.path.isfile(path) else None
+# Each generator kind's two steps: inputs that need no weights (and the memory estimate's lengths), then the run.
+_PREPARE = {AUTOREGRESSIVE: _prepare_autoregressive, MASKED_DIFFUSION: _prepare_diffusion}
+_RUN = {AUTOREGRESSIVE: _run_autoregressive, MASKED_DIFFUSION: _run_diffusion}
 
 
 def _method(args, family: str, num_visual: int, num_layers: int):
@@ -400,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         t = {k: float("nan") if v is None else v for k, v in result["timings"].items()}  # null: not finite
         print(result["text"])
         kept = f"[{result['method']}] kept {len(result['kept_visual_indices'])}/{result['num_visual_tokens']} visual tokens"
-        if result["family"] == "llada_v":
+        if family_record(result["family"]).kind == MASKED_DIFFUSION:
             print(f"{kept} | encode {t['prefill_s'] * 1e3:.1f} ms | denoise {t['decode_s'] * 1e3:.1f} ms | "
                   f"latency {t['latency_s'] * 1e3:.1f} ms | {t['tokens_per_s']:.1f} tokens/s")
         else:

@@ -395,8 +395,8 @@ def llava_config_from_hf(d: dict) -> LlavaConfig:
 
 
 def config_from_hf(d: dict) -> "LlavaConfig | LladaVConfig":
-    """Dispatches on ``model_type``: "llava" → :func:`llava_config_from_hf`, "llava_llada" →
-    :func:`llada_v_config_from_hf`.
+    """Dispatches on ``model_type`` through the family registry (:func:`vtp_jax.families.for_model_type`): "llava"
+    → :func:`llava_config_from_hf`, "llava_llada" → :func:`llada_v_config_from_hf`.
 
     Raises:
         ConfigError: for anything this library cannot build a model from — unknown families, and every structural
@@ -405,17 +405,18 @@ def config_from_hf(d: dict) -> "LlavaConfig | LladaVConfig":
     """
     if not isinstance(d, dict):
         raise ConfigError(f"config.json must hold a JSON object, got {type(d).__name__}")
-    model_type = d.get("model_type")
+    from vtp_jax import families
+
     try:
-        if model_type == "llava":
-            return llava_config_from_hf(d)
-        if model_type == "llava_llada":
-            return llada_v_config_from_hf(d)
+        family = families.for_model_type(d.get("model_type"))
+    except families.UnknownFamilyError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        return family.config_from_hf(d)
     except ConfigError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:  # a field no check above covers
         raise ConfigError(f"invalid config ({type(e).__name__}: {e})") from None
-    raise ConfigError(f"unsupported model_type {model_type!r} (supported: llava, llava_llada)")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -494,12 +494,15 @@ class LladaVProcessor(BaseProcessor):
 
 
 def load_processor(model_dir: str, cfg) -> BaseProcessor:
-    """The processor for ``cfg.family``: "llava" → :class:`Processor`, "llada_v" → :class:`LladaVProcessor`.
+    """The processor of ``cfg.family`` (``Family.processor``: "llava" → :class:`Processor`, "llada_v" →
+    :class:`LladaVProcessor`).
 
-    Raises InputError for another family or unloadable processor files.
+    Raises InputError for an unknown family or unloadable processor files.
     """
-    if cfg.family == "llava":
-        return Processor(model_dir, image_token_id=cfg.image_token_id, num_visual_tokens=cfg.num_visual_tokens)
-    if cfg.family == "llada_v":
-        return LladaVProcessor(model_dir, cfg)
-    raise InputError(f"no processor for model family {cfg.family!r}")
+    from vtp_jax import families
+
+    try:
+        family = families.get(cfg.family)
+    except families.UnknownFamilyError as e:
+        raise InputError(str(e)) from None
+    return family.processor(model_dir, cfg)

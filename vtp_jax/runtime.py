@@ -5,16 +5,32 @@ settings. All errors are ``ValueError`` subclasses with a message naming the pro
 
 from __future__ import annotations
 
+import argparse
+import os
 from typing import Any
 
+from vtp_jax import argtypes
 from vtp_jax.processing import InputError
 
-# Pruning stages each family's generator runs (see vtp_jax.pruning.registry).
-FAMILY_STAGES = {"llava": ("pre_llm", "in_llm", "decode"), "llada_v": ("pre_llm", "during_generation")}
 # LLaDA-V: never predicted at masked positions (EOS, BOS, start/end header) / where the answer ends (EOS, EOT).
 LLADA_SUPPRESS_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
 LLADA_STOP_TOKENS = ("<|endoftext|>", "<|eot_id|>")
 DEFAULT_KEEP_RATIO = 0.5  # FastV's R = 50% and RedVTP's keep ratio 0.5
+
+
+def family_record(name: str):
+    """The registered family ``name`` (:func:`vtp_jax.families.get`); raises InputError for an unknown one."""
+    from vtp_jax import families
+
+    try:
+        return families.get(name)
+    except families.UnknownFamilyError as e:
+        raise InputError(str(e)) from None
+
+
+def family_stages(family: str) -> tuple[str, ...]:
+    """The pruning stages ``family``'s generator runs, in stage order (``Family.stages``). Raises InputError."""
+    return family_record(family).stages
 
 
 def default_keep_ratio(name: str) -> float:
@@ -44,7 +60,7 @@ def check_method_family(name: str, family: str) -> None:
 
     if name == "none" or name not in METHODS:  # unknown names: make_method lists the registered ones
         return
-    stages = FAMILY_STAGES.get(family, ())
+    stages = family_stages(family)
     if METHODS[name].stage not in stages:
         fitting = sorted(n for n, cls in METHODS.items() if cls.stage in stages)
         raise InputError(
@@ -78,7 +94,7 @@ def build_method(
         method = make_method(name, **options)
     else:
         ratio = keep_ratio_used(name, keep, keep_ratio)
-        count = resolve_keep(num_visual, keep, ratio, rounding="floor" if family == "llada_v" else "round")
+        count = resolve_keep(num_visual, keep, ratio, rounding=family_record(family).keep_rounding)
         method = make_method(name, keep=count, **options)
     method.validate(num_visual, num_layers)
     return method
@@ -108,7 +124,7 @@ def build_methods(
             make_method(n)  # raises PruningError listing the registered names
         check_method_family(n, family)
     stages = [METHODS[n].stage for n in names]
-    order = FAMILY_STAGES.get(family, ())
+    order = family_stages(family)
     if len(set(stages)) != len(stages) or stages != sorted(stages, key=order.index):
         raise InputError(f"--method {spec!r}: give at most one method per stage, in stage order ({' + '.join(order)})")
     keyed = [n for n in names if getattr(METHODS[n], "takes_keep", True)]
@@ -181,7 +197,7 @@ def diffusion_config(
 
 def add_sampler_arguments(p) -> None:
     """The flags ``vtp-generate`` and ``vtp-eval`` share: position handling of kept tokens, and the sampler
-    settings of each family (``None`` defaults are filled per family by ``vtp_jax.cli.family_flags``).
+    settings of each family (``None`` defaults are filled per family by :func:`family_flags`).
 
     Every number is range-checked by argparse (a usage error, exit 2, before anything runs): lengths and step
     counts whole numbers ≥ 1, ``--top-p`` in (0, 1], ``--temperature`` and ``--cfg`` finite and ≥ 0 — the rules of
@@ -217,3 +233,78 @@ def add_input_arguments(p) -> None:
     p.add_argument("--max-image-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
                    help="refuse image files of more than N pixels, width × height, from their header (a guard "
                         "against decompression bombs; default PIL's limit, 89478485 ≈ 9459×9459)")
+
+
+def family_flags(args: argparse.Namespace, family: str) -> None:
+    """Rejects sampler flags of the other generator kind; fills the defaults of this family's kind
+    (:data:`vtp_jax.families.SAMPLER_DEFAULTS`). Raises InputError (also for an unknown family)."""
+    from vtp_jax.families import SAMPLER_DEFAULTS
+
+    fam = family_record(family)
+    own = SAMPLER_DEFAULTS[fam.kind]
+    other = {k: v for kind, d in SAMPLER_DEFAULTS.items() if kind != fam.kind for k, v in d.items()}
+    given = ["--" + k.replace("_", "-") for k in other if getattr(args, k) is not None]
+    if given:
+        from vtp_jax import families
+
+        def label(kind):  # "autoregressive (llava)", "diffusion (llada_v)"
+            names = ", ".join(f.name for f in families.families().values() if f.kind == kind)
+            return f"{kind.split('_')[-1]} ({names})"
+
+        kinds = " / ".join(label(k) for k in SAMPLER_DEFAULTS if k != fam.kind)
+        raise InputError(f"{', '.join(given)} only apply to {kinds} checkpoints; this checkpoint's family is {family}")
+    for k, v in own.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
+MEMORY_HINT = "--skip-memory-check to try anyway"
+
+
+def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit_rows: int, vision_images: int):
+    """Estimates the memory of ``cfg`` in ``dtype`` for these lengths and, unless ``args.skip_memory_check``,
+    refuses it when it exceeds the memory available (:func:`vtp_jax.memory.check_fits`, message naming
+    ``args.model``). Returns the :class:`vtp_jax.memory.Budget` (for ``oom_guard``). Raises MemoryCheckError.
+    Shared with ``vtp-eval``."""
+    from vtp_jax import memory
+
+    est = memory.estimate(cfg, dtype, batch_size=batch_size, seq_len=seq_len, logit_rows=logit_rows,
+                          vision_images=vision_images)
+    if getattr(args, "skip_memory_check", False):
+        try:
+            available = memory.available_bytes()
+        except memory.MemoryCheckError:  # a malformed VTP_MEMORY_LIMIT_BYTES does not matter when not checking
+            available = None
+        return memory.Budget(est.total, available, "not checked (--skip-memory-check)", est)
+    return memory.check_fits(est, where=args.model, hint=MEMORY_HINT)
+
+
+def check_flag_values(args: argparse.Namespace) -> None:
+    """The argparse rules of every numeric flag, applied again to a Namespace built in Python (the command line
+    has already enforced them): names the flag and the value. Shared with ``vtp-eval``. Raises InputError."""
+    rules = {"seed": argtypes.SEED, "warmup": argtypes.NON_NEGATIVE, "runs": argtypes.POSITIVE,
+             "keep": argtypes.POSITIVE, "keep_ratio": argtypes.PROBABILITY, "layer": argtypes.NON_NEGATIVE,
+             "tau": argtypes.UNIT_INTERVAL, "cls_layer": argtypes.integer(), "max_new_tokens": argtypes.POSITIVE,
+             "top_p": argtypes.TOP_P, "gen_length": argtypes.POSITIVE, "steps": argtypes.POSITIVE,
+             "block_length": argtypes.POSITIVE, "cfg": argtypes.GUIDANCE, "temperature": argtypes.TEMPERATURE,
+             "max_image_pixels": argtypes.POSITIVE, "task_seed": argtypes.SEED, "limit": argtypes.POSITIVE,
+             "batch_size": argtypes.POSITIVE}
+    for name, rule in rules.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                argtypes.check_value("--" + name.replace("_", "-"), value, rule)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+
+
+def default_predictor(method: str, predictor: str | None, model_dir: str) -> str | None:
+    """DyRate's predictor path: ``predictor`` when given; else, when the ``+``-joined ``method`` includes
+    ``dyrate``, ``<model_dir>/dyrate_predictor.safetensors`` if that file exists; else None (DyRate then refuses
+    with its own message). Shared with ``vtp-eval``."""
+    from vtp_jax.pruning.dyrate import PREDICTOR_FILE
+
+    if predictor is not None or "dyrate" not in [n.strip() for n in method.split("+")]:
+        return predictor
+    path = os.path.join(model_dir, PREDICTOR_FILE)
+    return path if os.path.isfile(path) else None

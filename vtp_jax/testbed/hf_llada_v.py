@@ -4,7 +4,7 @@ LLaDA-V is not in transformers (it loads with remote code), so the checkpoint im
 (``LlavaLLaDAModelLM.save_pretrained``) writes: a ``config.json`` with ``model_type "llava_llada"``, Llama-style text
 fields at the top level and LLaVA fields (``mm_projector_type``, ``mm_hidden_size``, ``image_aspect_ratio``,
 ``image_grid_pinpoints``, ``mm_patch_merge_type``…), and tensors under LLaDA-V's names (see
-``convert/llada_names.py``). Two additions a real LLaDA-V config does not carry: a ``vision_config`` dict (SigLIP;
+``vtp_jax/families/llada_v/names.py``). Two additions a real LLaDA-V config does not carry: a ``vision_config`` dict (SigLIP;
 ``num_hidden_layers`` = the layers stored, i.e. after LLaDA-V's deletion of the last one) and ``mask_token_id``.
 
 Public API

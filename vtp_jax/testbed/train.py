@@ -35,7 +35,7 @@ Pipeline (no torch anywhere):
    generators (:class:`AutoregressiveGenerator` / :class:`DiffusionGenerator`, built once; the current parameters
    are swapped in as their ``state``, so nothing recompiles) on ``--val-n`` validation examples.
 5. **Export** (:func:`export_hf`): our parameters mapped back to HF tensor names (the converter's own name maps,
-   :mod:`convert.names` / :mod:`convert.llada_names`, run in reverse), fp32 safetensors, config.json with
+   the families' name maps, :mod:`vtp_jax.families.llava.names` / :mod:`vtp_jax.families.llada_v.names`, run in reverse), fp32 safetensors, config.json with
    ``"vtp_random_weights": false`` and a ``"vtp_testbed"`` record, generation config, tokenizer and processor files.
    The exported directory is then converted with :func:`convert.convert`, loaded with
    :func:`vtp_jax.checkpoint.load`, and evaluated on the test split (``--test-n`` examples, seed 0) and on the fixed
@@ -193,7 +193,7 @@ def hf_config_dict(family: str, hf_config) -> dict:
 
 
 def to_hf_layout(array: np.ndarray, transform: str) -> np.ndarray:
-    """Inverse of :func:`convert.names.apply_transform`: our layout → the HF (torch) layout.
+    """Inverse of :func:`vtp_jax.families.tensor_names.apply_transform`: our layout → the HF (torch) layout.
 
     "linear": kernel [in, out] → weight [out, in]; "conv": kernel [p, p, C, D] → weight [D, C, p, p]; "none": as is.
     """
@@ -220,18 +220,17 @@ def hf_tensors(family: str, hf_config, params: dict, dtype: str = "float32") -> 
     """Our parameters (nested pure dict, as ``nnx.to_pure_dict``) → {HF tensor name: array in HF layout}.
 
     Every HF name of :func:`hf_tensor_specs` is mapped to our path with the converter's own name map
-    (:func:`convert.core.name_mapper`), and the layout transform is inverted (:func:`to_hf_layout`).
+    (``Family.tensor_names``), and the layout transform is inverted (:func:`to_hf_layout`).
 
     Raises:
       ValueError: a name the converter does not map, a missing parameter, a shape mismatch, or a parameter that no
         HF tensor covers.
     """
-    from convert.core import name_mapper
-
+    from vtp_jax import families
     from vtp_jax.checkpoint import flatten
     from vtp_jax.testbed.hf_llava import _np_dtype
 
-    map_name, _ = name_mapper(family)
+    map_name, _ = families.get(family).tensor_names()
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     np_dtype = _np_dtype(dtype)
     out, used = {}, set()

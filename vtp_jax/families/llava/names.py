@@ -1,6 +1,6 @@
-"""Tensor-name canonicalisation: Hugging Face LLaVA tensor names → vtp_jax parameter paths.
+"""LLaVA's tensor-name map: Hugging Face LLaVA tensor names → vtp_jax parameter paths (the converter's input).
 
-Three on-disk / in-memory naming schemes are accepted (see shared/reference/MODELS.md); one checkpoint may even
+Three on-disk / in-memory naming schemes are accepted (transformers' ``modeling_llava.py`` key mapping, and the ``llava-hf/*`` hub files); one checkpoint may even
 mix them, since every name is mapped on its own:
 
 =================  ============================================  =====================================
@@ -14,11 +14,8 @@ LM head            ``language_model.lm_head.weight``              ``lm_head.weig
 =================  ============================================  =====================================
 
 Each name is first reduced to a canonical ``<part>.<X>`` form (``vision.``, ``projector.``, ``text.``,
-``lm_head``), then matched against a table of regular expressions giving our path and a transform:
-
-* ``"linear"``: torch Linear weight [out, in] → Flax kernel [in, out] (transpose).
-* ``"conv"``:   torch Conv2d weight [D, C, p, p] → Flax kernel [p, p, C, D] (transpose (2, 3, 1, 0)).
-* ``"none"``:   copied as is (biases, norms — HF LayerNorm ``weight`` becomes our ``scale`` — embeddings).
+``lm_head``), then matched against a table of regular expressions giving our path and a layout transform
+(:mod:`vtp_jax.families.tensor_names`: ``linear``, ``conv``, ``none``; HF LayerNorm ``weight`` becomes our ``scale``).
 
 Names of non-parameter buffers that some checkpoints carry (``position_ids``, ``rotary_emb.inv_freq``) and SigLIP's
 unused pooling head are recognised and skipped (:func:`is_ignored`).
@@ -27,19 +24,8 @@ unused pooling head are recognised and skipped (:func:`is_ignored`).
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
-import numpy as np
-
-TRANSFORMS = ("linear", "conv", "none")
-
-
-class Target(NamedTuple):
-    """Where an HF tensor goes: our dotted parameter path and the layout transform to apply."""
-
-    path: str
-    transform: str
-
+from vtp_jax.families.tensor_names import Target
 
 # (HF prefix, canonical prefix), longest prefixes first so ``vision_tower.vision_model.`` wins over
 # ``vision_tower.``.
@@ -129,44 +115,3 @@ def map_name(name: str) -> Target | None:
             norm = {"norm": _NORM.get(groups[-1], "") if groups else ""}
             return Target(template.format(*groups, **norm), transform)
     return None
-
-
-def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
-    """Applies a layout transform (see module docstring); returns a C-contiguous array.
-
-    Raises:
-      ValueError: the array has the wrong rank for the transform, or the transform is unknown.
-    """
-    if transform == "none":
-        return np.ascontiguousarray(array)
-    if transform == "linear":
-        if array.ndim != 2:
-            raise ValueError(f"linear weight must be 2-D, got shape {tuple(array.shape)}")
-        return np.ascontiguousarray(array.T)
-    if transform == "conv":
-        if array.ndim != 4:
-            raise ValueError(f"conv weight must be 4-D, got shape {tuple(array.shape)}")
-        return np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))
-    raise ValueError(f"unknown transform {transform!r}")
-
-
-def transformed_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...] | None:
-    """Shape after ``transform`` without touching data; None if the rank does not fit the transform."""
-    shape = tuple(int(s) for s in shape)
-    if transform == "none":
-        return shape
-    if transform == "linear":
-        return shape[::-1] if len(shape) == 2 else None
-    if transform == "conv":
-        return (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else None
-    raise ValueError(f"unknown transform {transform!r}")
-
-
-def source_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
-    """Inverse of :func:`transformed_shape`: the HF-layout shape our parameter of ``shape`` expects."""
-    shape = tuple(int(s) for s in shape)
-    if transform == "linear":
-        return shape[::-1]
-    if transform == "conv":
-        return (shape[3], shape[2], shape[0], shape[1])
-    return shape

@@ -160,3 +160,12 @@ def is_ignored_llada_name(hf_name: str) -> bool:
 def is_llada_v_name(hf_name: str) -> bool:
     """True if the name belongs to the LLaDA-V / LLaDA naming (mapped or ignored) — a cheap scheme sniffer."""
     return canonical_llada_name(hf_name) is not None or is_ignored_llada_name(hf_name)
+
+
+def map_name(hf_name: str):
+    """The converter's form of :func:`canonical_llada_name`: a :class:`vtp_jax.families.tensor_names.Target`
+    (dotted path, transform), or None if the name is not recognised."""
+    from vtp_jax.families.tensor_names import Target
+
+    target = canonical_llada_name(hf_name)
+    return None if target is None else Target(target.dotted, target.transform)

@@ -1,0 +1,65 @@
+"""Tensor layouts shared by every family's name map: where a Hugging Face tensor goes (:class:`Target`) and the
+layout transform between torch and Flax:
+
+* ``"linear"``: torch Linear weight [out, in] → Flax kernel [in, out] (transpose).
+* ``"conv"``:   torch Conv2d weight [D, C, p, p] → Flax kernel [p, p, C, D] (transpose (2, 3, 1, 0)).
+* ``"none"``:   copied as is (biases, norms, embeddings).
+
+Pure functions, no I/O: the converter (``convert``) and the testbed exporter (its inverse) both use them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+TRANSFORMS = ("linear", "conv", "none")
+
+
+class Target(NamedTuple):
+    """Where an HF tensor goes: our dotted parameter path and the layout transform to apply."""
+
+    path: str
+    transform: str
+
+
+def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
+    """Applies a layout transform (see module docstring); returns a C-contiguous array.
+
+    Raises:
+      ValueError: the array has the wrong rank for the transform, or the transform is unknown.
+    """
+    if transform == "none":
+        return np.ascontiguousarray(array)
+    if transform == "linear":
+        if array.ndim != 2:
+            raise ValueError(f"linear weight must be 2-D, got shape {tuple(array.shape)}")
+        return np.ascontiguousarray(array.T)
+    if transform == "conv":
+        if array.ndim != 4:
+            raise ValueError(f"conv weight must be 4-D, got shape {tuple(array.shape)}")
+        return np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))
+    raise ValueError(f"unknown transform {transform!r}")
+
+
+def transformed_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...] | None:
+    """Shape after ``transform`` without touching data; None if the rank does not fit the transform."""
+    shape = tuple(int(s) for s in shape)
+    if transform == "none":
+        return shape
+    if transform == "linear":
+        return shape[::-1] if len(shape) == 2 else None
+    if transform == "conv":
+        return (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else None
+    raise ValueError(f"unknown transform {transform!r}")
+
+
+def source_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
+    """Inverse of :func:`transformed_shape`: the HF-layout shape our parameter of ``shape`` expects."""
+    shape = tuple(int(s) for s in shape)
+    if transform == "linear":
+        return shape[::-1]
+    if transform == "conv":
+        return (shape[3], shape[2], shape[0], shape[1])
+    return shape
