@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 
-from convert.core import INFLIGHT_BYTES, raise_interrupted
+from convert.core import INFLIGHT_BYTES
 from vtp_jax.argtypes import POSITIVE
 
 PROG = "vtp-convert"
@@ -77,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the converter; returns the exit code (argparse usage errors also return 2 instead of exiting).
 
     ``argv`` None means the real command line (``sys.argv[1:]``); only then is the process-wide malloc setting
-    (module docstring) applied, and SIGINT / SIGTERM handled from this point on (before that, during Python's start
-    and the import of this module, a signal has its default effect, and nothing has been written). Calling
-    ``main([...])`` from other code leaves that process's allocator alone; :func:`convert.core.convert` still
-    handles signals while it runs in the main thread.
+    (module docstring) applied, and SIGINT / SIGTERM handled from this point on: until the conversion starts
+    writing, a signal prints "interrupted, nothing was written" and ends the process at once; while it writes,
+    :func:`convert.core.convert` stops at the next safe point, removes its temporary directory and raises
+    :class:`~convert.core.Interrupted`; once OUT_DIR is complete a signal just ends the process. (Before ``main``
+    runs — Python's start, the import of this module — a signal has its default effect; nothing has been written
+    then.) Calling ``main([...])`` from other code leaves that process's allocator and handlers alone;
+    :func:`convert.core.convert` still handles signals while it runs in the main thread.
 
     Exit codes: 0 written; 2 error (usage or :class:`~convert.core.ConversionError`); 128 + signal number
     (130 SIGINT, 143 SIGTERM) interrupted.
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     previous: dict = {}
     if argv is None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, raise_interrupted)  # until convert() takes over
+            previous[sig] = signal.signal(sig, _exit_before_writing)  # until convert() takes over
     try:
         return _run(argv, previous)
     except KeyboardInterrupt as e:  # convert.core.Interrupted (SIGINT / SIGTERM), or a Ctrl-C outside convert()
@@ -130,6 +133,7 @@ def _run(argv: list[str] | None, previous: dict) -> int:
             allow_nonfinite=args.allow_nonfinite,
             progress=not args.no_progress,
             inflight_bytes=args.max_inflight_mb << 20,
+            on_early_signal=_exit_before_writing if argv is None else None,
         )
     except ConversionError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -142,10 +146,18 @@ def _run(argv: list[str] | None, previous: dict) -> int:
     return 0
 
 
+def _exit_before_writing(signum: int, frame=None) -> None:
+    """:func:`convert.core.convert`'s ``on_early_signal`` for the command line: a signal before anything was written
+    (config, weight headers, the abstract model) says so and ends the process at once with 128 + signum, without
+    unwinding through whatever runs then (a native import, a long model build)."""
+    print(f"{PROG}: interrupted, nothing was written ({signal.Signals(signum).name})", file=sys.stderr)
+    _exit_at_once(signum, None)
+
+
 def _exit_at_once(signum, frame) -> None:
-    """After a successful conversion (OUT_DIR complete, about to say so or already said): a signal ends the process
-    at once with 128 + signum, without running the exit handlers (jax's, which a KeyboardInterrupt would interrupt
-    with a traceback)."""
+    """A signal after a successful conversion (OUT_DIR complete, said or about to be said) ends the process at once
+    with 128 + signum, without running the exit handlers (jax's, which a KeyboardInterrupt would interrupt with a
+    traceback)."""
     sys.stderr.flush()
     os._exit(128 + signum)
 

@@ -117,20 +117,23 @@ class _StopWriting(Exception):
 
 
 class _Signals:
-    """Records SIGINT / SIGTERM while a conversion runs (handlers only in the main thread; elsewhere a recorder that
+    """Handles SIGINT / SIGTERM while a conversion runs (handlers only in the main thread; elsewhere a recorder that
     never fires).
 
-    The first signal is only recorded in ``signum``: the conversion polls :meth:`check` between its phases, and the
-    writer polls :meth:`check_writer` after every tensor, so the run stops within a phase (seconds at most) at a
-    point where stopping is safe. The handler does not raise: an exception raised from a handler lands wherever the
-    main thread happens to be — inside a native extension's import it aborts the process (a nanobind
-    ``terminate``), inside a gc callback it is printed and dropped, inside library code it may be swallowed. A
-    second signal raises :class:`Interrupted` at once (Python's own behaviour, for a run that does not stop). The
-    previous handlers are restored on exit.
+    Before the temporary directory exists (``early``) nothing has been written: a signal calls ``on_early(signum)``
+    (the CLI's: print the message, end the process at once) or, without one, raises :class:`Interrupted` right away
+    — as Python's own SIGINT would. From then on the first signal is only recorded in ``signum``: the conversion
+    looks at it between its steps, the writer after every tensor, so the run stops where stopping is safe. The
+    handler does not raise there, because an exception raised from a handler lands wherever the main thread happens
+    to be — inside a native extension's import it aborts the process (a nanobind ``terminate``), inside a gc
+    callback it is printed and dropped, inside Orbax it can be swallowed. A second signal raises
+    :class:`Interrupted` at once (for a run that does not stop). The previous handlers are restored on exit.
     """
 
-    def __init__(self):
+    def __init__(self, on_early: Callable[[int], None] | None = None):
         self.signum: int | None = None
+        self.early = True
+        self._on_early = on_early
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "_Signals":
@@ -149,10 +152,23 @@ class _Signals:
         return False
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is None:
+        first = self.signum is None
+        if first:
             self.signum = signum
+        if self.early and self._on_early is not None:
+            self._on_early(signum)
+        if first and not self.early:
             return
         raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def not_early(self):
+        """A step before the temporary directory exists that must not be cut short (removing stale directories)."""
+        early, self.early = self.early, False
+        try:
+            yield
+        finally:
+            self.early = early
 
     def check(self) -> None:
         """Raises :class:`Interrupted` if a signal was recorded."""
@@ -163,12 +179,6 @@ class _Signals:
         """Raises :class:`_StopWriting` if a signal was recorded (called from the writer's thread)."""
         if self.signum is not None:
             raise _StopWriting()
-
-
-def raise_interrupted(signum, frame) -> None:
-    """A signal handler raising :class:`Interrupted` (the CLI's, for SIGINT / SIGTERM outside :func:`convert`,
-    where only argument parsing runs)."""
-    raise Interrupted(signum)
 
 
 def _problems_message(header: str, problems: list[str], *, count: bool = True) -> str:
@@ -628,6 +638,7 @@ def convert(
     progress: bool = True,
     inflight_bytes: int = INFLIGHT_BYTES,
     notify: Callable[[str], None] | None = None,
+    on_early_signal: Callable[[int], None] | None = None,
 ) -> str:
     """Converts HF_DIR (config.json + safetensors / pickled weights) to OUT_DIR; returns OUT_DIR's absolute path.
 
@@ -647,6 +658,9 @@ def convert(
         this is written alone).
       notify: receives one line per stale temporary directory removed or left alone, and the notes and warnings
         of the conversion (processor fields filled in, non-finite tensors allowed); default: stderr.
+      on_early_signal: called with the signal number for SIGINT / SIGTERM before anything is written (config,
+        headers, the abstract model — steps that can take a while); the CLI's ends the process there. None: raise
+        :class:`Interrupted` at once, as Python's SIGINT would.
 
     Raises:
       ConversionError: bad paths, unsupported config (naming the field), unusable weight files, tensors that do not
@@ -656,7 +670,7 @@ def convert(
         temporary directory is gone, unless ``Interrupted.written`` says the commit had already completed.
     """
     notify = _stderr_note if notify is None else notify
-    with _Signals() as signals:
+    with _Signals(on_early_signal) as signals:
         return _convert(hf_dir, out_dir, dtype=dtype, force=force, allow_pickle=allow_pickle,
                         allow_nonfinite=allow_nonfinite, progress=progress, inflight_bytes=inflight_bytes,
                         notify=notify, signals=signals)
@@ -673,17 +687,19 @@ def _convert(hf_dir, out_dir, *, dtype, force, allow_pickle, allow_nonfinite, pr
     if isinstance(inflight_bytes, bool) or not isinstance(inflight_bytes, int) or inflight_bytes < 1:
         raise ConversionError(f"inflight_bytes must be a positive int, got {inflight_bytes!r}")
     vetted = _check_paths(hf_dir, out_dir, force)
-    clean_stale_temp_dirs(out_dir, notify)
+    with signals.not_early():
+        clean_stale_temp_dirs(out_dir, notify)
+    signals.check()  # and after every step below
     raw_config, cfg = _read_config(hf_dir)
-    signals.check()  # and after every phase below
-    abstract = checkpoint.abstract_params(cfg, dtype)
-    key_paths = _key_paths(abstract)
-    expected = {path: _leaf(abstract, keys) for path, keys in key_paths.items()}
-    signals.check()
     try:
         source = open_source(hf_dir, allow_pickle=allow_pickle)
     except SourceError as e:
         raise ConversionError(str(e)) from None
+    _check_layer_counts(cfg, source, hf_dir)
+    signals.check()
+    abstract = checkpoint.abstract_params(cfg, dtype)
+    key_paths = _key_paths(abstract)
+    expected = {path: _leaf(abstract, keys) for path, keys in key_paths.items()}
     signals.check()
     chosen, problems = plan(source.tensors, expected, cfg.text.tie_word_embeddings, cfg.family)
     if problems:
@@ -694,6 +710,8 @@ def _convert(hf_dir, out_dir, *, dtype, force, allow_pickle, allow_nonfinite, pr
     parent = os.path.dirname(out_dir)
     tmp = ident = live = None
     writing = False  # the Orbax save was entered: a failure may leave a cancelled write finishing
+    signals.early = False  # from here on a signal is recorded and acted on where it is safe
+    signals.check()
     try:
         try:
             os.makedirs(parent, exist_ok=True)
@@ -755,6 +773,16 @@ def _convert(hf_dir, out_dir, *, dtype, force, allow_pickle, allow_nonfinite, pr
     if signals.signum is not None:  # came during the commit, which completed
         raise Interrupted(signals.signum, written=True)
     return out_dir
+
+
+def _check_layer_counts(cfg, source, hf_dir: str) -> None:
+    """Every layer has tensors of its own, so a config.json with more layers than the weights hold tensors cannot fit
+    them; refused before the abstract model is built (with, say, 10⁵ layers that alone would take many minutes)."""
+    text, vision = cfg.text.num_hidden_layers, cfg.vision.num_hidden_layers
+    if text + vision > len(source.tensors):
+        raise ConversionError(
+            f"config.json describes {text} decoder and {vision} vision layers (num_hidden_layers), but the weights in "
+            f"{hf_dir} hold only {len(source.tensors)} tensors, and every layer has several of its own")
 
 
 def _stall_after() -> int | None:

@@ -84,8 +84,12 @@ def _read_index(hf_dir: str, index_name: str) -> dict[str, str]:
             raise TypeError("weight_map is not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"{index_name}: unreadable index ({type(e).__name__}: {e})") from None
+    bad = sorted(name for name, fname in weight_map.items() if not isinstance(fname, str))
+    if bad:
+        raise SourceError(f"{index_name}: weight_map gives tensor {bad[0]!r} the file {weight_map[bad[0]]!r}, "
+                          "which is not a file name")
     files = {}
-    for fname in sorted(set(weight_map.values()), key=str):
+    for fname in sorted(set(weight_map.values())):
         try:
             files[fname] = _inside(hf_dir, fname)
         except SourceError as e:

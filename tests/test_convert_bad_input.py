@@ -195,6 +195,16 @@ def test_tracebacks_bad_config_field_is_named_when_a_converted_directory_is_read
     assert field in str(e.value)
 
 
+def test_tracebacks_more_layers_than_tensors_refused_before_the_model_is_built(tmp_path, capsys):
+    """num_hidden_layers: 100000 would take many minutes to build abstractly; the weights' tensor count refutes it."""
+    hf = copy_testbed(LLAVA, tmp_path / "hf")
+    edit_json(hf / "config.json", setter(T, "num_hidden_layers", value=100_000))
+    t0 = time.monotonic()
+    rc, err = run_cli(capsys, hf, tmp_path / "out")
+    assert_refused(rc, err, tmp_path / "out", "100000 decoder", "num_hidden_layers", "tensors")
+    assert time.monotonic() - t0 < 30
+
+
 def test_tracebacks_processor_fields_filled_from_config_json(tmp_path, capsys):
     """Case 6: tokenizer + preprocessor_config.json, no processor_config.json (older / third-party LLaVA
     checkpoints): the converted directory gets patch_size, the feature-select strategy and the number of additional
@@ -332,6 +342,14 @@ def test_messages_not_a_pytorch_checkpoint(write, needle, tmp_path, capsys):
     assert "mmap" not in err and "zipfile" not in err
 
 
+@pytest.mark.parametrize("weight_map", [{"a": ["model.safetensors"]}, {"a": 5}], ids=["a list", "a number"])
+def test_messages_index_naming_a_non_file(weight_map, tmp_path, capsys):
+    hf = copy_testbed(LLAVA, tmp_path / "hf", weights=False)
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    rc, err = run_cli(capsys, hf, tmp_path / "out")
+    assert_refused(rc, err, tmp_path / "out", "model.safetensors.index.json", "'a'")
+
+
 def test_messages_other_inputs(tmp_path, capsys):
     rc, err = run_cli(capsys, LLAVA, tmp_path / "out", "--max-inflight-mb", "0")
     assert rc == 2 and "argument --max-inflight-mb" in err and "Traceback" not in err
@@ -429,6 +447,57 @@ def test_concurrency_force_replaces_only_the_vetted_directory(tmp_path, capsys, 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (core.STALL_ENV, core.PAUSE_ENV)}
     return {**env, "PYTHONPATH": os.pathsep.join([REPO, env.get("PYTHONPATH", "")]), **extra}
+
+
+@pytest.mark.parametrize("at", [1, 12, -1], ids=["first tensor", "tensor 12", "last tensor"])
+def test_signals_while_writing_in_process(at, tmp_path, capsys, monkeypatch):
+    """SIGINT arriving while tensor ``at`` loads (sent from the writer's thread; Python runs the handler in the main
+    thread, inside Orbax): recorded, the save ends at the next tensor, rc 130, nothing left — every time."""
+    from convert.sources import SafetensorsSource
+
+    n = len(load_file(os.path.join(LLAVA, WEIGHTS)))
+    at = n if at == -1 else at
+    read, calls = SafetensorsSource.read, []
+
+    def read_and_signal(self, name):
+        calls.append(name)
+        if len(calls) == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return read(self, name)
+
+    monkeypatch.setattr(SafetensorsSource, "read", read_and_signal)
+    rc, err = run_cli(capsys, LLAVA, tmp_path / "out")
+    assert rc == 130, err
+    assert "interrupted, nothing was written (SIGINT)" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path / "out")
+
+
+@pytest.mark.parametrize("on_early", [None, "callback"])
+def test_signals_before_anything_is_written(on_early, tmp_path, monkeypatch):
+    """A signal while config.json is read: the API raises Interrupted at once (as Python's SIGINT would); with
+    ``on_early_signal`` (the CLI's ends the process) that is called instead."""
+    from convert import convert
+
+    read_config, seen = core._read_config, []
+
+    def read_and_signal(hf_dir):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return read_config(hf_dir)
+
+    monkeypatch.setattr(core, "_read_config", read_and_signal)
+
+    def callback(signum):
+        seen.append(signum)
+        raise RuntimeError("the CLI would end the process here")
+
+    with pytest.raises(core.Interrupted if on_early is None else RuntimeError) as e:
+        convert(LLAVA, tmp_path / "out", progress=False, on_early_signal=None if on_early is None else callback)
+    if on_early is None:
+        assert e.value.signum == signal.SIGTERM and not e.value.written
+    else:
+        assert seen == [signal.SIGTERM]
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
 SIGNAL_CASES = [(signal.SIGINT, "stall 1"), (signal.SIGINT, "stall 20"), (signal.SIGTERM, "stall 7"),
