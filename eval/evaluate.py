@@ -440,7 +440,6 @@ class Evaluator:
         Raises InputError (family mismatch) or PruningError (unknown method or option, keep or layer out of range,
         a missing or unfitting DyRate predictor).
         """
-        from vtp_jax.processing import InputError
         from vtp_jax.runtime import build_methods
 
         out = {
@@ -448,42 +447,38 @@ class Evaluator:
             for n_v in self.visual_counts()
         }
         for method in out.values():
-            if isinstance(method, tuple) and self.kind == MASKED_DIFFUSION:
-                raise InputError(f"--method {name!r}: combined stages run on llava checkpoints only")
-            if method is not None and self.kind != MASKED_DIFFUSION:
-                self._generator(method)
+            if method is not None:
+                self._generator(method)  # builds it: DyRate's predictor is checked before any generation
         return out
 
     def _generator(self, method):
+        from vtp_jax.generation import make_generator
+
         if method not in self._generators:
-            if self.kind == MASKED_DIFFUSION:
-                from vtp_jax.generation.diffusion import DiffusionGenerator
-
-                self._generators[method] = DiffusionGenerator(self.model, self.dcfg, method)
-            else:
-                from vtp_jax.generation.autoregressive import AutoregressiveGenerator
-
-                self._generators[method] = AutoregressiveGenerator(self.model, method)
+            self._generators[method] = make_generator(self.model, method, diffusion=self.dcfg)
         return self._generators[method]
 
-    def _generate(self, gen, batch) -> "_Call":
-        """One generation call (see :class:`_Call`)."""
+    def _settings(self):
+        """The :class:`vtp_jax.generation.SamplerSettings` of every call."""
+        from vtp_jax.generation import SamplerSettings
+
         a = self.args
-        if self.kind == MASKED_DIFFUSION:
-            out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
-                               temperature=a.temperature, seed=a.seed)
-            ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
+        return SamplerSettings(temperature=a.temperature, seed=a.seed, top_p=a.top_p or 1.0,
+                               max_new_tokens=a.max_new_tokens or 1,
+                               eos_token_ids=eos_token_ids(self.cfg, self.processor),
+                               pad_token_id=self.processor.pad_token_id)
+
+    def _generate(self, gen, batch) -> "_Call":
+        """One generation call (see :class:`_Call`): the generators' shared ``run(batch, settings)``."""
+        out = gen.run(batch, self._settings())
+        ids = [out.answer_ids(b) for b in range(len(out.num_new_tokens))]
+        if self.kind == MASKED_DIFFUSION:  # every position is decoded whatever the answer's length
             return _Call(ids, out.latency_s, [out.tokens.shape[1]] * len(ids), int(out.kept.shape[1]))
-        eos = eos_token_ids(self.cfg, self.processor)
-        out = gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
-                           max_new_tokens=a.max_new_tokens, eos_token_ids=eos, pad_token_id=self.processor.pad_token_id,
-                           temperature=a.temperature, top_p=a.top_p, seed=a.seed)
-        ids = [[int(t) for t in row[:n]] for row, n in zip(out.tokens, out.num_new_tokens)]
         dy = None
         if out.kept_per_token is not None:  # DyRate: visual tokens attended by each row's decode steps
             kpt = np.asarray(out.kept_per_token)
             dy = [(int(kpt[b, 1:n].sum()), max(int(n) - 1, 0), int(kpt[b, 0])) for b, n in enumerate(out.num_new_tokens)]
-        return _Call(ids, out.prefill_s + out.decode_s, list(out.num_new_tokens), int(out.kept.shape[1]), dy)
+        return _Call(ids, out.latency_s, list(out.num_new_tokens), int(out.kept.shape[1]), dy)
 
     # ---- a run ---------------------------------------------------------------------------------------------
     def run(self, name: str, methods: dict[int, Any], *, keep_ratio: float | None, label: str) -> dict[str, Any]:

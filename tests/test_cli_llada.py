@@ -75,7 +75,8 @@ def _check_common(r, cfg, n_v):
     assert ids[first:first + n_v] == [cfg.image_token_id] * n_v
     assert ids[0] == hf_llada_v.BOS_ID  # from the chat template, not added twice
     assert len(r["output_ids"]) <= 8
-    assert not set(r["output_ids"]) & set(hf_llada_v.STOP_IDS)  # cut before the first stop id
+    # cut after the first stop id, included (the same rule as LLaVA's EOS): no stop id before the last token
+    assert not set(r["output_ids"][:-1]) & set(hf_llada_v.STOP_IDS)
     t = r["timings"]
     assert set(t) >= {"prefill_s", "decode_s", "tokens_per_s", "latency_s"}
     assert t["prefill_s"] > 0 and t["decode_s"] > 0 and t["latency_s"] == pytest.approx(t["prefill_s"] + t["decode_s"])
@@ -212,3 +213,18 @@ def test_console_script_diffusion_error_no_traceback(model_dir, image):
                           "--block-length", "4"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stdout == ""
     assert "gen_length (6) must be divisible by block_length (4)" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_combined_stages_run_on_llada_v(model_dir, image, n_v, capsys):
+    """``divprune+redvtp``: DivPrune keeps a subset before the LLM, RedVTP prunes that subset after the first
+    denoising step; both selections are reported per stage, RedVTP's a subset of DivPrune's."""
+    code = cli.main(["--model", model_dir, "--image", image, "--prompt", "What shape?", "--method", "divprune+redvtp",
+                     "--gen-length", "8", "--steps", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    pre, during = r["stages"]["divprune"], r["stages"]["redvtp"]
+    # no --keep / --keep-ratio: each method keeps its default ratio (DivPrune 0.098, RedVTP 0.5 of what reached it)
+    assert len(pre) == max(1, int(n_v * 0.098)) and len(set(pre)) == len(pre) and all(0 <= i < n_v for i in pre)
+    assert len(during) == max(1, int(len(pre) * 0.5))
+    assert set(during) <= set(pre) and r["kept_visual_indices"] == sorted(during)

@@ -120,12 +120,8 @@ def _timed_runs(generate, args) -> tuple[list, float | None]:
     first_call_s = None
     for _ in range(args.warmup):
         warm = generate()
-        first_call_s = first_call_s if first_call_s is not None else _latency(warm)
+        first_call_s = first_call_s if first_call_s is not None else warm.latency_s
     return [generate() for _ in range(args.runs)], first_call_s
-
-
-def _latency(out) -> float:
-    return float(out.latency_s) if hasattr(out, "latency_s") else float(out.prefill_s + out.decode_s)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -147,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
     with memory.oom_guard(f"loading {args.model}", budget):
         model, cfg, meta = load(args.model)
     with memory.oom_guard("generating (compiling and running)", budget):
-        result = _RUN[kind](args, model, cfg, prep)
+        result = _generate(args, model, cfg, prep)
     result["random_weights"] = bool(meta.get("random_weights", False))
     return result
 
@@ -166,27 +162,10 @@ def _prepare_autoregressive(args, image, cfg) -> dict:
     return {"method": method, "processor": processor, "batch": batch, "lengths": lengths}
 
 
-def _run_autoregressive(args, model, cfg, prep) -> dict:
-    """Autoregressive (LLaVA) path (prefill + decode), optionally with FastV."""
-    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
-
-    processor, batch = prep["processor"], prep["batch"]
-    gen = AutoregressiveGenerator(model, prep["method"])
-    kwargs = dict(
-        max_new_tokens=args.max_new_tokens, eos_token_ids=eos_token_ids(cfg, processor),
-        pad_token_id=processor.pad_token_id, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-    )
-    runs, first_call_s = _timed_runs(
-        lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"], **kwargs), args
-    )
-    return _result(args, cfg, processor, batch, runs, first_call_s,
-                   prefill=lambda r: r.prefill_s, decode=lambda r: r.decode_s)
-
-
 def _prepare_diffusion(args, image, cfg) -> dict:
     """Masked-diffusion (LLaDA-V) inputs that need no weights: sampler settings, processor, batch, method, and the lengths of the
     memory estimate."""
-    from vtp_jax.processing import InputError, load_processor
+    from vtp_jax.processing import load_processor
 
     processor = load_processor(args.model, cfg)
     dcfg = diffusion_config(
@@ -197,8 +176,6 @@ def _prepare_diffusion(args, image, cfg) -> dict:
     batch = processor([image], [args.prompt])
     check_positions(cfg, len(batch.prompt_ids[0]), dcfg.gen_length, "--gen-length")
     method = _method(args, cfg.family, batch.num_visual_tokens, cfg.text.num_hidden_layers)
-    if isinstance(method, tuple):
-        raise InputError(f"--method {args.method!r}: combined stages run on llava checkpoints only")
     rows = int(batch.input_ids.shape[0]) * (2 if dcfg.cfg > 0 else 1)  # guidance runs an unconditional copy
     px = batch.pixel_values
     lengths = dict(batch_size=rows, seq_len=int(batch.input_ids.shape[1]) + dcfg.gen_length,
@@ -206,30 +183,32 @@ def _prepare_diffusion(args, image, cfg) -> dict:
     return {"method": method, "processor": processor, "batch": batch, "dcfg": dcfg, "lengths": lengths}
 
 
-def _run_diffusion(args, model, cfg, prep) -> dict:
-    """Masked-diffusion (LLaDA-V) path, optionally with RedVTP."""
-    from vtp_jax.generation.diffusion import DiffusionGenerator
+def _generate(args, model, cfg, prep) -> dict:
+    """Builds the family's generator (:func:`vtp_jax.generation.make_generator`), runs ``--warmup`` + ``--runs``
+    calls of the shared ``run(batch, settings)`` and returns the JSON object (diffusion adds its settings)."""
+    from vtp_jax.generation import SamplerSettings, make_generator
 
-    processor, batch, dcfg = prep["processor"], prep["batch"], prep["dcfg"]
-    gen = DiffusionGenerator(model, dcfg, prep["method"])
-    runs, first_call_s = _timed_runs(
-        lambda: gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
-                             temperature=args.temperature, seed=args.seed), args
+    processor, batch, dcfg = prep["processor"], prep["batch"], prep.get("dcfg")
+    gen = make_generator(model, prep["method"], diffusion=dcfg)
+    settings = SamplerSettings(
+        temperature=args.temperature, seed=args.seed, top_p=args.top_p or 1.0,
+        max_new_tokens=args.max_new_tokens or 1, eos_token_ids=eos_token_ids(cfg, processor),
+        pad_token_id=processor.pad_token_id,
     )
-    result = _result(args, cfg, processor, batch, runs, first_call_s,
-                     prefill=lambda r: r.encode_s, decode=lambda r: r.denoise_s)
-    result["diffusion"] = jsonable({  # finite by validation; jsonable anyway, so --json can never fail on NaN
-        "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
-        "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
-        "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
-        "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
-    })
+    runs, first_call_s = _timed_runs(lambda: gen.run(batch, settings), args)
+    result = _result(args, cfg, processor, batch, runs, first_call_s)
+    if dcfg is not None:
+        result["diffusion"] = jsonable({  # finite by validation; jsonable anyway, so --json can never fail on NaN
+            "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
+            "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
+            "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
+            "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
+        })
     return result
 
 
-# Each generator kind's two steps: inputs that need no weights (and the memory estimate's lengths), then the run.
+# Each generator kind's inputs that need no weights (and the memory estimate's lengths); the run is shared.
 _PREPARE = {AUTOREGRESSIVE: _prepare_autoregressive, MASKED_DIFFUSION: _prepare_diffusion}
-_RUN = {AUTOREGRESSIVE: _run_autoregressive, MASKED_DIFFUSION: _run_diffusion}
 
 
 def _method(args, family: str, num_visual: int, num_layers: int):
@@ -280,16 +259,22 @@ def _stage_entry(name: str, value, n_new: int):
     return out
 
 
-def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode) -> dict:
-    """The ``--json`` object shared by both families (row 0 of the batch; timings are medians over runs)."""
+def _first_phase_s(out) -> float:
+    """The ``prefill_s`` of the JSON: the autoregressive prefill, or the diffusion encode (seconds)."""
+    return out.prefill_s if out.prefill_s is not None else out.encode_s
+
+
+def _result(args, cfg, processor, batch, runs, first_call_s) -> dict:
+    """The ``--json`` object shared by both generator kinds (row 0 of the batch; timings are medians over runs of
+    :class:`vtp_jax.generation.output.GenerationOutput`)."""
     out = runs[-1]
-    new_ids = [int(t) for t in out.tokens[0][: out.num_new_tokens[0]]]
-    dropped = getattr(out, "stage2_dropped", None)
+    new_ids = out.answer_ids(0)
+    dropped = out.stage2_dropped
     kept = [] if dropped is not None and bool(dropped[0]) else [int(i) for i in np.asarray(out.kept[0])]
     n_new = int(out.num_new_tokens[0])
-    stages = {name: _stage_entry(name, v, n_new) for name, v in (getattr(out, "stages", None) or {}).items()}
+    stages = {name: _stage_entry(name, v, n_new) for name, v in out.stages.items()}
     dyrate = {}
-    if getattr(out, "kept_per_token", None) is not None:  # DyRate: N_v = the visual tokens in the cache after prefill
+    if out.kept_per_token is not None:  # DyRate: N_v = the visual tokens in the cache after prefill
         dyrate = {"kept_per_token": [int(k) for k in out.kept_per_token[0, :n_new]],
                   "decode_visual_kv_cut": out.decode_visual_kv_cut(int(out.kept_per_token[0, 0]))}
     return jsonable({
@@ -303,10 +288,10 @@ def _result(args, cfg, processor, batch, runs, first_call_s, *, prefill, decode)
         "method": args.method,
         "family": cfg.family,
         "timings": {
-            "prefill_s": _median([prefill(r) for r in runs]),
-            "decode_s": _median([decode(r) for r in runs]),
+            "prefill_s": _median([_first_phase_s(r) for r in runs]),
+            "decode_s": _median([r.decode_s for r in runs]),
             "tokens_per_s": _median([r.tokens_per_s for r in runs]),
-            "latency_s": _median([_latency(r) for r in runs]),
+            "latency_s": _median([r.latency_s for r in runs]),
             "runs": len(runs),
             "first_call_s": first_call_s,
         },

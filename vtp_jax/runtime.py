@@ -107,7 +107,8 @@ def build_methods(
     """``spec`` is one method name or several joined by ``+`` (at most one per stage, in stage order, e.g.
     ``todre+todre-relevance`` = ToDRE stages 1 and 2). One name: :func:`build_method`. Several: a tuple of methods;
     each gets the options its dataclass declares, ``--keep``/``--keep-ratio`` go to the one method that takes a keep
-    count (at most one may), the in-LLM method is validated against the visual tokens the pre-LLM one keeps.
+    count (given only when at most one does; otherwise every such method keeps its default ratio of the visual
+    tokens that reach it), a later method is validated against the visual tokens the pre-LLM one keeps.
     Raises InputError / PruningError (unknown name, two methods of one stage, an option no method takes).
     """
     import dataclasses
@@ -128,8 +129,9 @@ def build_methods(
     if len(set(stages)) != len(stages) or stages != sorted(stages, key=order.index):
         raise InputError(f"--method {spec!r}: give at most one method per stage, in stage order ({' + '.join(order)})")
     keyed = [n for n in names if getattr(METHODS[n], "takes_keep", True)]
-    if len(keyed) > 1:
-        raise InputError(f"--method {spec!r}: --keep / --keep-ratio would apply to several methods ({', '.join(keyed)})")
+    if len(keyed) > 1 and (keep is not None or keep_ratio is not None):  # without them each uses its default ratio
+        raise InputError(f"--method {spec!r}: --keep / --keep-ratio would apply to several methods ({', '.join(keyed)}); "
+                         "leave them out (each method then keeps its default ratio)")
     given = {k for k, v in options.items() if v is not None}
     used: set[str] = set()
     methods, n_v = [], num_visual

@@ -17,7 +17,6 @@ bucket, or a new temperature / top-p / seed, does not recompile.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, NamedTuple
 
@@ -26,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vtp_jax.families.base import AUTOREGRESSIVE
+from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings, sample_token
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
@@ -43,46 +44,6 @@ class PrefillResult(NamedTuple):
     key: jax.Array  # PRNG key to continue with
     kept_pre: jax.Array  # int32 [B, k] the pre-LLM stage's kept indices (all of them without one)
     dyrate: dict | None = None  # DyRate's loop state after the prefill's decision (see _dyrate_init), else None
-
-
-@dataclasses.dataclass
-class GenerationOutput:
-    """tokens: int [B, max_new_tokens] (pad after EOS); kept: int [B, keep]; timings in seconds.
-
-    stages: per method name, what it kept: an int array [B, keep] of visual indices (pre-LLM methods, FastV), or for
-    ``todre-relevance`` a dict ``{"dropped": bool [B], "alpha_t2v": float32 [B], "alpha_v2t": float32 [B],
-    "layer": ℓ, "tau": τ}``. stage2_dropped: bool [B] when ToDRE stage 2 ran (else None): rows where it fired kept
-    no visual token from layer ℓ on; ``kept`` is then the set before stage 2 (layers < ℓ saw it) — the final kept
-    set of row b is ``kept[b]`` if not ``stage2_dropped[b]`` else empty.
-    kept_per_token / rate_per_token (DyRate only, else None): int32 [B, max_new_tokens] — the visual tokens in the KV
-    cache when token i was generated (token 0 by prefill: all of them) and the rate index chosen after it.
-    """
-
-    tokens: np.ndarray
-    kept: np.ndarray
-    prefill_s: float
-    decode_s: float
-    num_new_tokens: list[int]
-    stages: dict = dataclasses.field(default_factory=dict)
-    stage2_dropped: np.ndarray | None = None
-    kept_per_token: np.ndarray | None = None
-    rate_per_token: np.ndarray | None = None
-
-    def decode_visual_kv_cut(self, num_visual: int) -> float:
-        """DyRate: share of the visual KV entries the decode steps did not attend, over every row's decode steps
-        (tokens 1 … n − 1 of each row; token 0 comes from prefill): 1 − Σ kept / (steps · N_v). NaN without
-        decode steps or without DyRate."""
-        if self.kept_per_token is None:
-            return float("nan")
-        kept = [self.kept_per_token[b, 1:n] for b, n in enumerate(self.num_new_tokens)]
-        steps = sum(len(k) for k in kept)
-        return 1.0 - float(sum(int(k.sum()) for k in kept)) / (steps * num_visual) if steps else float("nan")
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode throughput: tokens produced by the decode loop (all rows) per second of decode time."""
-        produced = sum(max(n - 1, 0) for n in self.num_new_tokens)
-        return produced / self.decode_s if self.decode_s > 0 else float("nan")
 
 
 class AutoregressiveGenerator:
@@ -391,8 +352,9 @@ class AutoregressiveGenerator:
         )
         tokens = np.asarray(jax.block_until_ready(result[0]))
         t2 = time.perf_counter()
-        counts = [_count_new(row, eos_token_ids) for row in tokens]
-        out = GenerationOutput(tokens, kept, t1 - t0, t2 - t1, counts, stages, dropped)
+        counts = [count_new_tokens(row, eos_token_ids) for row in tokens]
+        out = GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=AUTOREGRESSIVE,
+                               decode_s=t2 - t1, prefill_s=t1 - t0, stages=stages, stage2_dropped=dropped)
         if dy is not None:
             out.kept_per_token = np.array(result[2]["kept"])
             out.rate_per_token = np.array(result[2]["rate"])
@@ -404,17 +366,17 @@ class AutoregressiveGenerator:
                                          "layer": self._dy_layer}
         return out
 
+    def run(self, batch, settings) -> GenerationOutput:
+        """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs["pixel_values"]``;
+        a :class:`vtp_jax.processing.Batch`) and :class:`vtp_jax.generation.SamplerSettings` → :meth:`generate`."""
+        return self.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
+                             max_new_tokens=settings.max_new_tokens, eos_token_ids=tuple(settings.eos_token_ids),
+                             pad_token_id=settings.pad_token_id, temperature=settings.temperature,
+                             top_p=settings.top_p, seed=settings.seed)
+
     def compiled_counts(self) -> dict[str, Any]:
         """Number of compiled variants of each jitted function (for static-shape tests)."""
         counts = {"prefill": self.prefill._cache_size(), "decode": self.decode._cache_size()}
         if self._relevance is not None:
             counts.update(prefill_head=self.prefill_head._cache_size(), prefill_tail=self.prefill_tail._cache_size())
         return counts
-
-
-def _count_new(row: np.ndarray, eos_ids: tuple[int, ...]) -> int:
-    """Tokens generated in a row, up to and including the first EOS."""
-    for i, tok in enumerate(row):
-        if int(tok) in eos_ids:
-            return i + 1
-    return len(row)

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vtp_jax.families.base import MASKED_DIFFUSION
+from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings
 from vtp_jax.modeling.decoder import SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
@@ -157,29 +159,6 @@ class _Prompt(NamedTuple):
     kept: jax.Array | None = None  # int32 [B, keep]: visual tokens left by pruning so far (None: all of them)
 
 
-@dataclasses.dataclass
-class DiffusionOutput:
-    """tokens int [B, gen_length]; kept int [B, keep]; encode_s / denoise_s in seconds; num_new_tokens: answer
-    tokens per row, before the first stop id."""
-
-    tokens: np.ndarray
-    kept: np.ndarray
-    encode_s: float
-    denoise_s: float
-    num_new_tokens: list[int]
-
-    @property
-    def latency_s(self) -> float:
-        """End to end: vision encoding + every denoising step (seconds)."""
-        return self.encode_s + self.denoise_s
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Token throughput: decoded positions (B · gen_length, the work done whatever the answer's length) per
-        second of end-to-end latency."""
-        return self.tokens.size / self.latency_s if self.latency_s > 0 else float("nan")
-
-
 class DiffusionGenerator:
     """Jitted masked-diffusion sampling for a bidirectional VLM (LLaDA-V).
 
@@ -187,9 +166,10 @@ class DiffusionGenerator:
       model: NNX model with ``image_features(**image_inputs)``, ``embed(ids, visual)``, ``language_model``
         (a :class:`vtp_jax.modeling.decoder.Decoder` with ``causal=False``) and ``logits(h)``.
       cfg: sampler settings.
-      method: None, a pre-LLM method (stage "pre_llm", applied in ``encode``; e.g. ToDRE, DivPrune, random) or a
-        during-generation method scored at the first denoising step (RedVTP). Raises DiffusionError for another
-        stage, PruningError for bad options.
+      method: None, a pre-LLM method (stage "pre_llm", applied in ``encode``; e.g. ToDRE, DivPrune, random), a
+        during-generation method scored at the first denoising step (RedVTP, LLaDA-FastV), or a tuple of one of
+        each (e.g. ``todre+redvtp``: the during-generation method prunes what the pre-LLM one kept). Raises
+        DiffusionError for another stage or two methods of one stage, PruningError for bad options.
 
     Three jitted functions, each compiled once per shape: ``encode`` (vision tower, projector, merge),
     ``first_step`` (step 0 at full length, plus scoring and compaction when pruning) and ``denoise`` (the other
@@ -200,13 +180,16 @@ class DiffusionGenerator:
         cfg.validate()
         if model.cfg.text.causal:
             raise DiffusionError("diffusion sampling needs a bidirectional decoder (text config causal=False)")
-        if method is not None and method.stage not in ("pre_llm", "during_generation"):
-            raise DiffusionError(f"method {method.name!r} (stage {method.stage}) is not supported by the diffusion sampler")
-        self.cfg, self.method = cfg, method
+        methods = tuple(method) if isinstance(method, (tuple, list)) else (() if method is None else (method,))
+        stages = [m.stage for m in methods]
+        if any(st not in ("pre_llm", "during_generation") for st in stages) or len(set(stages)) != len(stages):
+            raise DiffusionError(f"methods {[m.name for m in methods]} (stages {stages}): the diffusion sampler runs "
+                                 "at most one pre_llm and one during_generation method")
+        self.cfg, self.method, self.methods = cfg, method, methods
         # The stages run in order on the prompt (its visual mask and kept indices), so chaining a pre-LLM and a
         # during-generation method needs only this constructor to accept both.
-        self._pre = method if method is not None and method.stage == "pre_llm" else None
-        self._during = method if method is not None and method.stage == "during_generation" else None
+        self._pre = next((m for m in methods if m.stage == "pre_llm"), None)
+        self._during = next((m for m in methods if m.stage == "during_generation"), None)
         self._cls_layer = None if self._pre is None else self._pre.cls_probe(model.cfg)
         self.num_layers = model.cfg.text.num_hidden_layers
         self.image_token_id = model.cfg.image_token_id
@@ -326,7 +309,7 @@ class DiffusionGenerator:
     def generate(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, image_inputs: dict, *, temperature: float = 0.0,
         seed: int = 0,
-    ) -> DiffusionOutput:
+    ) -> GenerationOutput:
         """Runs the sampler.
 
         input_ids / attention_mask int [B, P], left-padded; image_inputs: keyword arguments of
@@ -353,6 +336,7 @@ class DiffusionGenerator:
         prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays, static=static)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
+        kept_pre = prompt.kept  # the pre-LLM stage's selection (read back after the timed part)
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in every step
         x_gen, counts, key, prompt, kept = self.first_step(
             self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw
@@ -362,16 +346,23 @@ class DiffusionGenerator:
         t2 = time.perf_counter()
         if kept is None:
             kept = np.broadcast_to(np.arange(n_v), (tokens.shape[0], n_v))
-        counts = [_count_until_stop(row, self.cfg.stop_ids) for row in tokens]
-        return DiffusionOutput(tokens, np.asarray(kept), t1 - t0, t2 - t1, counts)
+        counts = [count_new_tokens(row, self.cfg.stop_ids) for row in tokens]
+        kept = np.asarray(kept)
+        stages = {}
+        if self._pre is not None:
+            stages[self._pre.name] = np.asarray(kept_pre)
+        if self._during is not None:
+            stages[self._during.name] = kept
+        return GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=MASKED_DIFFUSION,
+                                decode_s=t2 - t1, encode_s=t1 - t0, stages=stages)
+
+    def run(self, batch, settings) -> GenerationOutput:
+        """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs``; a
+        :class:`vtp_jax.processing.Batch`) and :class:`vtp_jax.generation.SamplerSettings` (``temperature``,
+        ``seed``; lengths come from this generator's DiffusionConfig) → :meth:`generate`."""
+        return self.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
+                             temperature=settings.temperature, seed=settings.seed)
 
     def compiled_counts(self) -> dict[str, int]:
         """Compiled variants per jitted function (static-shape tests)."""
         return {n: getattr(self, n)._cache_size() for n in ("encode", "first_step", "denoise")}
-
-
-def _count_until_stop(row: np.ndarray, stop_ids: tuple[int, ...]) -> int:
-    for i, tok in enumerate(row):
-        if int(tok) in stop_ids:
-            return i
-    return len(row)
