@@ -138,6 +138,9 @@ LLAVA_CONFIG_CASES = {  # id: (edit, the field the message must name)
     "text config a list": (setter(T, value=[]), "text_config must be a JSON object"),
     "eos id as text": (setter(T, "eos_token_id", value="</s>"), "text_config.eos_token_id"),
     "random weights as text": (setter("vtp_random_weights", value="yes"), "vtp_random_weights"),
+    "top-level tie a number": (setter("tie_word_embeddings", value=1), "tie_word_embeddings"),
+    "hidden 1e30": (setter(T, "hidden_size", value=10**30), "text_config.hidden_size"),
+    "rope type 0": (setter(T, "rope_parameters", "rope_type", value=0), "rope_parameters.rope_type"),
 }
 LLADA_CONFIG_CASES = {
     "heads 0": (setter("num_attention_heads", value=0), "num_attention_heads"),
@@ -152,6 +155,10 @@ LLADA_CONFIG_CASES = {
     "pinpoint 72.5": (setter("image_grid_pinpoints", value=[[72.5, 72]]), "image_grid_pinpoints"),
     "pinpoint triple": (setter("image_grid_pinpoints", value=[[72, 72, 72]]), "image_grid_pinpoints"),
     "image token as text": (setter("image_token_index", value="<image>"), "image_token_index"),
+    "merge type false": (setter("mm_patch_merge_type", value=False), "mm_patch_merge_type"),
+    "pinpoints empty": (setter("image_grid_pinpoints", value=[]), "image_grid_pinpoints is empty"),
+    "pinpoints huge range": (setter("image_grid_pinpoints", value="(1x1),...,(100000x100000)"),
+                             "more than 4096"),
 }
 CONFIG_CASES = [pytest.param(LLAVA, *case, id=f"llava: {name}") for name, case in LLAVA_CONFIG_CASES.items()]
 CONFIG_CASES += [pytest.param(LLADA, *case, id=f"llada_v: {name}") for name, case in LLADA_CONFIG_CASES.items()]

@@ -110,20 +110,25 @@ def _get(d: dict, key: str, default: Any) -> Any:
 ACTIVATION_NAMES = ("quick_gelu", "gelu", "gelu_pytorch_tanh", "silu")  # vtp_jax.modeling.layers.ACTIVATIONS
 
 
-def _whole(value: Any, name: str, *, lo: int | None = 1) -> int:
-    """``value`` as an int ≥ ``lo`` (a float with an integral value is accepted; bools and strings are not).
+INT32_MAX = 2**31 - 1  # sizes and token ids beyond this cannot be array dimensions / int32 ids
+
+
+def _whole(value: Any, name: str, *, lo: int | None = 1, hi: int = INT32_MAX) -> int:
+    """``value`` as an int in [``lo``, ``hi``] (``lo`` None: ≥ -2³¹); a float with an integral value is accepted,
+    bools and strings are not.
 
     Raises:
-        ConfigError: "<name> must be a whole number ≥ lo, got …".
+        ConfigError: "<name> must be a whole number in [lo, hi], got …".
     """
-    bound = "" if lo is None else f" ≥ {lo}"
+    low = -INT32_MAX - 1 if lo is None else lo
+    bound = f" in [{low}, {hi}]"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a whole number{bound}, got {value!r}")
     if isinstance(value, float):
         if not value.is_integer():  # also nan / inf
             raise ConfigError(f"{name} must be a whole number{bound}, got {value!r}")
         value = int(value)
-    if lo is not None and value < lo:
+    if not low <= value <= hi:
         raise ConfigError(f"{name} must be a whole number{bound}, got {value}")
     return value
 
@@ -210,8 +215,9 @@ def rope_from_hf(d: dict, where: str = "") -> RopeConfig:
             return f"{where}rope_scaling.{key}"
         return f"{where}{key}"
 
-    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
-    if rope_type not in ("default", "llama3"):
+    rope_type = params.get("rope_type", params.get("type"))
+    rope_type = "default" if rope_type is None else rope_type
+    if not isinstance(rope_type, str) or rope_type not in ("default", "llama3"):
         raise ConfigError(f"unsupported {name('rope_type')} {rope_type!r} (supported: default, llama3)")
     theta = params.get("rope_theta", d.get("rope_theta"))
     theta = 10000.0 if theta is None else _real(theta, name("rope_theta"))
@@ -370,8 +376,9 @@ def llava_config_from_hf(d: dict) -> LlavaConfig:
     if d.get("model_type") != "llava":
         raise ConfigError(f"unsupported model_type {d.get('model_type')!r} (supported: llava)")
     text = dict(_object(d.get("text_config"), "text_config"))
-    if "tie_word_embeddings" in d and "tie_word_embeddings" not in text:
-        text["tie_word_embeddings"] = _flag(_get(d, "tie_word_embeddings", False), "tie_word_embeddings")
+    if d.get("tie_word_embeddings") is not None:
+        tied = _flag(d["tie_word_embeddings"], "tie_word_embeddings")
+        text.setdefault("tie_word_embeddings", tied)
     strategy = d.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
         raise ConfigError(f"unsupported vision_feature_select_strategy {strategy!r} (default or full)")
@@ -494,6 +501,9 @@ class LladaVConfig:
         return self.patches_per_side**2
 
 
+MAX_GRID_PINPOINTS = 4096  # candidate resolutions a range string may expand to (LLaDA-V's has 36)
+
+
 def parse_grid_pinpoints(value: Any, tile_size: int) -> tuple[tuple[int, int], ...]:
     """Grid pinpoints as a tuple of (height, width) pixel pairs.
 
@@ -514,6 +524,8 @@ def parse_grid_pinpoints(value: Any, tile_size: int) -> tuple[tuple[int, int], .
             if len(pairs) < 1:
                 raise ConfigError(f"image_grid_pinpoints {value!r}: expected '(AxB),...,(CxD)'")
             (a0, b0), (a1, b1) = map(int, pairs[0]), map(int, pairs[-1])
+            if max(a1 - a0 + 1, 0) * max(b1 - b0 + 1, 0) > MAX_GRID_PINPOINTS:
+                raise ConfigError(f"image_grid_pinpoints {value!r}: more than {MAX_GRID_PINPOINTS} resolutions")
             # LLaDA-V: grid_pinpoints = [(i, j) for i in range(a0, a1+1) for j in range(b0, b1+1)] read as (w, h)
             out = tuple((j * tile_size, i * tile_size) for i in range(a0, a1 + 1) for j in range(b0, b1 + 1))
         else:
@@ -620,23 +632,23 @@ def llada_v_config_from_hf(d: dict) -> LladaVConfig:
 
     layers = _feature_layers(d.get("vision_feature_layer", -1), vision.num_hidden_layers)
 
-    projector = d.get("mm_projector_type", "mlp2x_gelu") or "mlp2x_gelu"
+    projector = _get(d, "mm_projector_type", "mlp2x_gelu")
     if projector != "mlp2x_gelu":
         raise ConfigError(f"unsupported mm_projector_type {projector!r} (supported: mlp2x_gelu)")
-    merge = d.get("mm_patch_merge_type", "spatial_unpad") or "spatial_unpad"
+    merge = _get(d, "mm_patch_merge_type", "spatial_unpad")
     if merge != "spatial_unpad":
         raise ConfigError(f"unsupported mm_patch_merge_type {merge!r} (supported: spatial_unpad)")
-    aspect = _text(d.get("image_aspect_ratio", "anyres_max_4") or "anyres_max_4", "image_aspect_ratio")
+    aspect = _text(_get(d, "image_aspect_ratio", "anyres_max_4"), "image_aspect_ratio")
     m = re.fullmatch(r"anyres_max_(\d+)", aspect)
     if m:
         max_num_patches: int | None = int(m.group(1))
-        if max_num_patches < 1:
-            raise ConfigError(f"image_aspect_ratio {aspect!r}: N must be ≥ 1")
+        if not 1 <= max_num_patches <= INT32_MAX:
+            raise ConfigError(f"image_aspect_ratio {aspect!r}: N must be in [1, {INT32_MAX}]")
     elif aspect == "anyres":
         max_num_patches = None
     else:
         raise ConfigError(f"unsupported image_aspect_ratio {aspect!r} (supported: anyres_max_N, anyres)")
-    pinpoints = parse_grid_pinpoints(d.get("image_grid_pinpoints") or "(1x1),...,(6x6)", vision.image_size)
+    pinpoints = parse_grid_pinpoints(_get(d, "image_grid_pinpoints", "(1x1),...,(6x6)"), vision.image_size)
 
     mask_name = "mask_token_id" if d.get("mask_token_id") is not None else f"{where}mask_token_id"
     mask = d.get("mask_token_id", text_dict.get("mask_token_id"))
