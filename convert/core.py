@@ -327,6 +327,21 @@ def plan(
     return chosen, problems
 
 
+def _copy_file(src: str, dst: str) -> None:
+    """``shutil.copyfile``; a source that cannot be read is named as such (not as a failed write of OUT_DIR).
+
+    Raises:
+      ConversionError: ``src`` cannot be opened for reading.
+      OSError: writing ``dst`` failed.
+    """
+    try:
+        f = open(src, "rb")
+    except OSError as e:
+        raise ConversionError(f"cannot read {src}: {e.strerror or e}") from None
+    with f, open(dst, "wb") as out:
+        shutil.copyfileobj(f, out)
+
+
 def _copy_extra_files(hf_dir: str, dst: str) -> list[str]:
     copied = []
     for fname in sorted(os.listdir(hf_dir)):
@@ -334,7 +349,7 @@ def _copy_extra_files(hf_dir: str, dst: str) -> list[str]:
         if fname in SKIPPED_FILES or not os.path.isfile(src):
             continue
         if any(fnmatch.fnmatch(fname, pat) for pat in EXTRA_FILE_PATTERNS):
-            shutil.copyfile(src, os.path.join(dst, fname))
+            _copy_file(src, os.path.join(dst, fname))
             copied.append(fname)
     return copied
 
@@ -733,7 +748,7 @@ def _convert(hf_dir, out_dir, *, dtype, force, allow_pickle, allow_nonfinite, pr
         del lazy
         writing = False
         signals.check()
-        shutil.copyfile(os.path.join(hf_dir, "config.json"), os.path.join(tmp, checkpoint.CONFIG_FILE))
+        _copy_file(os.path.join(hf_dir, "config.json"), os.path.join(tmp, checkpoint.CONFIG_FILE))
         _copy_extra_files(hf_dir, tmp)
         _check_predictor(hf_dir, nonfinite)
         _check_finite(hf_dir, nonfinite, allow_nonfinite, notify)

@@ -357,6 +357,23 @@ def test_messages_index_naming_a_non_file(weight_map, tmp_path, capsys):
     assert_refused(rc, err, tmp_path / "out", "model.safetensors.index.json", "'a'")
 
 
+def test_messages_unreadable_hf_file_is_named_as_such(tmp_path, capsys, monkeypatch):
+    """An HF_DIR file that cannot be read (say, mode 000 for a non-root user) is named — not "writing OUT_DIR
+    failed"."""
+    real_open = open
+
+    def open_refusing_the_tokenizer(path, *args, **kwargs):
+        if str(path).endswith("tokenizer.json"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(core, "open", open_refusing_the_tokenizer, raising=False)
+    rc, err = run_cli(capsys, LLAVA, tmp_path / "out")
+    assert_refused(rc, err, tmp_path / "out", f"cannot read {os.path.join(LLAVA, 'tokenizer.json')}",
+                   "Permission denied")
+    assert not (tmp_path / "out").exists()
+
+
 def test_messages_other_inputs(tmp_path, capsys):
     rc, err = run_cli(capsys, LLAVA, tmp_path / "out", "--max-inflight-mb", "0")
     assert rc == 2 and "argument --max-inflight-mb" in err and "Traceback" not in err

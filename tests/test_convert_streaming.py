@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from convert import core, names
+from convert import core
+from vtp_jax.families import tensor_names as names
 from convert.cli import main
 from convert.sources import open_source
 from vtp_jax import checkpoint
