@@ -3,10 +3,10 @@
 Steps:
 
 1. Check the paths (HF_DIR exists; OUT_DIR absent, or replaceable with ``force``), read ``config.json`` and build
-   :class:`~vtp_jax.config.LlavaConfig` with ``config_from_hf``; build the model *abstractly* to learn the name,
-   shape and dtype of every parameter.
-2. Read only the headers of the weight files and plan where every tensor goes (the family's name map,
-   ``vtp_jax/families/<family>/names.py``). All
+   :class:`~vtp_jax.config.LlavaConfig` with ``config_from_hf`` (every structural field validated, named in the
+   error); read only the headers of the weight files (a config with more layers than there are tensors stops here);
+   build the model *abstractly* to learn the name, shape and dtype of every parameter.
+2. Plan where every tensor goes (the family's name map, ``vtp_jax/families/<family>/names.py``). All
    problems — unrecognised or surplus tensors, missing parameters, wrong shapes, non-float dtypes, duplicates —
    are collected and reported together before any tensor data is read.
 3. Stream the tensors into an Orbax checkpoint (:func:`vtp_jax.checkpoint.save_params_streaming`), with
