@@ -103,7 +103,7 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part
 
     import numpy as np
 
-    from vtp_jax import checkpoint
+    from vtp_jax import checkpoint, families
     from vtp_jax.processing import load_processor
     from vtp_jax.runtime import build_methods
     from vtp_jax.testbed import shapes, train
@@ -132,11 +132,9 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part
     processor = load_processor(jax_dir, cfg)
     size = train.shapes_image_size(cfg)
     settings = {**train.GENERATION[cfg.family], **(record.get("generation") or {})}
-    if cfg.family == "llada_v":
-        gen_flags = ["--gen-length", str(settings["gen_length"]), "--block-length", str(settings["block_length"]),
-                     "--steps", str(settings["steps"])]
-    else:
-        gen_flags = ["--max-new-tokens", str(settings["max_new_tokens"])]
+    sampler_flags = families.get(cfg.family).sampler_defaults  # the generator kind's flags (vtp-generate's)
+    gen_flags = [x for k in ("max_new_tokens", "gen_length", "block_length", "steps")
+                 if k in sampler_flags and k in settings for x in ("--" + k.replace("_", "-"), str(settings[k]))]
     methods = TESTBED_METHODS[cfg.family]
 
     print(f"== {part}.2 questions about two test-split images ({size}x{size} px) ==")

@@ -47,11 +47,14 @@ def permutation(name: str, n: int, seed: int = 0) -> np.ndarray:
 def build_inputs(cfg, encoder: Encoder, examples, *, gen_length: int = 8):
     """The batch the ablation runs: (input_ids int32 [N, T] left-padded, valid bool [N, T], read_at int [N] — the
     position whose logits predict the first answer token —, targets int [N] — that token's reference id)."""
+    from vtp_jax import families
+
+    diffusion = families.get(cfg.family).kind == families.MASKED_DIFFUSION
     rows, targets, prompt_lengths = [], [], []
     for e in examples:
         ids = list(encoder.prompt_ids(e.question))
         prompt_lengths.append(len(ids))
-        if cfg.family == "llada_v":
+        if diffusion:  # the answer is read at its first masked position
             ids += [encoder.mask_id] * gen_length
         rows.append(ids)
         targets.append(encoder.continuation_ids(e.question, e.answer)[0])
@@ -62,7 +65,7 @@ def build_inputs(cfg, encoder: Encoder, examples, *, gen_length: int = 8):
     for i, r in enumerate(rows):
         ids[i, t - len(r):] = r
         valid[i, t - len(r):] = True
-        read_at[i] = t - len(r) + prompt_lengths[i] - (1 if cfg.family == "llava" else 0)
+        read_at[i] = t - len(r) + prompt_lengths[i] - (0 if diffusion else 1)  # autoregressive: the last prompt token
     return ids, valid, read_at, np.asarray(targets)
 
 
@@ -130,7 +133,7 @@ def visual_features(model, cfg, encoder: Encoder, examples) -> np.ndarray:
     """Projector outputs of one tile per image, float32 [N, T, D_text]: LLaVA's N_v tokens; LLaDA-V's base tile
     (the first p² visual tokens — the 1 × 1 grid tile holds the same features, then newlines)."""
     visual = np.asarray(visual_tokens(model, encoder, examples), np.float32)
-    if cfg.family == "llava":
+    if not hasattr(cfg, "tokens_per_tile"):  # one fixed-size image, no anyres tiles
         return visual
     return visual[:, : (cfg.vision.image_size // cfg.vision.patch_size) ** 2]
 
