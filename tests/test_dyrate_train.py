@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vtp_jax.pruning import dyrate as dy
-from vtp_jax.pruning import dyrate_train as dt
+from vtp_jax.training import dyrate as dt
 
 SIZES = dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=4, vision_mlp=64,
              text_hidden=64, text_layers=3, text_heads=4, text_kv_heads=2, text_mlp=96, vocab_size=300)

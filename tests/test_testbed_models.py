@@ -1,8 +1,8 @@
 """The trained testbed checkpoints (testbed_models/) and the export they were written with.
 
 * Export round trip (always runs): a freshly initialised model of each family, exported with
-  :func:`vtp_jax.testbed.train.export_hf` (our parameters → HF names through the converter's maps in reverse), converted
-  with :func:`convert.convert` and loaded with :func:`vtp_jax.checkpoint.load`, has bit-identical parameters.
+  :func:`vtp_jax.training.testbed.export.export_hf` (our parameters → HF names through the converter's maps in
+  reverse), converted with :func:`convert.convert` and loaded with :func:`vtp_jax.checkpoint.load`, has bit-identical parameters.
 * Shipped checkpoints: each converts, loads and reaches its recorded accuracy on the fixed test subset
   (the first ``SUBSET_N`` test examples, one batch, greedy generation through our generators). Skipped only if the
   checkpoint directory does not exist.
@@ -16,7 +16,8 @@ import os
 import numpy as np
 import pytest
 
-from vtp_jax.testbed import shapes, train
+from vtp_jax.testbed import shapes
+from vtp_jax.training import testbed as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = {"llava": os.path.join(ROOT, "testbed_models", "llava_shapes"),

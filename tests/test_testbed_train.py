@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtp_jax.testbed.train import MASK_EPS, diffusion_loss, diffusion_noise
+from vtp_jax.training.testbed.losses import diffusion_loss, diffusion_noise
+from vtp_jax.training.testbed.settings import MASK_EPS
 
 MASK_ID = 2
 
@@ -130,7 +131,7 @@ def test_full_mask_rejects_bad_settings(kwargs, match):
     (["--family", "llada_v", "--kind-weights", "location=0,count=0"], "at least one weight"),
 ])
 def test_cli_rejects_masking_options_that_do_not_apply(argv, message, tmp_path, capsys):
-    from vtp_jax.testbed.train import main
+    from vtp_jax.training.testbed.cli import main
 
     assert main(argv + ["--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
@@ -163,7 +164,7 @@ def _kind_and_answer(scene, question):
 @pytest.mark.parametrize("kinds", [("location",), ("location", "position"), ("colour", "count")])
 def test_conversations_hold_only_the_requested_kinds_with_correct_answers(kinds):
     from vtp_jax.testbed import shapes
-    from vtp_jax.testbed.train import make_conversation
+    from vtp_jax.training.testbed import make_conversation
 
     rng = np.random.default_rng(0)
     seen = set()
@@ -185,7 +186,7 @@ def test_conversations_of_a_kind_the_scene_cannot_ask_are_none():
     """--kinds position: a scene without two uniquely described objects in different columns has no position
     question, so make_conversation gives None (the training stream skips it) instead of failing."""
     from vtp_jax.testbed import shapes
-    from vtp_jax.testbed.train import make_conversation
+    from vtp_jax.training.testbed import make_conversation
 
     rng = np.random.default_rng(0)
     outcomes = set()
@@ -206,7 +207,8 @@ def test_conversations_of_a_kind_the_scene_cannot_ask_are_none():
 
 def test_first_kind_sets_the_first_question_and_kind_weights_parse():
     from vtp_jax.testbed import shapes
-    from vtp_jax.testbed.train import parse_kind_weights, make_conversation
+    from vtp_jax.training.testbed import make_conversation
+    from vtp_jax.training.testbed.cli import parse_kind_weights
 
     rng = np.random.default_rng(1)
     for first_kind in ("position", "colour"):
@@ -232,7 +234,54 @@ def test_first_kind_sets_the_first_question_and_kind_weights_parse():
 
 def test_conversations_reject_unknown_kinds():
     from vtp_jax.testbed import shapes
-    from vtp_jax.testbed.train import TrainError, make_conversation
+    from vtp_jax.training.testbed import TrainError, make_conversation
 
     with pytest.raises(TrainError, match="unknown question kinds"):
         make_conversation(shapes.make_example("train", 0, 0, size=24), np.random.default_rng(0), 2, 0.0, ("size",))
+
+
+@pytest.mark.parametrize("family", ["llava", "llada_v"])
+def test_tokenizer_retrain_reproduces_the_builder_and_touches_no_globals(family):
+    """train_shapes_tokenizer retrains the builder's tokenizer on an explicit corpus: retrained on the builder's own
+    corpus it is the builder's tokenizer (so the retrain repeats the builder's BPE settings), and no builder module
+    attribute is replaced on the way (the old trainer patched ``_corpus``)."""
+    from vtp_jax.testbed import hf_llada_v, hf_llava
+    from vtp_jax.training.testbed import builders, corpus
+
+    before = (hf_llava._corpus, hf_llada_v._corpus, dict(vars(hf_llava)), dict(vars(hf_llada_v)))
+    builder = builders.testbed_builder(family)
+    base = builder.base_tokenizer(300)
+    again = corpus.retrain_tokenizer(base, builder.builtin_corpus(), 300)
+    assert again.backend_tokenizer.to_str() == base.backend_tokenizer.to_str()
+    shapes_tok = corpus.train_shapes_tokenizer(family)
+    assert len(shapes_tok) == 512 and shapes_tok.backend_tokenizer.to_str() != base.backend_tokenizer.to_str()
+    assert (hf_llava._corpus, hf_llada_v._corpus, dict(vars(hf_llava)), dict(vars(hf_llada_v))) == before
+
+
+def test_training_layers():
+    """Imports point down: ``vtp_jax.pruning`` loads no generation / testbed / training code, ``convert`` loads no
+    training code, and of the testbed trainer only its CLI imports ``convert``; no training module tests a family's
+    name (the registry's kind and the per-family builder table decide)."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    head = "import sys\ndef loaded(*prefixes): return sorted(m for m in sys.modules if m.startswith(prefixes))\n"
+    probes = (
+        "import vtp_jax.pruning\n"
+        "assert not loaded('vtp_jax.generation', 'vtp_jax.testbed', 'vtp_jax.training'), loaded('vtp_jax.')\n"
+        "import convert\n"
+        "assert not loaded('vtp_jax.training'), loaded('vtp_jax.training')\n",
+        "import vtp_jax.training.testbed, vtp_jax.training.dyrate\n"
+        "assert not loaded('convert'), 'the training library (all but its CLI) imports convert'\n",
+    )
+    for probe in probes:
+        done = subprocess.run([sys.executable, "-c", head + probe], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    root = pathlib.Path(__file__).resolve().parents[1] / "vtp_jax" / "training"
+    for path in root.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"family\s*[!=]=", text), path
+        if path.name != "cli.py":
+            assert not re.search(r"^\s*(from convert|import convert)", text, re.M), path
