@@ -13,27 +13,30 @@ One command, four processes, so that each side's peak memory is its own and the 
 2. ``vtp-convert HF_DIR OUT --dtype bfloat16`` (``python -m convert.cli``; its own tqdm bar): wall time (seconds)
    and peak RSS (bytes, ``ru_maxrss`` of that child from ``os.wait4``).
 3. jax child (``python -m eval.full_size_bench child SPEC OUT``): ``vtp_jax.checkpoint.load`` (load time, s), then
-   every variant through :class:`eval.bench.JaxRunner` (LLaVA) / :class:`eval.bench.JaxDiffusionRunner` (LLaDA-V):
-   warm-up (the first call compiles: ``compile_s`` = its wall time, and ``compile_only_s`` = that minus the median
-   timed run), then round-robin timed runs; rows by :func:`eval.bench.llava_row` / :func:`eval.bench.llada_row` (the
-   same definitions as the small presets: prefill ms, decode tokens/s; LLaDA-V latency ms and tokens/s). It writes
-   the prompt it used (``inputs.npz``) for the torch child.
+   every variant through :class:`eval.bench.runners.JaxRunner` (LLaVA) /
+   :class:`eval.bench.runners.JaxDiffusionRunner` (LLaDA-V): warm-up (the first call compiles: ``compile_s`` = its
+   wall time, and ``compile_only_s`` = that minus the median timed run), then round-robin timed runs; rows by
+   :func:`eval.bench.autoregressive.llava_row` / :func:`eval.bench.diffusion.llada_row` (the same definitions as the
+   small presets: prefill ms, decode tokens/s; LLaDA-V latency ms and tokens/s). It writes the prompt it used
+   (``inputs.npz``) for the torch child.
 4. torch child (same entry point; skipped with ``--no-torch``): the same prompt on the same weights in **bf16**.
    LLaVA: transformers ``LlavaForConditionalGeneration.from_pretrained(dtype=bfloat16)`` through
-   :class:`eval.bench.TorchRunner`. LLaDA-V: :class:`vtp_jax.testbed.torch_llada_v.Reference` built on the meta
-   device and filled with the checkpoint's bf16 tensors (:func:`load_reference_bf16`; the one SigLIP layer that
+   :class:`eval.bench.runners.TorchRunner`. LLaDA-V: :class:`vtp_jax.testbed.torch_llada_v.Reference` built on the
+   meta device and filled with the checkpoint's bf16 tensors (:func:`load_reference_bf16`; the one SigLIP layer that
    LLaDA-V deletes but transformers' ``SiglipVisionModel`` still runs gets small random weights — its output is
-   unused), sampled with LLaDA's loop (:class:`eval.bench.TorchDiffusionRunner`).
+   unused), sampled with LLaDA's loop (:class:`eval.bench.runners.TorchDiffusionRunner`). Which child runs is chosen
+   by the family's generator kind (:data:`vtp_jax.families.AUTOREGRESSIVE` / ``MASKED_DIFFUSION``).
 
 A child that fails (e.g. killed for memory: exit −9) is reported with its exit code; a failed torch child leaves the
 jax results standing, a failed conversion or jax child raises :class:`FullSizeError` (``vtp-bench: error: ...``,
 exit 1).
 
-Variants (the existing machinery: :func:`eval.bench.variant_specs`, :func:`eval.bench.build_variant_method`):
-LLaVA ``jax none`` + ``--methods`` (default here ``fastv,todre,divprune``) × ``--keeps`` (default 50,25,10);
-LLaDA-V at gen_length/steps 32/16 ``jax none`` + ``--llada-methods`` (default ``redvtp,llada-fastv,todre``) ×
-``--keeps``, and at 2/2 ``jax none`` + ``redvtp-<first keep>`` (when redvtp is selected). The LLaDA-V image is
-``--llada-image HxW`` (default 480x640, a typical photo: anyres 2×2 grid + base tile, 2929 visual tokens).
+Variants (the existing machinery: :func:`eval.bench.methods.variant_specs`,
+:func:`eval.bench.methods.build_variant_method`): LLaVA ``jax none`` + ``--methods`` (default here
+``fastv,todre,divprune``) × ``--keeps`` (default 50,25,10); LLaDA-V at gen_length/steps 32/16 ``jax none`` +
+``--llada-methods`` (default ``redvtp,llada-fastv,todre``) × ``--keeps``, and at 2/2 ``jax none`` +
+``redvtp-<first keep>`` (when redvtp is selected). The LLaDA-V image is ``--llada-image HxW`` (default 480x640, a
+typical photo: anyres 2×2 grid + base tile, 2929 visual tokens).
 
 Roofline (:func:`roofline`): at batch 1 every decode step (LLaVA) / denoising step (LLaDA-V) reads every bf16 weight
 of the decoder layers, the final norm and the LM head once, so tokens/s ≤ bandwidth / weight bytes (LLaVA decode)
@@ -60,10 +63,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eval import bench
+from eval.bench.autoregressive import PRESETS, add_llava_ratios, llava_row
+from eval.bench.diffusion import LLADA_V_SETTINGS, add_llada_ratios, llada_row, setting_name
+from eval.bench.errors import BenchError
+from eval.bench.flops import vision_flops
+from eval.bench.methods import (
+    build_variant_method, keeps_spec, methods_flag, methods_spec, parse_keeps, parse_methods, variant_name,
+    variant_specs,
+)
+from eval.bench.report import RANDOM_WEIGHTS_NOTE, fmt, fmt_gain, fmt_keep, greedy_agreement, ratio, text_table
+from eval.bench.runners import (
+    JaxDiffusionRunner, JaxRunner, TorchDiffusionRunner, TorchRunner, make_inputs, make_llada_inputs,
+)
+from vtp_jax import families
+from vtp_jax.families import AUTOREGRESSIVE, MASKED_DIFFUSION
 from vtp_jax.testbed import full_size as fs
 
 FULL_SIZE_PRESETS = fs.PRESETS
+# Default methods flag per family (its --methods / --llada-methods when not given).
 DEFAULT_METHODS = {"llava": "fastv,todre,divprune", "llada_v": "redvtp,llada-fastv,todre"}
 DEFAULT_LLADA_IMAGE = (480, 640)  # (height, width)
 BANDWIDTH_BYTES = 1 << 30  # 1 GiB float32 array
@@ -113,10 +130,10 @@ def roofline(config: dict, bandwidth_gb_s: float) -> dict:
     weight_bytes = fs.decoder_weight_bytes(config, 2)
     steps = bandwidth_gb_s * 1e9 / weight_bytes
     out: dict[str, Any] = {"weight_bytes": weight_bytes, "bandwidth_gb_per_s": bandwidth_gb_s, "steps_per_s": steps}
-    if config["model_type"] == "llava":
+    if families.for_model_type(config["model_type"]).autoregressive:
         out["decode_tokens_per_s"] = steps
     else:
-        out["tokens_per_s"] = {bench._setting_name(g, st, bl): steps * g / st for g, st, bl in bench.LLADA_V_SETTINGS}
+        out["tokens_per_s"] = {setting_name(g, st, bl): steps * g / st for g, st, bl in LLADA_V_SETTINGS}
     return out
 
 
@@ -191,12 +208,12 @@ def parse_image(spec: str | None) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in spec.lower().split("x"))
     except ValueError:
-        raise bench.BenchError(f"--llada-image: expected HEIGHTxWIDTH in pixels (e.g. 480x640), got {spec!r}") from None
+        raise BenchError(f"--llada-image: expected HEIGHTxWIDTH in pixels (e.g. 480x640), got {spec!r}") from None
     if h < 1 or w < 1:
-        raise bench.BenchError(f"--llada-image: sizes must be positive, got {spec!r}")
+        raise BenchError(f"--llada-image: sizes must be positive, got {spec!r}")
     limit = default_max_image_pixels()
     if limit is not None and h * w > limit:
-        raise bench.BenchError(f"--llada-image: {h}×{w} = {h * w:,} pixels is over the limit of {limit:,} pixels")
+        raise BenchError(f"--llada-image: {h}×{w} = {h * w:,} pixels is over the limit of {limit:,} pixels")
     return h, w
 
 
@@ -204,13 +221,13 @@ def preset_overrides(args: argparse.Namespace) -> dict:
     """The width flags (``--text-hidden`` …) given for a full-size preset → overrides (tests only; a reduced model).
     Raises BenchError for ``--text-layers`` / ``--vocab-size`` (use ``--layers``; the vocabulary stays real)."""
     out = {}
-    for key in bench.PRESETS["tiny"]:
+    for key in PRESETS["tiny"]:
         value = getattr(args, key, None)
         if value is None:
             continue
         if key not in fs.OVERRIDE_KEYS:
             flag = "--" + key.replace("_", "-")
-            raise bench.BenchError(f"{flag} does not apply to the full-size presets"
+            raise BenchError(f"{flag} does not apply to the full-size presets"
                                    + (" (use --layers)" if key == "text_layers" else ""))
         out[key] = value
     return out
@@ -224,26 +241,27 @@ def validate(args: argparse.Namespace) -> dict:
         overrides = preset_overrides(args)
         fs.preset_config(args.preset, layers=args.layers, overrides=overrides)
     except fs.PresetError as e:
-        raise bench.BenchError(str(e)) from None
+        raise BenchError(str(e)) from None
     if args.runs < 1 or args.warmup < 0 or args.max_new_tokens < 2 or args.batch < 1:
-        raise bench.BenchError("need --runs ≥ 1, --warmup ≥ 0, --max-new-tokens ≥ 2, --batch ≥ 1")
+        raise BenchError("need --runs ≥ 1, --warmup ≥ 0, --max-new-tokens ≥ 2, --batch ≥ 1")
     if args.family not in ("all", family):
-        raise bench.BenchError(f"--preset {args.preset} is a {family} model; --family {args.family} does not fit")
-    methods = bench.parse_methods(args.methods if args.methods is not None else DEFAULT_METHODS["llava"], "llava")
-    llada_methods = bench.parse_methods(args.llada_methods if args.llada_methods is not None
-                                        else DEFAULT_METHODS["llada_v"], "llada_v")
-    keeps = bench.parse_keeps(bench.DEFAULT_KEEPS if args.keeps is None else args.keeps)
+        raise BenchError(f"--preset {args.preset} is a {family} model; --family {args.family} does not fit")
+    methods = {}  # every family's methods flag is checked, the preset's family's is used
+    for name, default in DEFAULT_METHODS.items():
+        spec = methods_spec(args, name)
+        methods[name] = parse_methods(default if spec is None else spec, name)
+    keeps = parse_keeps(keeps_spec(args))
     n_layers = fs.MAX_LAYERS if args.layers is None else args.layers
     skipped = {}
-    if family == "llava" and "fastv" in methods and not 1 <= args.fastv_layer < n_layers:
+    if "fastv" in methods[family] and not 1 <= args.fastv_layer < n_layers:
         why = f"FastV at layer K = {args.fastv_layer} needs a decoder of more than K layers (this one has {n_layers})"
-        if args.methods is not None:  # asked for explicitly
-            raise bench.BenchError(f"{why}: raise --layers, lower --fastv-layer or leave fastv out of --methods")
-        methods = [m for m in methods if m != "fastv"]
+        if methods_spec(args, family) is not None:  # asked for explicitly
+            raise BenchError(f"{why}: raise --layers, lower --fastv-layer or leave fastv out of "
+                             f"{methods_flag(family)}")
+        methods[family] = [m for m in methods[family] if m != "fastv"]
         skipped["fastv"] = why
-    return {"family": family, "overrides": overrides, "methods": methods if family == "llava" else llada_methods,
-            "keeps": keeps, "layers": n_layers, "image": list(parse_image(getattr(args, "llada_image", None))),
-            "skipped_methods": skipped}
+    return {"family": family, "overrides": overrides, "methods": methods[family], "keeps": keeps, "layers": n_layers,
+            "image": list(parse_image(getattr(args, "llada_image", None))), "skipped_methods": skipped}
 
 
 def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
@@ -253,7 +271,7 @@ def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) 
     config = fs.preset_config(preset, layers=args.layers, overrides=s["overrides"])
     counts = fs.param_count(config)
     log("-" * 100)
-    log(f"{preset} (full size, {s['layers']} of 32 decoder layers) — {bench.RANDOM_WEIGHTS_NOTE}")
+    log(f"{preset} (full size, {s['layers']} of 32 decoder layers) — {RANDOM_WEIGHTS_NOTE}")
     if s["overrides"]:
         log(f"REDUCED WIDTHS (test override, not the real model): {s['overrides']}")
     for m, why in s["skipped_methods"].items():
@@ -335,37 +353,51 @@ def merge(family: str, sides: dict[str, dict | None]) -> dict:
                            "torch": None if tc is None else {k: tc.get(k) for k in keys + ("failed",)}}
     ratios: dict[str, Any] = {}
     if tc_ok:
-        ratios["peak_rss"] = bench._ratio(jx["peak_rss_bytes"], tc_ok["peak_rss_bytes"])
-        ratios["load_time"] = bench._ratio(jx["load_s"], tc_ok["load_s"])
-    if family == "llava":
-        rows = dict(jx["rows"])
-        if tc_ok:
-            rows = {"torch": tc_ok["rows"]["torch"], **rows}
-        bench.add_llava_ratios(rows)
-        out["rows"] = rows
-        if tc_ok:
-            base = rows["jax none"]
-            ratios["prefill_speed"] = bench._ratio(rows["torch"]["prefill_ms"], base["prefill_ms"])
-            ratios["decode_tokens_per_s"] = base["decode_x_torch"]
-            out["torch_jax_greedy_agreement_tokens"] = bench._agreement(
-                np.asarray(tc_ok["tokens"]), np.asarray(jx["tokens"]))
-        out["settings"] = jx["settings"]
-    else:
-        sections = {}
-        for sname, sec in jx["sections"].items():
-            rows = dict(sec["rows"])
-            if tc_ok and sname in tc_ok["sections"]:
-                rows = {"torch": tc_ok["sections"][sname]["rows"]["torch"], **rows}
-            bench.add_llada_ratios(rows)
-            sections[sname] = {**sec, "rows": rows}
-            if tc_ok and "torch" in rows:
-                ratios[f"tokens_per_s_{sname}"] = rows["jax none"]["x_torch"]
-                agree = bench._agreement(np.asarray([tc_ok["sections"][sname]["tokens"]]), np.asarray([sec["tokens"]]))
-                sections[sname]["torch_jax_greedy_agreement_tokens"] = agree
-        out["sections"] = sections
-        out["settings"] = jx["settings"]
+        ratios["peak_rss"] = ratio(jx["peak_rss_bytes"], tc_ok["peak_rss_bytes"])
+        ratios["load_time"] = ratio(jx["load_s"], tc_ok["load_s"])
+    out.update(_MERGE_ROWS[families.get(family).kind](jx, tc_ok, ratios))
+    out["settings"] = jx["settings"]
     out["jax_over_torch"] = ratios
     return out
+
+
+def _merge_autoregressive(jx: dict, tc_ok: dict | None, ratios: dict) -> dict:
+    """LLaVA: the jax rows with the torch row first (if any) and the ratios of :func:`add_llava_ratios`; adds the
+    prefill and decode speed ratios jax / torch to ``ratios`` → ``{"rows", ["torch_jax_greedy_agreement_tokens"]}``."""
+    out: dict[str, Any] = {}
+    rows = dict(jx["rows"])
+    if tc_ok:
+        rows = {"torch": tc_ok["rows"]["torch"], **rows}
+    add_llava_ratios(rows)
+    out["rows"] = rows
+    if tc_ok:
+        base = rows["jax none"]
+        ratios["prefill_speed"] = ratio(rows["torch"]["prefill_ms"], base["prefill_ms"])
+        ratios["decode_tokens_per_s"] = base["decode_x_torch"]
+        out["torch_jax_greedy_agreement_tokens"] = greedy_agreement(np.asarray(tc_ok["tokens"]),
+                                                                    np.asarray(jx["tokens"]))
+    return out
+
+
+def _merge_diffusion(jx: dict, tc_ok: dict | None, ratios: dict) -> dict:
+    """LLaDA-V: per setting, the jax rows with the torch row first (if any) and the ratios of
+    :func:`add_llada_ratios`; adds each setting's tokens/s ratio jax / torch to ``ratios`` → ``{"sections"}``."""
+    sections = {}
+    for sname, sec in jx["sections"].items():
+        rows = dict(sec["rows"])
+        if tc_ok and sname in tc_ok["sections"]:
+            rows = {"torch": tc_ok["sections"][sname]["rows"]["torch"], **rows}
+        add_llada_ratios(rows)
+        sections[sname] = {**sec, "rows": rows}
+        if tc_ok and "torch" in rows:
+            ratios[f"tokens_per_s_{sname}"] = rows["jax none"]["x_torch"]
+            agree = greedy_agreement(np.asarray([tc_ok["sections"][sname]["tokens"]]), np.asarray([sec["tokens"]]))
+            sections[sname]["torch_jax_greedy_agreement_tokens"] = agree
+    return {"sections": sections}
+
+
+# The rows of a merged report, by the family's generator kind: (jax result, torch result or None, ratios) → keys.
+_MERGE_ROWS = {AUTOREGRESSIVE: _merge_autoregressive, MASKED_DIFFUSION: _merge_diffusion}
 
 
 def format_full_size(report: dict) -> str:
@@ -374,7 +406,7 @@ def format_full_size(report: dict) -> str:
     r, jx, tc = report, report["jax"], report["torch"]
     bw = r["machine"]["memory_bandwidth"]["gb_per_s"]
     lines = ["", f"{r['preset']} — FULL SIZE, {r['layers']} of 32 decoder layers, {r['dtype']}, "
-             f"{bench.RANDOM_WEIGHTS_NOTE.upper()}", "=" * 100]
+             f"{RANDOM_WEIGHTS_NOTE.upper()}", "=" * 100]
     if r["overrides"]:
         lines.append(f"REDUCED WIDTHS (test override, not the real model): {r['overrides']}")
     p = r["params"]
@@ -406,14 +438,14 @@ def format_full_size(report: dict) -> str:
                 ("dec ×torch", 11, ">"), ("compile s", 10, ">"), ("compile-only s", 15, ">")]
         table = []
         for name, row in r["rows"].items():
-            table.append([name, bench._keep_pct(row["keep_percent"]), row["visual_tokens_kept"],
+            table.append([name, fmt_keep(row["keep_percent"]), row["visual_tokens_kept"],
                           row["llm_tokens_after_pruning"], f"{row['prefill_ms']:.1f}",
                           f"{row['decode_tokens_per_s']:.2f}",
                           f"{100 * row['decode_tokens_per_s'] / rf['decode_tokens_per_s']:.0f} %",
-                          bench._fmt(row["prefill_speedup_vs_jax_none"], ".2f", "×"),
-                          bench._fmt(row["decode_x_torch"], ".2f", "×"), bench._fmt(row["compile_s"], ".1f"),
-                          bench._fmt(row.get("compile_only_s"), ".1f")])
-        lines += bench._table(cols, table)
+                          fmt(row["prefill_speedup_vs_jax_none"], ".2f", "×"),
+                          fmt(row["decode_x_torch"], ".2f", "×"), fmt(row["compile_s"], ".1f"),
+                          fmt(row.get("compile_only_s"), ".1f")])
+        lines += text_table(cols, table)
         if r.get("torch_jax_greedy_agreement_tokens") is not None:
             lines.append(f"greedy tokens torch vs jax none: first {r['torch_jax_greedy_agreement_tokens']} identical "
                          "(bf16 on both sides: early divergence on random weights is expected)")
@@ -425,12 +457,12 @@ def format_full_size(report: dict) -> str:
         for sname, sec in r["sections"].items():
             bound = rf["tokens_per_s"][sname]
             for name, row in sec["rows"].items():
-                table.append([sname, name, bench._keep_pct(row["keep_percent"]), row["visual_tokens_kept"],
+                table.append([sname, name, fmt_keep(row["keep_percent"]), row["visual_tokens_kept"],
                               row["seq_len_after_pruning"], f"{row['latency_ms']:.1f}",
                               f"{row['tokens_per_s']:.3f}", f"{100 * row['tokens_per_s'] / bound:.0f} %",
-                              bench._gain(row["throughput_gain_vs_jax_none"]), bench._fmt(row["x_torch"], ".2f", "×"),
-                              bench._fmt(row["encode_ms"], ".1f"), bench._fmt(row["compile_s"], ".1f")])
-        lines += bench._table(cols, table)
+                              fmt_gain(row["throughput_gain_vs_jax_none"]), fmt(row["x_torch"], ".2f", "×"),
+                              fmt(row["encode_ms"], ".1f"), fmt(row["compile_s"], ".1f")])
+        lines += text_table(cols, table)
         for sname, sec in r["sections"].items():
             if sec.get("torch_jax_greedy_agreement_tokens") is not None:
                 lines.append(f"{sname}: greedy tokens torch vs jax none: first "
@@ -479,7 +511,8 @@ def _compile_only(row: dict, key: str) -> None:
         row["compile_only_s"] = row["compile_s"] - row[key] / 1e3
 
 
-def _llava_child(spec: dict, side: str) -> dict:
+def _autoregressive_child(spec: dict, side: str) -> dict:
+    """One side (``"jax"`` / ``"torch"``) of a LLaVA preset → its JSON-able result (see the module doc)."""
     from vtp_jax.config import config_from_hf
 
     n, batch = spec["max_new_tokens"], spec["batch"]
@@ -493,21 +526,21 @@ def _llava_child(spec: dict, side: str) -> dict:
         model, cfg, _ = load(spec["jax_dir"])
         out["load_s"] = time.perf_counter() - t0
         out["rss_after_load_bytes"] = vm_hwm_bytes()
-        inputs = bench.make_inputs(cfg, batch, bos_id=fs.LLAVA_BOS_ID, text_range=fs.TEXT_ID_RANGE[spec["preset"]])
+        inputs = make_inputs(cfg, batch, bos_id=fs.LLAVA_BOS_ID, text_range=fs.TEXT_ID_RANGE[spec["preset"]])
         np.savez(spec["inputs"], **inputs)
-        specs = bench.variant_specs(spec["methods"], spec["keeps"])
-        objs = {name: bench.build_variant_method(m, "llava", cfg.num_visual_tokens, cfg.text.num_hidden_layers, pct,
-                                                 layer=spec["fastv_layer"] if m == "fastv" else None)
+        specs = variant_specs(spec["methods"], spec["keeps"])
+        objs = {name: build_variant_method(m, spec["family"], cfg.num_visual_tokens, cfg.text.num_hidden_layers, pct,
+                                           layer=spec["fastv_layer"] if m == "fastv" else None)
                 for name, m, pct in specs}
-        runners = {name: bench.JaxRunner(model, objs[name], inputs, n, fs.LLAVA_PAD_ID) for name, _, _ in specs}
+        runners = {name: JaxRunner(model, objs[name], inputs, n, fs.LLAVA_PAD_ID) for name, _, _ in specs}
         raw = _rounds(runners, spec["warmup"], spec["runs"], spec["quiet"], "jax runs", True)
         prompt_len = inputs["input_ids"].shape[1]
-        vis = bench.vision_flops(cfg, batch)
+        vis = vision_flops(cfg, batch)
         rows = {}
         for name, m, pct in specs:
-            rows[name] = bench.llava_row(raw[name], obj=objs[name], method=m, pct=pct,
-                                         compile_s=runners[name].compile_s, cfg=cfg, prompt_len=prompt_len, n=n,
-                                         batch=batch, vision_flops_=vis)
+            rows[name] = llava_row(raw[name], obj=objs[name], method=m, pct=pct,
+                                   compile_s=runners[name].compile_s, cfg=cfg, prompt_len=prompt_len, n=n,
+                                   batch=batch, vision_flops_=vis)
             _compile_only(rows[name], "prefill_ms")
         out["rows"] = rows
         out["tokens"] = runners["jax none"].last_tokens.tolist()
@@ -522,14 +555,14 @@ def _llava_child(spec: dict, side: str) -> dict:
         with open(os.path.join(spec["hf_dir"], "config.json"), encoding="utf-8") as f:
             cfg = config_from_hf(json.load(f))
         inputs = dict(np.load(spec["inputs"]))
-        runner = bench.TorchRunner(spec["hf_dir"], inputs, n, fs.LLAVA_PAD_ID, spec["torch_threads"], dtype=DTYPE)
+        runner = TorchRunner(spec["hf_dir"], inputs, n, fs.LLAVA_PAD_ID, spec["torch_threads"], dtype=DTYPE)
         out["load_s"] = runner.load_s
         out["rss_after_load_bytes"] = vm_hwm_bytes()
         _rounds({"torch": runner}, spec["warmup"], spec["runs"], spec["quiet"], "torch runs", False)
         raw = runner.finalize(batch)
-        out["rows"] = {"torch": bench.llava_row(raw, obj=None, method=None, pct=None, compile_s=None, cfg=cfg,
-                                                prompt_len=inputs["input_ids"].shape[1], n=n, batch=batch,
-                                                vision_flops_=bench.vision_flops(cfg, batch))}
+        out["rows"] = {"torch": llava_row(raw, obj=None, method=None, pct=None, compile_s=None, cfg=cfg,
+                                          prompt_len=inputs["input_ids"].shape[1], n=n, batch=batch,
+                                          vision_flops_=vision_flops(cfg, batch))}
         out["tokens"] = runner.last_tokens.tolist()
         out["env"] = {"torch_version": torch.__version__, "torch_num_threads": torch.get_num_threads(),
                       "dtype": DTYPE}
@@ -540,15 +573,15 @@ def _llada_settings(spec: dict) -> list[tuple[str, int, int, int, list[tuple[str
     """(name, gen_length, steps, block_length, variant specs) per setting: 32/16 every method × keep; 2/2 jax none
     and RedVTP at the first keep (when selected)."""
     out = []
-    for i, (g, st, bl) in enumerate(bench.LLADA_V_SETTINGS):
+    for i, (g, st, bl) in enumerate(LLADA_V_SETTINGS):
         if i == 0:
-            specs = bench.variant_specs(spec["methods"], spec["keeps"])
+            specs = variant_specs(spec["methods"], spec["keeps"])
         else:
             specs = [("jax none", None, None)]
             if "redvtp" in spec["methods"]:
                 k = spec["keeps"][0]
-                specs.append((bench.variant_name("redvtp", k), "redvtp", k))
-        out.append((bench._setting_name(g, st, bl), g, st, bl, specs))
+                specs.append((variant_name("redvtp", k), "redvtp", k))
+        out.append((setting_name(g, st, bl), g, st, bl, specs))
     return out
 
 
@@ -560,7 +593,8 @@ def _diffusion_config(cfg, g: int, st: int, bl: int):
                            suppress_ids=tuple(i for i in fs.LLADA_SUPPRESS_IDS if i != mask and i < cfg.text.vocab_size))
 
 
-def _llada_child(spec: dict, side: str) -> dict:
+def _diffusion_child(spec: dict, side: str) -> dict:
+    """One side (``"jax"`` / ``"torch"``) of a LLaDA-V preset → its JSON-able result (see the module doc)."""
     from vtp_jax.config import config_from_hf
 
     out: dict[str, Any] = {}
@@ -576,8 +610,8 @@ def _llada_child(spec: dict, side: str) -> dict:
         model, cfg, _ = load(spec["jax_dir"])
         out["load_s"] = time.perf_counter() - t0
         out["rss_after_load_bytes"] = vm_hwm_bytes()
-        inputs = bench.make_llada_inputs(model, tuple(spec["image"]), bos_id=fs.LLADA_BOS_ID,
-                                         text_range=fs.TEXT_ID_RANGE[spec["preset"]])
+        inputs = make_llada_inputs(model, tuple(spec["image"]), bos_id=fs.LLADA_BOS_ID,
+                                   text_range=fs.TEXT_ID_RANGE[spec["preset"]])
         np.savez(spec["inputs"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                  pixel_values=inputs["pixel_values"], image_size=np.asarray(inputs["image_size"]),
                  num_visual=inputs["num_visual"], num_tiles=inputs["num_tiles"], grid=np.asarray(inputs["grid"]))
@@ -586,19 +620,19 @@ def _llada_child(spec: dict, side: str) -> dict:
         meta: dict[str, tuple] = {}
         for sname, g, st, bl, specs in settings:
             if prompt_len + g > cfg.text.max_position_embeddings:
-                raise bench.BenchError(f"prompt ({prompt_len}) + gen_length ({g}) exceeds max positions")
+                raise BenchError(f"prompt ({prompt_len}) + gen_length ({g}) exceeds max positions")
             dcfg = _diffusion_config(cfg, g, st, bl)
             for name, m, pct in specs:
-                obj = bench.build_variant_method(m, "llada_v", n_v, cfg.text.num_hidden_layers, pct)
-                runners[f"{sname} {name}"] = bench.JaxDiffusionRunner(model, dcfg, obj, inputs)
+                obj = build_variant_method(m, spec["family"], n_v, cfg.text.num_hidden_layers, pct)
+                runners[f"{sname} {name}"] = JaxDiffusionRunner(model, dcfg, obj, inputs)
                 meta[f"{sname} {name}"] = (sname, g, st, name, m, pct, obj)
         raw = _rounds(runners, spec["warmup"], spec["runs"], spec["quiet"], "jax runs", True)
         sections: dict[str, dict] = {}
         for key, (sname, g, st, name, m, pct, obj) in meta.items():
             sec = sections.setdefault(sname, {"gen_length": g, "steps": st, "rows": {}})
-            row = bench.llada_row(raw[key], name=name, obj=obj, method=m, pct=pct, keep=getattr(obj, "keep", None),
-                                  compile_s=runners[key].compile_s, cfg=cfg, prompt_len=prompt_len, n_v=n_v,
-                                  n_tiles=n_tiles, gen_length=g, steps=st)
+            row = llada_row(raw[key], name=name, obj=obj, method=m, pct=pct, keep=getattr(obj, "keep", None),
+                            compile_s=runners[key].compile_s, cfg=cfg, prompt_len=prompt_len, n_v=n_v,
+                            n_tiles=n_tiles, gen_length=g, steps=st)
             _compile_only(row, "latency_ms")
             sec["rows"][name] = row
             if name == "jax none":
@@ -625,17 +659,21 @@ def _llada_child(spec: dict, side: str) -> dict:
         out["rss_after_load_bytes"] = vm_hwm_bytes()
         runners = {}
         for sname, g, st, bl, _ in settings:
-            runners[sname] = bench.TorchDiffusionRunner(ref, _diffusion_config(cfg, g, st, bl), inputs)
+            runners[sname] = TorchDiffusionRunner(ref, _diffusion_config(cfg, g, st, bl), inputs)
         raw = _rounds(runners, spec["warmup"], spec["runs"], spec["quiet"], "torch runs", False)
         out["sections"] = {}
         for sname, g, st, bl, _ in settings:
-            row = bench.llada_row(raw[sname], name="torch", obj=None, method=None, pct=None, keep=None,
-                                  compile_s=None, cfg=cfg, prompt_len=inputs["input_ids"].shape[1],
-                                  n_v=inputs["num_visual"], n_tiles=inputs["num_tiles"], gen_length=g, steps=st)
+            row = llada_row(raw[sname], name="torch", obj=None, method=None, pct=None, keep=None,
+                            compile_s=None, cfg=cfg, prompt_len=inputs["input_ids"].shape[1],
+                            n_v=inputs["num_visual"], n_tiles=inputs["num_tiles"], gen_length=g, steps=st)
             out["sections"][sname] = {"rows": {"torch": row}, "tokens": runners[sname].last_tokens[0].tolist()}
         out["env"] = {"torch_version": torch.__version__, "torch_num_threads": torch.get_num_threads(),
                       "dtype": DTYPE, "attn_implementation": spec["torch_attn"]}
     return out
+
+
+# The child of one side, by the family's generator kind: (spec, side) → its JSON-able result.
+_CHILDREN = {AUTOREGRESSIVE: _autoregressive_child, MASKED_DIFFUSION: _diffusion_child}
 
 
 def load_reference_bf16(hf_dir: str, attn_implementation: str = "sdpa"):
@@ -725,7 +763,7 @@ def child_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     with open(a.spec, encoding="utf-8") as f:
         spec = json.load(f)
-    fn = _llava_child if spec["family"] == "llava" else _llada_child
+    fn = _CHILDREN[families.get(spec["family"]).kind]
     result = fn(spec, spec["side"])
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(result, f)
