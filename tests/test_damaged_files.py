@@ -177,7 +177,7 @@ def _run(capsys, main, argv):
 def _front_ends(d: str, image: str, tmp_path) -> dict:
     from eval.evaluate import main as eval_main
     from vtp_jax.cli import main as generate_main
-    from vtp_jax.pruning.dyrate_train import main as train_main
+    from vtp_jax.training.dyrate import main as train_main
 
     return {
         "vtp-generate": (generate_main, ["--model", d, "--image", image, "--prompt", "hi", "--max-new-tokens", "2",

@@ -31,8 +31,8 @@ from PIL import Image
 from eval import bench, evaluate, tasks
 from vtp_jax import argtypes, cli, demo, processing
 from vtp_jax.generation import sampling
-from vtp_jax.pruning import dyrate_train
-from vtp_jax.testbed import train as testbed_train
+from vtp_jax.training import dyrate as dyrate_train
+from vtp_jax.training.testbed import cli as testbed_train
 
 BIG = "99999999999999999999"
 FRONT_ENDS = {"vtp-generate": cli.main, "vtp-eval": evaluate.main, "vtp-bench": bench.main,
@@ -582,8 +582,8 @@ def test_testbed_sizes_the_readme_uses_still_parse():
 
 # ---- output paths of the trainers (vtp_jax.paths), checked before any training ---------------------------------------
 def test_trainers_check_out_before_training(tmp_path, capsys):
-    from vtp_jax.pruning.dyrate_train import main as dyrate_main
-    from vtp_jax.testbed.train import main as testbed_main
+    from vtp_jax.training.dyrate import main as dyrate_main
+    from vtp_jax.training.testbed.cli import main as testbed_main
 
     user = tmp_path / "mine"
     user.mkdir()

@@ -1,4 +1,4 @@
-"""The visual-token order ablation (vtp_jax.testbed.order_ablation) on the shipped testbeds: with the identity order
+"""The visual-token order ablation (vtp_jax.training.order_ablation) on the shipped testbeds: with the identity order
 it is exactly the models' own forward; another order reaches the decoder; bad input is rejected."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from vtp_jax.testbed import order_ablation as oa
+from vtp_jax.training import order_ablation as oa
 from vtp_jax.testbed import shapes
-from vtp_jax.testbed.train import TEST_SEED, Encoder, shapes_image_size
+from vtp_jax.training.testbed import TEST_SEED, Encoder, shapes_image_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = {"llava": os.path.join(ROOT, "testbed_models", "llava_shapes"),

@@ -106,7 +106,8 @@ def demo_testbed(out: str, image: str, prompt: str, testbed: str = TESTBED, part
     from vtp_jax import checkpoint, families
     from vtp_jax.processing import load_processor
     from vtp_jax.runtime import build_methods
-    from vtp_jax.testbed import shapes, train
+    from vtp_jax.testbed import shapes
+    from vtp_jax.training import testbed as train
 
     t_start = time.perf_counter()
     record = train.read_record(testbed)

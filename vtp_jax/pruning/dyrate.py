@@ -13,7 +13,7 @@ What the paper leaves open, and what this port does (each choice is tested):
   tokens after the image) and response (generated tokens) — shares that sum to 1 per head. Flattened to
   ``[H · 4]`` (head-major).
 * **Predictor** (:class:`RatePredictor`): linear, ``logits = f · W + b`` with W float32 [H · 4, K], b [K]; the rate
-  index is the argmax (at inference; training uses Gumbel-softmax, :mod:`vtp_jax.pruning.dyrate_train`). Rates
+  index is the argmax (at inference; training uses Gumbel-softmax, :mod:`vtp_jax.training.dyrate`). Rates
   ``r_k = k / K`` for k = 0 … K − 1 (the paper's (k − 1)/K with 1-based k): K = 5 → 0, 20, 40, 60, 80 %.
 * **Monotone rate** (:func:`choose_rate`): the rate index never falls (``max`` with the previous one) — dropped
   tokens are gone from the cache, and the paper's rate "rises over the generation".

@@ -1,7 +1,7 @@
 """Visual-token order ablation: does a trained testbed read *where* things are from its visual tokens' features or
 from their order in the sequence?
 
-    python -m vtp_jax.testbed.order_ablation --model CONVERTED_DIR [--n 64] [--json OUT]
+    python -m vtp_jax.training.order_ablation --model CONVERTED_DIR [--n 64] [--json OUT]
 
 The visual tokens (projector outputs, one per patch / newline) are permuted before they are merged into the
 sequence: each token keeps its features but takes another token's sequence position (and so its RoPE angle and, in
@@ -28,7 +28,7 @@ import sys
 import numpy as np
 
 from vtp_jax.testbed import shapes
-from vtp_jax.testbed.train import TEST_SEED, Encoder, shapes_image_size
+from vtp_jax.training.testbed import TEST_SEED, Encoder, shapes_image_size
 
 ORDERS = ("identity", "random", "reversed")
 
@@ -84,7 +84,7 @@ def first_token_logits(model, cfg, encoder: Encoder, examples, orders, *, gen_le
 
     Args:
       model, cfg: a loaded model (:func:`vtp_jax.checkpoint.load`) of family "llava" or "llada_v".
-      encoder: :class:`~vtp_jax.testbed.train.Encoder` of the same checkpoint (prompt ids, pixels, answer ids).
+      encoder: :class:`~vtp_jax.training.testbed.Encoder` of the same checkpoint (prompt ids, pixels, answer ids).
       examples: shapes examples (one batch; every image the model's input size).
       orders: permutations of the visual tokens, each int [N_v]: visual slot ``i`` of the sequence gets the
         features of visual token ``order[i]``.
@@ -166,7 +166,7 @@ def ablate(model_dir: str, n: int = 64, *, batch: int = 32) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vtp_jax.testbed.order_ablation", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vtp_jax.training.order_ablation", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="converted testbed directory (vtp-convert output)")
     p.add_argument("--n", type=int, default=64, help="validation questions per kind")
     p.add_argument("--json", help="also write the result here")
