@@ -869,21 +869,22 @@ def _check_predictor(hf_dir: str, nonfinite: _NonFinite) -> None:
 
 
 def _complete_processor_config(hf_dir: str, tmp: str, cfg, notify: Callable[[str], None]) -> None:
-    """LLaVA: gives the copied processor_config.json the fields transformers' ``LlavaProcessor`` needs to expand
-    ``<image>`` (``patch_size``, ``vision_feature_select_strategy``, ``num_additional_image_tokens``: 1 for a CLIP
-    tower's class token, 0 for SigLIP) from config.json where they are missing or null; writes one if HF_DIR has
+    """Gives the copied processor_config.json the fields the family's transformers processor needs
+    (``Family.processor_fields``; LLaVA: ``patch_size``, ``vision_feature_select_strategy``,
+    ``num_additional_image_tokens``) from config.json where they are missing or null; writes one if HF_DIR has
     only a preprocessor_config.json (older and third-party checkpoints). Says so through ``notify``; a value that
     disagrees with config.json is kept and warned about.
 
     Raises:
       ConversionError: HF_DIR's processor_config.json is not a JSON object.
     """
-    if cfg.family != "llava":
+    from vtp_jax import families
+
+    fields = families.get(cfg.family).processor_fields
+    if fields is None:  # the family's processor reads no processor_config.json
         return
+    processor_class, want = fields(cfg)
     path = os.path.join(tmp, PROCESSOR_FILE)
-    want = {"patch_size": cfg.vision.patch_size,
-            "vision_feature_select_strategy": cfg.vision_feature_select_strategy,
-            "num_additional_image_tokens": 1 if cfg.vision.kind == "clip" else 0}
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -894,7 +895,7 @@ def _complete_processor_config(hf_dir: str, tmp: str, cfg, notify: Callable[[str
             raise ConversionError(f"{os.path.join(hf_dir, PROCESSOR_FILE)}: expected a JSON object")
         why = f"{PROCESSOR_FILE} in HF_DIR lacks"
     elif os.path.isfile(os.path.join(hf_dir, IMAGE_PROCESSOR_FILE)):
-        data, why = {"processor_class": "LlavaProcessor"}, f"HF_DIR has {IMAGE_PROCESSOR_FILE} but no {PROCESSOR_FILE}:"
+        data, why = {"processor_class": processor_class}, f"HF_DIR has {IMAGE_PROCESSOR_FILE} but no {PROCESSOR_FILE}:"
     else:
         return  # no image processor at all: vtp-generate says so when it loads the processor
     for key, value in want.items():

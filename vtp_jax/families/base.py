@@ -43,6 +43,9 @@ class Family:
       tensor_names: () → (map_name, is_ignored): Hugging Face tensor name → ``Target`` | None, and → bool (the
         converter's name map; see :mod:`vtp_jax.families.names`).
       description: one line for listings and messages.
+      processor_fields: cfg → (transformers processor class name, {field: value} its ``processor_config.json``
+        needs, derived from config.json); vtp-convert fills missing fields from it (older and third-party
+        checkpoints ship only a ``preprocessor_config.json``). None: the family's processor needs no such file.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Family:
     processor: Callable[[str, Any], Any]
     tensor_names: Callable[[], tuple[Callable, Callable]]
     description: str = ""
+    processor_fields: Callable[[Any], tuple[str, dict]] | None = None
 
     def __post_init__(self):
         if self.kind not in GENERATOR_KINDS:

@@ -29,6 +29,14 @@ def _processor(model_dir: str, cfg):
     return Processor(model_dir, image_token_id=cfg.image_token_id, num_visual_tokens=cfg.num_visual_tokens)
 
 
+def _processor_fields(cfg) -> tuple[str, dict]:
+    """What transformers' ``LlavaProcessor`` needs to expand ``<image>``: the patch size, the feature-select
+    strategy and the extra image tokens (1 for a CLIP tower's class token, 0 for SigLIP)."""
+    return "LlavaProcessor", {"patch_size": cfg.vision.patch_size,
+                              "vision_feature_select_strategy": cfg.vision_feature_select_strategy,
+                              "num_additional_image_tokens": 1 if cfg.vision.kind == "clip" else 0}
+
+
 def _tensor_names():
     from vtp_jax.families.llava import names
 
@@ -46,4 +54,5 @@ FAMILY = register(Family(
     processor=_processor,
     tensor_names=_tensor_names,
     description="LLaVA-1.5: CLIP tower, MLP projector, Llama decoder (autoregressive)",
+    processor_fields=_processor_fields,
 ))
