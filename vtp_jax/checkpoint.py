@@ -649,6 +649,7 @@ def restore_params(path: str | os.PathLike, target: dict, *, group_bytes: int = 
 
     path = os.path.abspath(os.fspath(path))
     verify_params(path)
+    _quiet_orbax_noise()  # before any read: a failed read's late reports can beat the error to the hook
     root = os.path.dirname(path)
     ckpt = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     try:
@@ -699,8 +700,9 @@ def _is_orbax_noise(unraisable) -> bool:
 
 def _quiet_orbax_noise() -> None:
     """Installs (once) a ``sys.unraisablehook`` that drops :func:`_is_orbax_noise` reports and passes every other
-    one to the hook it replaced. Called when an Orbax read fails: those reports come from TensorStore's threads,
-    possibly after the error has been raised and reported, as dozens of "Traceback" blocks on stderr."""
+    one to the hook it replaced. Installed before every restore (and again when a read fails): a failed read's
+    reports come from TensorStore's threads — before, while and after the error propagates — as dozens of
+    "Traceback" blocks on stderr."""
     previous = sys.unraisablehook
     if getattr(previous, "vtp_orbax_filter", False):
         return

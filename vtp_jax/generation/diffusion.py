@@ -7,7 +7,7 @@ through the bidirectional decoder; masked positions of the current block are fil
 predictions (``low_confidence``) or ``k`` random ones (``random``), ``k`` from :func:`num_transfer_tokens`.
 
 Source: LLaDA ``generate.py`` (ML-GSAI/LLaDA) — ``get_num_transfer_tokens``, ``add_gumbel_noise``, classifier-free
-guidance ``un + (cfg + 1)(cond − un)``; MODELS.md "LLaDA sampling". Differences, all documented:
+guidance ``un + (cfg + 1)(cond − un)``; LLaDA's ``generate.py`` (ML-GSAI/LLaDA) and LLaDA-V's ``generate_with_embeds``. Differences, all documented:
   - Gumbel-max is done in log space, ``argmax(logits / T + g)`` with ``g = −log(−log u)``, float32. The reference
     computes ``exp(logits) / (−log u)^T`` in float64; both pick the same token (argmax of a monotone transform)
     except at float32 ties.

@@ -1,6 +1,6 @@
 """The one decoder used by both families: Llama (causal) and LLaDA (bidirectional, ``TextConfig.causal=False``).
 
-Llama and LLaDA differ in the attention mask and the sampler, not in the block (MODELS.md). The layer loop lives in
+Llama and LLaDA differ in the attention mask and the sampler, not in the block (ML-GSAI/LLaDA ``modeling_llada.py``: a Llama block without the causal mask). The layer loop lives in
 :meth:`Decoder.__call__`, which also hosts the two hooks pruning needs: probes of attention rows at chosen layers,
 and a compaction of the sequence before a chosen layer (FastV-style in-LLM pruning).
 

@@ -1,7 +1,7 @@
 """The select-and-compact machinery every pruning method shares.
 
 Selection is a top-``keep`` over per-visual-token scores (``keep`` a static Python int), sorted ascending so kept
-tokens stay in their original order (METHODS.md, common rules). Compaction physically gathers the sequence to the
+tokens stay in their original order (FastV's and RedVTP's code gather kept indices in ascending order). Compaction physically gathers the sequence to the
 shorter static length ``T − N_v + keep``, so every later layer really does less work.
 """
 

@@ -5,7 +5,7 @@ Pruning is posed as a Max-Min Diversity Problem over the visual tokens (paper §
   - features: the projector outputs (the LLM embedding space) of the N_v visual tokens, D = 1 − cosine similarity;
   - the first token is the one whose nearest neighbour is farthest: argmax_i min_{j ≠ i} D_ij;
   - then farthest-point selection: repeatedly add argmax_i min_{s ∈ selected} D_is;
-  - the kept indices are sorted ascending (METHODS.md common rules). The paper's default ratio is 0.098.
+  - the kept indices are sorted ascending (the convention of every method here: kept tokens keep their order). The paper's default ratio is 0.098.
 
 Differences from the reference code (written from the description above, not from that code):
   - the first step excludes the diagonal explicitly (the code takes the second-smallest entry of each column of D,

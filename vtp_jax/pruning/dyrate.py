@@ -1,5 +1,5 @@
 """DyRate — a pruning rate that rises during autoregressive decoding (arXiv 2501.14204, "Dynamic Token Reduction
-during Generation for Vision Language Models"; no public code; summarised in METHODS.md and seed 001).
+during Generation for Vision Language Models"; no public code; the paper's method description).
 
 The paper's observation: the attention the generated tokens pay to the visual tokens falls as generation proceeds,
 so the pruning rate can rise. At each generated token a lightweight predictor reads the attention distribution and

@@ -1,6 +1,6 @@
 """Random visual token pruning: a uniformly random subset of ``keep`` visual tokens, before the LLM.
 
-A strong baseline per UniPruneBench (METHODS.md, "Baselines worth having"). The subset of row ``b`` is the top
+A strong baseline per UniPruneBench (its comparison of pruning methods against random selection). The subset of row ``b`` is the top
 ``keep`` of ``N_v`` i.i.d. uniforms drawn with ``fold_in(key(seed), b)``: every ``keep``-subset is equally likely,
 the choice depends only on ``(seed, b, N_v, keep)`` — the same on every call with the same seed, independent of
 the image, of the prompt and of the batch size (row ``b`` of a batch of 2 gets the subset row ``b`` of a batch of 8

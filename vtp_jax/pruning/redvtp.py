@@ -1,4 +1,5 @@
-"""RedVTP (Xu et al., 2025): response-driven visual token pruning for diffusion VLMs (seed 000; code:
+"""RedVTP (Xu et al., 2025): response-driven visual token pruning for diffusion VLMs ("RedVTP: Training-Free
+Acceleration of Diffusion Vision-Language Models Inference via Masked Token-Guided Visual Token Pruning"; code:
 Blacktower27/RedVTP-LLaDA-V).
 
 At the first denoising step of the first block, every visual token j gets
@@ -49,7 +50,7 @@ class RedVTP:
 @register
 @dataclasses.dataclass(frozen=True)
 class LladaFastV(RedVTP):
-    """FastV-style scoring for diffusion VLMs (LLaDA-FastV, arXiv 2601.20168, as summarised in METHODS.md).
+    """FastV-style scoring for diffusion VLMs (LLaDA-FastV, arXiv 2601.20168).
 
     Like :class:`RedVTP` — first denoising step, rows = still-masked response positions, pruned tokens removed
     for every later step — but the attention comes from one middle layer only: layer ``layer − 1`` (FastV's

@@ -1,5 +1,5 @@
 """ToDRE stage 1 — diversity before the LLM (arXiv 2505.18757, "ToDRE", stage 1; no public code; summarised in
-METHODS.md and seed 002). Stage 2 (task relevance inside the LLM) is a separate, in-LLM piece.
+the paper's description of stage 1). Stage 2 (task relevance inside the LLM) is a separate, in-LLM piece.
 
 Algorithm (per image, ``keep`` static):
   - X = the projector outputs of the N_v visual tokens (the LLM embedding space), rows L2-normalised (float32);
@@ -18,7 +18,7 @@ Pivot (``pivot``):
     CLIP's N (23 of 24 for LLaVA-1.5); CLIP's final layer feeds nothing in LLaVA and is not run here. The default
     (``cls_layer=None``) is therefore the attention inside the layer that produces the vision features (the deepest
     one if several feature layers are concatenated) — free, since that layer runs anyway, and the layer VisionZip
-    also reads its class-token attention from (METHODS.md). ``cls_layer`` picks another layer in HF
+    also reads its class-token attention from (the paper's class-token pivot). ``cls_layer`` picks another layer in HF
     ``hidden_states`` indexing: ``k ≥ 1`` = the attention of layer k (whose output is hidden state k), ``-1`` =
     CLIP's final layer (the tower then runs that one extra layer). The class token's own column is dropped when
     LLaVA drops the class token (``vision_feature_select_strategy="default"``); with ``"full"`` the class token is

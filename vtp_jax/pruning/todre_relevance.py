@@ -1,5 +1,5 @@
 """ToDRE stage 2 — task relevance inside the LLM (arXiv 2505.18757, "ToDRE", stage 2; no public code; summarised
-in METHODS.md and seed 002). Stage 1 (diversity before the LLM) is :mod:`vtp_jax.pruning.todre`.
+in the paper's description of stage 2). Stage 1 (diversity before the LLM) is :mod:`vtp_jax.pruning.todre`.
 
 Algorithm (per sample, during prefill):
   - at decoder layer ℓ (``layer``; default ⌊7L/8⌋, 28 of 32 for a 7B Llama), A = the head-averaged softmax attention

@@ -8,9 +8,9 @@ measure speed and memory, never quality.
 Presets (:data:`PRESETS`)
 =========================
 
-``llava-1.5-7b`` — the config.json of the hub repository ``llava-hf/llava-1.5-7b-hf``. Sources: ../shared/reference/
-MODELS.md (LLaVA-1.5 table) and two public copies of that config.json found with the code search (``image_token_index
-32000``, ``pad_token_id 32001``, ``projector_hidden_act "gelu"``, text_config ``max_position_embeddings 4096``,
+``llava-1.5-7b`` — the config.json of the hub repository ``llava-hf/llava-1.5-7b-hf``. Sources: the transformers
+``LlavaConfig`` / ``LlamaConfig`` defaults and two public copies of that config.json found with the code search
+(``image_token_index 32000``, ``pad_token_id 32001``, ``projector_hidden_act "gelu"``, text_config ``max_position_embeddings 4096``,
 ``rms_norm_eps 1e-05``, ``vocab_size 32064``; vision_config ``hidden_size 1024``, ``image_size 336``,
 ``intermediate_size 4096``, ``num_attention_heads 16``, ``num_hidden_layers 24``, ``patch_size 14``,
 ``projection_dim 768``; ``vision_feature_layer -2``, ``vision_feature_select_strategy "default"``,
@@ -22,7 +22,7 @@ projector bias true (``multimodal_projector_bias`` default). Tensor names: the h
 (``vision_tower.vision_model.*``, :func:`vtp_jax.testbed.hf_llava._param_specs` with ``names="hub"``). Parameter
 count: 7,063,427,072 — equal to the published count of llava-hf/llava-1.5-7b-hf (checked in the tests).
 
-``llada-v-8b`` — GSAI-ML/LLaDA-V. Sources: MODELS.md (LLaDA-V table and items 6–7: no ``vision_config`` in the real
+``llada-v-8b`` — GSAI-ML/LLaDA-V. Sources: the LLaDA-V code (ML-GSAI/LLaDA-V, and no ``vision_config`` in the real
 config.json, SigLIP defaults hard-coded, 384 px / patch 14 → 27 × 27 = 729 patches per tile, ``image_grid_pinpoints``
 stored expanded as ``[[384, 384], [384, 768], …]`` up to 6 × 6 tiles, mask ``<|mdm_mask|>`` = 126336, BOS 126080,
 EOS 126081, EOT 126348, start / end header 126346 / 126347) and the defaults the repository's own reader assumes for
@@ -30,7 +30,7 @@ a real LLaDA-V config (:func:`vtp_jax.config.llada_v_config_from_hf`: SigLIP so4
 4304, 16 heads, ``layer_norm_eps 1e-6``, ``gelu_pytorch_tanh``, 27 layers of which LLaDA-V deletes the last, so 26
 are stored; ``mm_projector_type mlp2x_gelu`` 1152 → 4096 → 4096; ``mm_patch_merge_type spatial_unpad``;
 ``image_aspect_ratio anyres_max_4``; image placeholder −200 = LLaVA's ``IMAGE_TOKEN_INDEX``). LLaDA-8B decoder
-(MODELS.md): hidden 4096, MLP 12288, 32 layers, 32 heads, 32 KV heads, vocab 126464, RoPE θ 500000, RMSNorm eps
+(GSAI-ML/LLaDA-8B-Instruct config.json): hidden 4096, MLP 12288, 32 layers, 32 heads, 32 KV heads, vocab 126464, RoPE θ 500000, RMSNorm eps
 1e-5, no biases, untied head; ``max_position_embeddings 4096`` is LLaDA-8B's ``max_sequence_length`` (from memory of
 its config, not re-verified here). The real LLaDA-V config.json was not in the searchable index; two fields that it
 does not carry are added, as the other testbed writer does: a ``vision_config`` dict (26 stored layers) and
@@ -89,7 +89,7 @@ OVERRIDE_KEYS = ("text_hidden", "text_mlp", "text_heads", "text_kv_heads", "visi
 # LLaVA-1.5 / Llama-2 tokenizer ids (llava-hf/llava-1.5-7b-hf).
 LLAVA_UNK_ID, LLAVA_BOS_ID, LLAVA_EOS_ID = 0, 1, 2
 LLAVA_IMAGE_TOKEN_ID, LLAVA_PAD_ID = 32000, 32001
-# LLaDA-8B tokenizer ids (MODELS.md).
+# LLaDA-8B tokenizer ids (GSAI-ML/LLaDA-8B-Instruct tokenizer).
 LLADA_BOS_ID, LLADA_EOS_ID, LLADA_MASK_ID = 126080, 126081, 126336
 LLADA_START_HEADER_ID, LLADA_END_HEADER_ID, LLADA_EOT_ID = 126346, 126347, 126348
 LLADA_IMAGE_TOKEN_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX placeholder (not a vocabulary entry)
