@@ -557,7 +557,7 @@ def takes_keep(spec: str) -> bool:
     ``none`` and for specs whose methods all decide for themselves (``todre-relevance``, ``dyrate``)."""
     if spec == "none":
         return False
-    return any(cls is None or getattr(cls, "takes_keep", True) for cls in _spec_classes(spec))
+    return any(cls is None or cls.takes_keep for cls in _spec_classes(spec))
 
 
 def _predictor(args: argparse.Namespace, spec: str) -> str | None:

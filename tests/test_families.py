@@ -43,3 +43,21 @@ def test_register_refuses_duplicates():
     with pytest.raises(ValueError, match="kind"):
         dataclasses.replace(llava, name="x", kind="encoder")
     assert isinstance(llava, Family) and "llava2" not in families.families()
+
+
+def test_every_method_derives_from_one_typed_stage():
+    from vtp_jax.pruning import METHODS, PruningError
+    from vtp_jax.pruning import stages
+
+    bases = (stages.PreLLMSelection, stages.InLLMCompaction, stages.AllOrNothingGate, stages.DecodePruning,
+             stages.AfterFirstStep)
+    for name, cls in METHODS.items():
+        own = [b for b in bases if issubclass(cls, b)]
+        assert len(own) == 1 and cls.stage == own[0].stage, name
+        assert cls.takes_keep == issubclass(cls, stages.KeepCount), name
+    # the one keep check: the same message for every method that takes a keep count
+    for name in ("fastv", "divprune", "random", "todre", "redvtp", "llada-fastv"):
+        with pytest.raises(PruningError, match=r"keep must be between 1 and the number of visual tokens \(8\), got 9"):
+            METHODS[name](keep=9).validate(8, 4)
+        with pytest.raises(PruningError, match="got True"):
+            METHODS[name](keep=True).validate(8, 4)

@@ -48,7 +48,8 @@ def keep_ratio_used(spec: str, keep: int | None = None, keep_ratio: float | None
     :func:`default_keep_ratio` of the method that takes the keep count."""
     from vtp_jax.pruning import METHODS
 
-    keyed = [n.strip() for n in spec.split("+") if getattr(METHODS.get(n.strip()), "takes_keep", True)]
+    parts = [n.strip() for n in spec.split("+")]
+    keyed = [n for n in parts if n not in METHODS or METHODS[n].takes_keep]  # unknown names: refused later
     if keep is not None or not keyed or keyed == ["none"]:
         return None
     return keep_ratio if keep_ratio is not None else default_keep_ratio(keyed[0])
@@ -88,7 +89,7 @@ def build_method(
     check_method_family(name, family)
     from vtp_jax.pruning import METHODS
 
-    if name in METHODS and not getattr(METHODS[name], "takes_keep", True):  # all-or-nothing (ToDRE stage 2)
+    if name in METHODS and not METHODS[name].takes_keep:  # all-or-nothing (ToDRE stage 2)
         if keep is not None or keep_ratio is not None:
             raise InputError(f"pruning method {name!r} takes no --keep / --keep-ratio")
         method = make_method(name, **options)
@@ -128,7 +129,7 @@ def build_methods(
     order = family_stages(family)
     if len(set(stages)) != len(stages) or stages != sorted(stages, key=order.index):
         raise InputError(f"--method {spec!r}: give at most one method per stage, in stage order ({' + '.join(order)})")
-    keyed = [n for n in names if getattr(METHODS[n], "takes_keep", True)]
+    keyed = [n for n in names if METHODS[n].takes_keep]
     if len(keyed) > 1 and (keep is not None or keep_ratio is not None):  # without them each uses its default ratio
         raise InputError(f"--method {spec!r}: --keep / --keep-ratio would apply to several methods ({', '.join(keyed)}); "
                          "leave them out (each method then keeps its default ratio)")

@@ -44,7 +44,7 @@ def takes_keep(name: str) -> bool:
     """Whether the registered method ``name`` takes a keep count (False: ToDRE stage 2, DyRate)."""
     from vtp_jax.pruning import METHODS
 
-    return bool(getattr(METHODS[name], "takes_keep", True))
+    return bool(METHODS[name].takes_keep)
 
 
 def parse_methods(spec: str | None, family: str) -> list[str]:

@@ -26,6 +26,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from vtp_jax.pruning.stages import PreLLMSelection
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.registry import register
 
@@ -63,7 +64,7 @@ def max_min_diversify(x_unit: jax.Array, keep: int) -> jax.Array:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DivPrune:
+class DivPrune(PreLLMSelection):
     """keep: visual tokens kept (static). reindex: renumber positions contiguously after pruning (default: kept
     tokens keep their original positions)."""
 
@@ -72,12 +73,10 @@ class DivPrune:
 
     name = "divprune"
     default_keep_ratio = 0.098  # DivPrune's default pruning ratio (keeps 9.8%)
-    stage = "pre_llm"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
         """Raises PruningError unless 1 ≤ keep ≤ N_v."""
-        if not 1 <= self.keep <= num_visual:
-            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+        self.check_keep(num_visual)
 
     def cls_probe(self, cfg) -> int | None:
         """No vision-tower attention needed."""

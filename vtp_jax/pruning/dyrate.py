@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtp_jax.pruning.stages import DecodePruning
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.registry import register
 from vtp_jax.pruning.todre_relevance import span_masks
@@ -252,7 +253,7 @@ def _check_tensors(where: str, weight: np.ndarray, bias: np.ndarray) -> None:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DyRate:
+class DyRate(DecodePruning):
     """DyRate (see the module docstring). predictor: path of a :class:`RatePredictor` file (``vtp-train-dyrate``);
     None = ``dyrate_predictor.safetensors`` next to the checkpoint (resolved by the front ends). layer: probe layer
     override (0-based; default: the predictor's). monotone: the rate never falls (default True)."""
@@ -262,8 +263,6 @@ class DyRate:
     monotone: bool = True
 
     name = "dyrate"
-    stage = "decode"  # during autoregressive generation, between decode steps
-    takes_keep = False  # the predictor picks the keep count at every generated token
 
     def load_predictor(self) -> RatePredictor:
         """The predictor file's contents. Raises PruningError."""

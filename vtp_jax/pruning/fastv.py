@@ -14,13 +14,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from vtp_jax.pruning.stages import InLLMCompaction
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.registry import register
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FastV:
+class FastV(InLLMCompaction):
     """keep: visual tokens kept (static). layer: K ≥ 1 (paper default 2). criterion: "last" | "all"."""
 
     keep: int
@@ -29,12 +30,10 @@ class FastV:
     reindex: bool = False
 
     name = "fastv"
-    stage = "in_llm"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
         """Raises PruningError unless 1 ≤ keep ≤ N_v and 1 ≤ layer < num_layers."""
-        if not 1 <= self.keep <= num_visual:
-            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+        self.check_keep(num_visual)
         if not 1 <= self.layer < num_layers:
             raise PruningError(f"FastV layer K must be in [1, {num_layers - 1}] for a {num_layers}-layer decoder, got {self.layer}")
         if self.criterion not in ("last", "all"):

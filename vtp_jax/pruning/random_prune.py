@@ -14,13 +14,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from vtp_jax.pruning.stages import PreLLMSelection
 from vtp_jax.pruning.core import PruningError, select_topk
 from vtp_jax.pruning.registry import register
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class RandomPrune:
+class RandomPrune(PreLLMSelection):
     """keep: visual tokens kept (static). seed: the PRNG seed (explicit; vtp-generate passes ``--seed``).
     reindex: renumber positions contiguously after pruning (default: kept tokens keep their original positions)."""
 
@@ -29,12 +30,10 @@ class RandomPrune:
     reindex: bool = False
 
     name = "random"
-    stage = "pre_llm"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
         """Raises PruningError unless 1 ≤ keep ≤ N_v and seed is an int."""
-        if not 1 <= self.keep <= num_visual:
-            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+        self.check_keep(num_visual)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise PruningError(f"random: seed must be an int, got {self.seed!r}")
 

@@ -16,25 +16,24 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from vtp_jax.pruning.stages import AfterFirstStep
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.registry import register
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class RedVTP:
+class RedVTP(AfterFirstStep):
     """keep: visual tokens kept (static; the paper's keep ratio 0.5 → ``max(1, int(N_v · 0.5))``)."""
 
     keep: int
     reindex: bool = True
 
     name = "redvtp"
-    stage = "during_generation"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
         """Raises PruningError unless 1 ≤ keep ≤ N_v."""
-        if not 1 <= self.keep <= num_visual:
-            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+        self.check_keep(num_visual)
 
     def probe_layers(self, num_layers: int) -> tuple[int, ...]:
         """Every layer's attention is averaged."""

@@ -45,6 +45,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from vtp_jax.pruning.stages import PreLLMSelection
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.divprune import HIGHEST, unit_rows
 from vtp_jax.pruning.registry import register
@@ -80,7 +81,7 @@ def max_sum_diversify(x_unit: jax.Array, pivot: jax.Array, keep: int) -> jax.Arr
 
 @register
 @dataclasses.dataclass(frozen=True)
-class ToDRE:
+class ToDRE(PreLLMSelection):
     """ToDRE stage 1.
 
     keep: visual tokens kept (static). pivot: None (auto: "cls" with a class token, else "norm") | "cls" | "norm" |
@@ -96,12 +97,10 @@ class ToDRE:
 
     name = "todre"
     default_keep_ratio = 0.1  # ToDRE's headline setting: 10% of the visual tokens
-    stage = "pre_llm"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
         """Raises PruningError unless 1 ≤ keep ≤ N_v and the pivot is known."""
-        if not 1 <= self.keep <= num_visual:
-            raise PruningError(f"keep must be between 1 and the number of visual tokens ({num_visual}), got {self.keep}")
+        self.check_keep(num_visual)
         if self.pivot is not None and self.pivot not in PIVOTS:
             raise PruningError(f"ToDRE pivot must be one of {', '.join(PIVOTS)}, got {self.pivot!r}")
 

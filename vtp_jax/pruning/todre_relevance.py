@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtp_jax.pruning.stages import AllOrNothingGate
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.registry import register
 
@@ -71,7 +72,7 @@ def relevance_ratios(probs: jax.Array, key_valid: jax.Array, visual_mask: jax.Ar
 
 @register
 @dataclasses.dataclass(frozen=True)
-class ToDRERelevance:
+class ToDRERelevance(AllOrNothingGate):
     """ToDRE stage 2. tau: threshold of both ratios (default 0.10; host-side only). layer: ℓ in [1, L − 1]
     (None = ⌊7L/8⌋)."""
 
@@ -79,8 +80,6 @@ class ToDRERelevance:
     layer: int | None = None
 
     name = "todre-relevance"
-    stage = "in_llm"
-    takes_keep = False  # drops all or nothing: no keep count
 
     def resolve_layer(self, num_layers: int) -> int:
         """ℓ: ``layer`` or ⌊7L/8⌋ (at least 1)."""
