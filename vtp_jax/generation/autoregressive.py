@@ -1,4 +1,5 @@
-"""Autoregressive generation for LLaVA: a jitted prefill and a jitted decode loop over a static-size KV cache.
+"""Autoregressive generation for causal VLMs (LLaVA, LLaVA-NeXT): a jitted prefill and a jitted decode loop over a
+static-size KV cache.
 
 - ``prefill``: vision tower → projector → merge → decoder over the (bucket-padded, left-padded) prompt; optional
   pre-LLM pruning (ToDRE stage 1, DivPrune, random) picks ``keep`` visual tokens from the projector outputs and
@@ -11,8 +12,14 @@
 - ``decode``: ``lax.while_loop`` over up to ``max_new_tokens − 1`` steps; the caches are donated; stops early once
   every row has produced EOS. Finished rows are filled with the pad id (as transformers' ``generate`` does).
 
-Both are compiled once per (batch, bucket length, max_new_tokens, method) and reused: a new prompt in the same
-bucket, or a new temperature / top-p / seed, does not recompile.
+Both are compiled once per (batch, bucket length, max_new_tokens, method, image layout) and reused: a new prompt in
+the same bucket, or a new temperature / top-p / seed, does not recompile.
+
+Image inputs are the keyword arguments of the model's ``image_features`` (as for the diffusion generator): a dict whose
+arrays are traced (``pixel_values``) and whose other values are static (LLaVA-NeXT's ``image_size`` and ``grid``); a
+bare array means ``{"pixel_values": array}`` (LLaVA). The visual-token count N_v is read from the prompt (the image
+placeholders of ``input_ids``; every row must hold the same number), so one generator serves images whose N_v differs
+from call to call (each distinct N_v / image layout compiles its own prefill).
 """
 
 from __future__ import annotations
@@ -46,6 +53,36 @@ class PrefillResult(NamedTuple):
     dyrate: dict | None = None  # DyRate's loop state after the prefill's decision (see _dyrate_init), else None
 
 
+def split_image_inputs(image_inputs) -> tuple[Any, tuple]:
+    """Image inputs → (traced part, static part) for the jitted prefill.
+
+    ``image_inputs``: a bare array (LLaVA's pixel_values float32 [B, 3, H, W]) or a dict of keyword arguments of the
+    model's ``image_features`` (e.g. LLaVA-NeXT's ``{"pixel_values": float32 [B, tiles, 3, S, S], "image_size": (h,
+    w), "grid": (rows, cols)}``). NumPy / JAX arrays are traced; every other value is static (lists become tuples so
+    that it hashes). Returns (pixel_values float32 as a bare array when it is the only array — the pytree LLaVA's
+    prefill has always been traced with —, else a dict of float32 / original-dtype arrays; a sorted tuple of (name,
+    value) pairs). Raises ValueError for a dict without arrays.
+    """
+    if not isinstance(image_inputs, dict):
+        return jnp.asarray(image_inputs, jnp.float32), ()
+    arrays, static = {}, []
+    for name, value in image_inputs.items():
+        if isinstance(value, (np.ndarray, jax.Array)):
+            arrays[name] = jnp.asarray(value, jnp.float32) if name == "pixel_values" else jnp.asarray(value)
+        else:
+            static.append((name, tuple(value) if isinstance(value, list) else value))
+    if not arrays:
+        raise ValueError(f"image inputs {sorted(image_inputs)} hold no array (pixel_values missing?)")
+    traced = arrays["pixel_values"] if set(arrays) == {"pixel_values"} else arrays
+    return traced, tuple(sorted(static))
+
+
+def _image_kwargs(images, image_static: tuple) -> dict:
+    """The keyword arguments of ``image_features`` from the two parts :func:`split_image_inputs` returns."""
+    arrays = images if isinstance(images, dict) else {"pixel_values": images}
+    return {**arrays, **dict(image_static)}
+
+
 class AutoregressiveGenerator:
     """Jitted prefill + decode for a :class:`vtp_jax.modeling.llava.Llava` model.
 
@@ -58,6 +95,13 @@ class AutoregressiveGenerator:
           :class:`vtp_jax.pruning.todre_relevance.ToDRERelevance` (ToDRE stage 2: all-or-nothing at layer ℓ).
         ``(ToDRE(...), ToDRERelevance(...))`` is the full two-stage ToDRE. Raises ValueError for another stage or
         two methods of one stage, PruningError for bad options.
+
+    The model needs ``image_features(**image_inputs)``, ``image_features_with_cls(**image_inputs, cls_layer=…)`` (for a
+    pre-LLM method with a class-token pivot), ``embed``, ``language_model`` and ``logits``
+    (:class:`vtp_jax.modeling.llava.Llava`, :class:`vtp_jax.modeling.llava_next.LlavaNext`).
+
+    Methods are validated against ``cfg.num_visual_tokens`` at construction when the config has one (LLaVA's fixed
+    N_v; an upper bound for anyres families), and again against each prompt's own N_v at its first ``generate``.
 
     The prefill runs the stages in order on local state (visual count, visual mask, kept indices). ToDRE stage 2's
     decision is data dependent: prefill is split at layer ℓ into ``prefill_head`` (returns the ratios α) and one of
@@ -93,33 +137,58 @@ class AutoregressiveGenerator:
         if self._dyrate is not None and (self._in_llm is not None or self._relevance is not None):
             raise ValueError("DyRate combines with a pre-LLM method only (in-LLM methods give layers different KV "
                              "cache layouts)")
-        n_v = self.cfg.num_visual_tokens
-        for m in methods:  # in-LLM methods see the visual tokens stage 1 kept
-            m.validate(self._pre.keep if (self._pre is not None and m.stage == "in_llm") else n_v, num_layers)
         if self._dyrate is not None:
             self._predictor = self._dyrate.load_predictor()
             self._dy_layer = self._dyrate.resolve_layer(self._predictor)
-            self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
             self._dy_weights = (jnp.asarray(self._predictor.weight), jnp.asarray(self._predictor.bias))
+        self._validated: set[int] = set()  # visual-token counts the methods have been validated against
+        n_v = getattr(self.cfg, "num_visual_tokens", None)
+        if n_v is not None:
+            self._validate(int(n_v))
         self.graphdef, self.state = nnx.split(model)
         opts = compiler_options(low_precision_weights(self.state))  # CPU bf16: no f32 copy of every weight
-        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens", "all_valid"), compiler_options=opts)
-        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens", "all_valid"),
+        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens", "all_valid", "image_static"),
+                               compiler_options=opts)
+        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens", "all_valid", "image_static"),
                                     compiler_options=opts)
-        self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens"),
+        self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens", "num_visual"),
                                     compiler_options=opts)
         self.decode = jax.jit(self._decode, static_argnames=("max_new_tokens",), donate_argnames=("caches",),
                               compiler_options=opts)
 
+    def _validate(self, n_v: int) -> None:
+        """Validates every method against N_v = ``n_v`` visual tokens (in-LLM methods against what stage 1 keeps);
+        remembered, so each count is checked once. Raises PruningError."""
+        if n_v in self._validated:
+            return
+        num_layers = self.cfg.text.num_hidden_layers
+        for m in self.methods:  # in-LLM methods see the visual tokens stage 1 kept
+            m.validate(self._pre.keep if (self._pre is not None and m.stage == "in_llm") else n_v, num_layers)
+        if self._dyrate is not None:
+            self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
+        self._validated.add(n_v)
+
+    def num_visual(self, input_ids) -> int:
+        """N_v of a prompt batch: the image placeholders (``cfg.image_token_id``) each row of ``input_ids`` int [B, T]
+        holds. Raises ValueError when rows hold different numbers (variable visual-token counts in one batch are not
+        supported yet)."""
+        counts = np.sum(np.asarray(input_ids) == self.cfg.image_token_id, axis=1)
+        if counts.size and not np.all(counts == counts[0]):
+            raise ValueError(f"rows hold different numbers of image placeholders ({counts.tolist()}); every row of a "
+                             "batch must carry the same number of visual tokens")
+        return int(counts[0]) if counts.size else 0
+
     # ---- jitted bodies -------------------------------------------------------------------------------------
-    def _front(self, model, input_ids, attention_mask, pixel_values):
+    def _front(self, model, input_ids, attention_mask, images, image_static=()):
         """Vision tower, merge and the pre-LLM stage → (SequenceState, visual_mask bool [B, T'], kept int32 [B, k],
-        static visual count k)."""
-        n_v = self.cfg.num_visual_tokens
+        static visual count k). ``images`` / ``image_static``: see :func:`split_image_inputs`; N_v is the length of
+        the image features (the prompt holds as many placeholders)."""
+        kwargs = _image_kwargs(images, image_static)
         if self._cls_layer is None:
-            visual, cls_attn = model.image_features(pixel_values), None
+            visual, cls_attn = model.image_features(**kwargs), None
         else:
-            visual, cls_attn = model.image_features_with_cls(pixel_values, cls_layer=self._cls_layer)
+            visual, cls_attn = model.image_features_with_cls(**kwargs, cls_layer=self._cls_layer)
+        n_v = visual.shape[1]
         h, visual_mask = model.embed(input_ids, visual)
         key_valid = attention_mask.astype(bool)
         positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
@@ -132,10 +201,10 @@ class AutoregressiveGenerator:
             n_v = pre.keep
         return seq, visual_mask, kept, n_v
 
-    def _prefill(self, state, input_ids, attention_mask, pixel_values, key, temperature, top_p, dy_weights=None, *,
-                 max_new_tokens, all_valid=False):
+    def _prefill(self, state, input_ids, attention_mask, images, key, temperature, top_p, dy_weights=None, *,
+                 max_new_tokens, all_valid=False, image_static=()):
         model = nnx.merge(self.graphdef, state)
-        seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, pixel_values)
+        seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, images, image_static)
         kept_pre = kept
         method = self._in_llm
         if method is None and self._dyrate is not None:
@@ -200,14 +269,15 @@ class AutoregressiveGenerator:
         probs = jnp.pad(out.probe_heads[:, :, 0], [(0, 0), (0, 0), (0, max_new_tokens)])  # over all cache slots
         return self._dyrate_update(dy, probs, out.caches, weights)
 
-    def _prefill_head(self, state, input_ids, attention_mask, pixel_values, *, max_new_tokens, all_valid=False):
+    def _prefill_head(self, state, input_ids, attention_mask, images, *, max_new_tokens, all_valid=False,
+                      image_static=()):
         """ToDRE stage 2, part 1: front + layers < ℓ + layer ℓ's attention rows (all T rows, float32).
 
         Returns (SequenceState at layer ℓ's input, visual_mask bool [B, T'], kept int32 [B, k], caches of layers
         < ℓ, α_t→v float32 [B], α_v→t float32 [B]).
         """
         model = nnx.merge(self.graphdef, state)
-        seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, pixel_values)
+        seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, images, image_static)
         lm, ell = model.language_model, self._rel_layer
         out = lm(seq, cache_extra=max_new_tokens, layer_range=(0, ell), all_valid=all_valid)
         b, t = seq.key_valid.shape
@@ -216,15 +286,17 @@ class AutoregressiveGenerator:
         a_tv, a_vt = relevance_ratios(probs, out.state.key_valid, visual_mask)
         return out.state, visual_mask, kept, out.caches, a_tv, a_vt
 
-    def _prefill_tail(self, state, seq, visual_mask, drop, key, temperature, top_p, *, drop_all, max_new_tokens):
+    def _prefill_tail(self, state, seq, visual_mask, drop, key, temperature, top_p, *, drop_all, max_new_tokens,
+                      num_visual):
         """ToDRE stage 2, part 2: layers ≥ ℓ and the first token.
 
         drop bool [B] (the host's decision). ``drop_all`` (static): compact every visual token away (length
-        T' − k); else keep the full length and mask the visual keys of the rows where ``drop``.
+        T' − k); else keep the full length and mask the visual keys of the rows where ``drop``. ``num_visual``
+        (static): k, the visual tokens in ``seq`` (stage 1's keep, else N_v).
         Returns (token int32 [B], caches of layers ≥ ℓ, next_pos int32 [B], key).
         """
         model = nnx.merge(self.graphdef, state)
-        n_v = self._pre.keep if self._pre is not None else self.cfg.num_visual_tokens
+        n_v = num_visual
         if drop_all:
             none = jnp.zeros((seq.h.shape[0], 0), jnp.int32)
             seq, _ = compact(seq, visual_mask, none, n_v)
@@ -286,7 +358,7 @@ class AutoregressiveGenerator:
         self,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
-        pixel_values: np.ndarray,
+        image_inputs,
         *,
         max_new_tokens: int,
         eos_token_ids: tuple[int, ...] = (),
@@ -297,16 +369,27 @@ class AutoregressiveGenerator:
     ) -> GenerationOutput:
         """Generates up to ``max_new_tokens`` tokens for left-padded prompts.
 
-        input_ids int [B, T] (T a bucket length), attention_mask {0,1} [B, T], pixel_values float32 [B, 3, H, W].
+        input_ids int [B, T] (T a bucket length), attention_mask {0,1} [B, T]; image_inputs: LLaVA's pixel_values
+        float32 [B, 3, H, W] as a bare array, or the dict of ``model.image_features`` keyword arguments (arrays
+        traced, other values static: :func:`split_image_inputs`; a :class:`vtp_jax.processing.Batch`'s
+        ``image_inputs``). N_v is the number of image placeholders per row of ``input_ids``.
         Returns tokens int [B, max_new_tokens] (EOS included, pad after), kept indices and timings (seconds).
         Raises SamplerError (a ValueError) before any work for a temperature that is negative or not finite, a
         top_p outside (0, 1], a seed outside [0, 2³² − 1] or max_new_tokens < 1
-        (:func:`vtp_jax.generation.sampling.check_sampler_settings`).
+        (:func:`vtp_jax.generation.sampling.check_sampler_settings`); ValueError when rows hold different numbers of
+        image placeholders; PruningError when a method does not fit this prompt's N_v.
         """
         check_sampler_settings(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
+        n_v = self.num_visual(input_ids)
+        self._validate(n_v)
+        images, image_static = split_image_inputs(image_inputs)
         key = jax.random.key(seed)
         temp, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
-        args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), jnp.asarray(pixel_values, jnp.float32))
+        args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), images)
+        if image_static:  # static image arguments (LLaVA-NeXT's image size and grid); LLaVA's calls stay as they were
+            image_kw = {"image_static": image_static}
+        else:
+            image_kw = {}
         stages: dict = {}
         dropped = None
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in prefill
@@ -316,19 +399,20 @@ class AutoregressiveGenerator:
         if self._relevance is None:
             dy_args = {"dy_weights": dy_weights} if dy_weights is not None else {}  # same signature as before DyRate
             pre = self.prefill(self.state, *args, key, temp, top_p_, max_new_tokens=max_new_tokens,
-                               **mask_kw, **dy_args)
+                               **mask_kw, **dy_args, **image_kw)
             dy = pre.dyrate
             token, caches, next_pos, key, kept = pre.token, pre.caches, pre.next_pos, pre.key, pre.kept
             kept_pre = pre.kept_pre
             jax.block_until_ready(token)
         else:
             seq, vmask, kept, head_caches, a_tv, a_vt = self.prefill_head(self.state, *args, max_new_tokens=max_new_tokens,
-                                                                          **mask_kw)
+                                                                          **mask_kw, **image_kw)
             a_tv, a_vt = np.asarray(a_tv), np.asarray(a_vt)  # host sync: the decision picks the compiled shape
             dropped = self._relevance.fires(a_tv, a_vt)
             token, tail_caches, next_pos, key = self.prefill_tail(
                 self.state, seq, vmask, jnp.asarray(dropped), key, temp, top_p_,
                 drop_all=bool(dropped.all()), max_new_tokens=max_new_tokens,
+                num_visual=self._pre.keep if self._pre is not None else n_v,
             )
             caches = list(head_caches) + list(tail_caches)
             kept_pre = kept
@@ -367,9 +451,10 @@ class AutoregressiveGenerator:
         return out
 
     def run(self, batch, settings) -> GenerationOutput:
-        """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs["pixel_values"]``;
-        a :class:`vtp_jax.processing.Batch`) and :class:`vtp_jax.generation.SamplerSettings` → :meth:`generate`."""
-        return self.generate(batch.input_ids, batch.attention_mask, batch.image_inputs["pixel_values"],
+        """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs`` — passed through
+        whole; a :class:`vtp_jax.processing.Batch`) and :class:`vtp_jax.generation.SamplerSettings` →
+        :meth:`generate`."""
+        return self.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
                              max_new_tokens=settings.max_new_tokens, eos_token_ids=tuple(settings.eos_token_ids),
                              pad_token_id=settings.pad_token_id, temperature=settings.temperature,
                              top_p=settings.top_p, seed=settings.seed)
