@@ -15,7 +15,8 @@ from vtp_jax.families.base import (
 )
 
 _FAMILIES: dict[str, Family] = {}
-_BUILTIN = {"llava": "vtp_jax.families.llava", "llada_v": "vtp_jax.families.llada_v"}  # name → module
+_BUILTIN = {"llava": "vtp_jax.families.llava", "llada_v": "vtp_jax.families.llada_v",
+            "llava_next": "vtp_jax.families.llava_next"}  # name → module
 _loaded = False
 
 
