@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vtp_jax.modeling.axes import EMBED, HEADS, KV_HEADS
 from vtp_jax.modeling.layers import linear
 from vtp_jax.modeling.rope import apply_rope
 
@@ -114,6 +115,10 @@ def cached_attention(
 class Attention(nnx.Module):
     """Self-attention with projections ``q_proj, k_proj, v_proj, o_proj`` (CLIP/SigLIP's ``out_proj`` maps to
     ``o_proj`` in the converter). RoPE is applied when ``cos``/``sin`` are given (decoders), not otherwise (ViTs).
+
+    Logical axis names of the kernels (:mod:`vtp_jax.modeling.axes`): q ``(embed_axis, heads_axis)``, k and v
+    ``(embed_axis, kv_heads_axis)``, o ``(heads_axis, embed_axis)``; each bias takes its kernel's output name. The
+    defaults are the language model's; the ViTs pass their own.
     """
 
     def __init__(
@@ -127,12 +132,17 @@ class Attention(nnx.Module):
         out_bias: bool,
         dtype,
         rngs: nnx.Rngs,
+        embed_axis: str | None = EMBED,
+        heads_axis: str | None = HEADS,
+        kv_heads_axis: str | None = KV_HEADS,
     ):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.q_proj = linear(hidden, num_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs)
-        self.k_proj = linear(hidden, num_kv_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs)
-        self.v_proj = linear(hidden, num_kv_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs)
-        self.o_proj = linear(num_heads * head_dim, hidden, bias=out_bias, dtype=dtype, rngs=rngs)
+        q, kv = (embed_axis, heads_axis), (embed_axis, kv_heads_axis)
+        self.q_proj = linear(hidden, num_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs, axes=q)
+        self.k_proj = linear(hidden, num_kv_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs, axes=kv)
+        self.v_proj = linear(hidden, num_kv_heads * head_dim, bias=qkv_bias, dtype=dtype, rngs=rngs, axes=kv)
+        self.o_proj = linear(num_heads * head_dim, hidden, bias=out_bias, dtype=dtype, rngs=rngs,
+                             axes=(heads_axis, embed_axis))
 
     def __call__(
         self,

@@ -17,18 +17,19 @@ from flax import nnx
 
 from vtp_jax.config import TextConfig
 from vtp_jax.modeling.attention import Attention, LayerCache, attention_rows
-from vtp_jax.modeling.layers import RMSNorm, linear
+from vtp_jax.modeling.axes import EMBED, MLP as MLP_AXIS, VOCAB
+from vtp_jax.modeling.layers import RMSNorm, embedding, linear, rms_norm  # noqa: F401 (RMSNorm: re-exported)
 from vtp_jax.modeling.rope import apply_rope, inv_frequencies, rope_angles
 
 
 class MLP(nnx.Module):
-    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``. Kernels: gate/up (embed, mlp), down (mlp, embed)."""
 
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
         d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = linear(d, f, bias=bias, dtype=dtype, rngs=rngs)
-        self.up_proj = linear(d, f, bias=bias, dtype=dtype, rngs=rngs)
-        self.down_proj = linear(f, d, bias=bias, dtype=dtype, rngs=rngs)
+        self.gate_proj = linear(d, f, bias=bias, dtype=dtype, rngs=rngs, axes=(EMBED, MLP_AXIS))
+        self.up_proj = linear(d, f, bias=bias, dtype=dtype, rngs=rngs, axes=(EMBED, MLP_AXIS))
+        self.down_proj = linear(f, d, bias=bias, dtype=dtype, rngs=rngs, axes=(MLP_AXIS, EMBED))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -38,7 +39,7 @@ class DecoderBlock(nnx.Module):
     """Pre-norm block: ``h + attn(norm(h))``, then ``h + mlp(norm(h))``."""
 
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.input_layernorm = rms_norm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, axis=EMBED)
         self.self_attn = Attention(
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -49,7 +50,7 @@ class DecoderBlock(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.post_attention_layernorm = rms_norm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, axis=EMBED)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, h, *, cos, sin, mask=None, cache=None, probe_rows=None, is_causal=False):
@@ -94,13 +95,15 @@ class DecoderOutput(NamedTuple):
 
 
 class Decoder(nnx.Module):
-    """Token embedding, ``num_hidden_layers`` blocks and the final norm (transformers ``LlamaModel``)."""
+    """Token embedding, ``num_hidden_layers`` blocks and the final norm (transformers ``LlamaModel``).
+
+    Logical axes: ``embed_tokens`` (vocab, embed), norms (embed,), blocks as in :class:`MLP` / :class:`Attention`."""
 
     def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, axes=(VOCAB, EMBED))
         self.layers = nnx.List([DecoderBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.norm = rms_norm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, axis=EMBED)
 
     def angles(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
         # Frequencies are recomputed from the (static) config rather than stored as an array attribute: an array

@@ -2,6 +2,12 @@
 
 Parameter layouts follow Flax (``kernel`` is [in, out]); the converter transposes PyTorch's [out, in].
 
+Every parameter of the models is created by the factories here (:func:`linear`, :func:`embedding`, :func:`conv`,
+:func:`layer_norm`, :func:`rms_norm`, and :func:`vtp_jax.modeling.axes.param` for a bare ``nnx.Param``), which take
+the parameter's logical axis names (``axes=`` / ``axis=``) and record them as NNX sharding metadata
+(:mod:`vtp_jax.modeling.axes`). The names change nothing until a mesh is given: same values, RNG order, dtypes,
+traced programs and checkpoints. Omitting them (the default) creates the parameter without names, as before.
+
 **bfloat16 weights on XLA's CPU backend.** XLA:CPU has no bf16 matrix kernel on the default path: it rewrites every
 bf16 ``dot`` as ``convert(W) → f32 dot``. Two costs follow (measured on this 2-core Xeon, a 4-layer
 4096 × 11008 SwiGLU stack, 1.08 GB of bf16 weights, ``/tmp``-style scripts recorded in docs/bf16_cpu.md):
@@ -25,6 +31,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from vtp_jax.modeling import axes as axes_lib
+from vtp_jax.modeling.axes import Axes, param  # noqa: F401 (param: the factory of bare parameters)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -109,26 +118,60 @@ def weight_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_el
     return acc.astype(out_dtype)
 
 
-def linear(d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    """A dense layer whose parameters and compute use ``dtype`` (float32 or bfloat16); its matmul is
-    :func:`weight_dot_general` (no whole-matrix float32 copy of a bf16 kernel on CPU)."""
+def linear(d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs, axes: Axes | None = None) -> nnx.Linear:
+    """A dense layer (kernel [d_in, d_out], bias [d_out]) whose parameters and compute use ``dtype`` (float32 or
+    bfloat16); its matmul is :func:`weight_dot_general` (no whole-matrix float32 copy of a bf16 kernel on CPU).
+
+    ``axes``: the logical names (input, output) of the kernel (:mod:`vtp_jax.modeling.axes`); the bias gets the
+    output name. None: no names. Raises ValueError unless ``axes`` has two entries."""
+    axes_lib.check_rank(axes, (d_in, d_out), "linear")
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=dtype, dot_general=weight_dot_general,
-                      rngs=rngs)
+                      kernel_metadata=axes_lib.param_metadata(axes),
+                      bias_metadata=axes_lib.param_metadata(None if axes is None else axes[1:]), rngs=rngs)
 
 
-def layer_norm(dim: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm with torch's semantics (biased variance, eps inside the square root)."""
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
+def embedding(num: int, dim: int, *, dtype, rngs: nnx.Rngs, axes: Axes | None = None) -> nnx.Embed:
+    """An embedding table [num, dim] in ``dtype`` (``nnx.Embed``'s initialiser); ``axes``: its two logical names
+    (rows, features), None: no names. Raises ValueError unless ``axes`` has two entries."""
+    axes_lib.check_rank(axes, (num, dim), "embedding")
+    return nnx.Embed(num, dim, dtype=dtype, param_dtype=dtype, embedding_metadata=axes_lib.param_metadata(axes),
+                     rngs=rngs)
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: tuple[int, int], *, strides: tuple[int, int],
+         padding: str, bias: bool, dtype, rngs: nnx.Rngs, axes: Axes | None = None) -> nnx.Conv:
+    """A 2-D convolution on NHWC inputs, kernel [kh, kw, in_channels, out_channels], bias [out_channels], in
+    ``dtype``. ``axes``: the kernel's four logical names (the bias gets the last); None: no names. Raises
+    ValueError unless ``axes`` has four entries."""
+    axes_lib.check_rank(axes, tuple(kernel_size) + (in_channels, out_channels), "conv")
+    return nnx.Conv(in_channels, out_channels, tuple(kernel_size), strides=tuple(strides), padding=padding,
+                    use_bias=bias, dtype=dtype, param_dtype=dtype, kernel_metadata=axes_lib.param_metadata(axes),
+                    bias_metadata=axes_lib.param_metadata(None if axes is None else axes[-1:]), rngs=rngs)
+
+
+def layer_norm(dim: int, *, eps: float, dtype, rngs: nnx.Rngs, axis: str | None = None) -> nnx.LayerNorm:
+    """LayerNorm with torch's semantics (biased variance, eps inside the square root); scale and bias [dim] carry
+    the logical name ``axis`` (None: no names)."""
+    names = None if axis is None else (axis,)
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=dtype,
+                         scale_metadata=axes_lib.param_metadata(names), bias_metadata=axes_lib.param_metadata(names),
+                         rngs=rngs)
+
+
+def rms_norm(dim: int, *, eps: float, dtype=jnp.float32, axis: str | None = None) -> "RMSNorm":
+    """:class:`RMSNorm` over ``dim`` features whose weight [dim] carries the logical name ``axis``."""
+    return RMSNorm(dim, eps=eps, dtype=dtype, axis=axis)
 
 
 class RMSNorm(nnx.Module):
     """Llama RMSNorm: ``weight * (x / sqrt(mean(x²) + eps))``, normalised in float32, cast back before the scale.
 
     Source: transformers ``LlamaRMSNorm``. Input [..., D] any float dtype; output the same shape and dtype.
+    ``axis``: the logical name of the weight [D] (:mod:`vtp_jax.modeling.axes`; None: no name).
     """
 
-    def __init__(self, dim: int, *, eps: float, dtype=jnp.float32):
-        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+    def __init__(self, dim: int, *, eps: float, dtype=jnp.float32, axis: str | None = None):
+        self.weight = axes_lib.param(jnp.ones((dim,), dtype), None if axis is None else (axis,))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -26,6 +26,7 @@ from flax import nnx
 from vtp_jax.config import LladaVConfig
 from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
 from vtp_jax.modeling.decoder import Decoder
+from vtp_jax.modeling.axes import EMBED, VOCAB, param
 from vtp_jax.modeling.layers import linear
 from vtp_jax.modeling.llava import VisionLanguageModel
 from vtp_jax.modeling.projector import Projector
@@ -34,7 +35,8 @@ from vtp_jax.modeling.vision import VisionTower
 
 class LladaV(VisionLanguageModel):
     """The LLaDA-V model. Parameter tree: ``vision_tower``, ``multi_modal_projector`` (``linear_1``, ``linear_2``),
-    ``image_newline`` [D_text], ``language_model`` (bidirectional :class:`Decoder`), ``lm_head`` (kernel [D, V])."""
+    ``image_newline`` [D_text], ``language_model`` (bidirectional :class:`Decoder`), ``lm_head`` (kernel [D, V]).
+    Logical axes: ``image_newline`` (embed,), ``lm_head`` (embed, vocab); the rest as in its modules."""
 
     def __init__(self, cfg: LladaVConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.text.causal:
@@ -46,9 +48,9 @@ class LladaV(VisionLanguageModel):
         self.multi_modal_projector = Projector(
             d_in, d, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
         )
-        self.image_newline = nnx.Param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5)
+        self.image_newline = param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5, (EMBED,))
         self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs, axes=(EMBED, VOCAB))
 
     # ---- host-side layout ---------------------------------------------------------------------------------------
     def layout(self, image_size: Sequence[int], grid: Sequence[int] | None = None) -> AnyresLayout:

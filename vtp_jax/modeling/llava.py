@@ -13,6 +13,7 @@ from flax import nnx
 
 from vtp_jax.config import LlavaConfig
 from vtp_jax.modeling.decoder import Decoder, DecoderOutput, SequenceState
+from vtp_jax.modeling.axes import EMBED, VOCAB
 from vtp_jax.modeling.layers import linear
 from vtp_jax.modeling.projector import Projector
 from vtp_jax.modeling.vision import VisionTower
@@ -63,7 +64,7 @@ class VisionLanguageModel(nnx.Module):
 
 class Llava(VisionLanguageModel):
     """The LLaVA model. Parameter tree: ``vision_tower``, ``multi_modal_projector``, ``language_model``,
-    ``lm_head`` (kernel [D, V])."""
+    ``lm_head`` (kernel [D, V], logical axes (embed, vocab))."""
 
     def __init__(self, cfg: LlavaConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -73,7 +74,8 @@ class Llava(VisionLanguageModel):
             d_in, cfg.text.hidden_size, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
         )
         self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.lm_head = linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+        self.lm_head = linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs,
+                              axes=(EMBED, VOCAB))
 
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
         """pixel_values float [B, 3, H, W] → projector outputs [B, N_v, D_text] (class token dropped for "default")."""

@@ -12,13 +12,19 @@ from flax import nnx
 
 from vtp_jax.config import VisionConfig
 from vtp_jax.modeling.attention import Attention
-from vtp_jax.modeling.layers import ACTIVATIONS, layer_norm, linear
+from vtp_jax.modeling.axes import (CHANNELS, PATCH_HEIGHT, PATCH_WIDTH, POSITIONS, VISION_EMBED, VISION_HEADS,
+                                   VISION_MLP, param)
+from vtp_jax.modeling.layers import ACTIVATIONS, conv, embedding, layer_norm, linear
 
 
 class VisionMLP(nnx.Module):
+    """``fc2(act(fc1(x)))``; kernels fc1 (vision_embed, vision_mlp), fc2 (vision_mlp, vision_embed)."""
+
     def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
-        self.fc1 = linear(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = linear(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs)
+        self.fc1 = linear(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, rngs=rngs,
+                          axes=(VISION_EMBED, VISION_MLP))
+        self.fc2 = linear(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs,
+                          axes=(VISION_MLP, VISION_EMBED))
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, x):
@@ -31,9 +37,10 @@ class EncoderLayer(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
         d, eps = cfg.hidden_size, cfg.layer_norm_eps
         heads = cfg.num_attention_heads
-        self.layer_norm1 = layer_norm(d, eps=eps, dtype=dtype, rngs=rngs)
-        self.self_attn = Attention(d, heads, heads, d // heads, qkv_bias=True, out_bias=True, dtype=dtype, rngs=rngs)
-        self.layer_norm2 = layer_norm(d, eps=eps, dtype=dtype, rngs=rngs)
+        self.layer_norm1 = layer_norm(d, eps=eps, dtype=dtype, rngs=rngs, axis=VISION_EMBED)
+        self.self_attn = Attention(d, heads, heads, d // heads, qkv_bias=True, out_bias=True, dtype=dtype, rngs=rngs,
+                                   embed_axis=VISION_EMBED, heads_axis=VISION_HEADS, kv_heads_axis=VISION_HEADS)
+        self.layer_norm2 = layer_norm(d, eps=eps, dtype=dtype, rngs=rngs, axis=VISION_EMBED)
         self.mlp = VisionMLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, probe_rows=None):
@@ -46,21 +53,26 @@ class VisionTower(nnx.Module):
     """Patch embedding, (class token), position embedding, (pre-LN), encoder layers, post-LN.
 
     ``post_layernorm`` is held so checkpoints load whole, but LLaVA/LLaDA-V take hidden states before it.
+    Logical axes: patch conv kernel (patch_height, patch_width, channels, vision_embed), class embedding
+    (vision_embed,), position embedding (positions, vision_embed), LayerNorms (vision_embed,).
     """
 
     def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
         d, p = cfg.hidden_size, cfg.patch_size
         clip = cfg.kind == "clip"
-        self.patch_embedding = nnx.Conv(
-            cfg.num_channels, d, (p, p), strides=(p, p), padding="VALID", use_bias=not clip,
-            dtype=dtype, param_dtype=dtype, rngs=rngs,
+        self.patch_embedding = conv(
+            cfg.num_channels, d, (p, p), strides=(p, p), padding="VALID", bias=not clip, dtype=dtype, rngs=rngs,
+            axes=(PATCH_HEIGHT, PATCH_WIDTH, CHANNELS, VISION_EMBED),
         )
-        self.class_embedding = nnx.Param(jax.random.normal(rngs.params(), (d,), dtype)) if clip else None
-        self.position_embedding = nnx.Embed(cfg.num_positions, d, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.pre_layrnorm = layer_norm(d, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs) if clip else None
+        self.class_embedding = (param(jax.random.normal(rngs.params(), (d,), dtype), (VISION_EMBED,)) if clip
+                                else None)
+        self.position_embedding = embedding(cfg.num_positions, d, dtype=dtype, rngs=rngs,
+                                            axes=(POSITIONS, VISION_EMBED))
+        eps = cfg.layer_norm_eps
+        self.pre_layrnorm = layer_norm(d, eps=eps, dtype=dtype, rngs=rngs, axis=VISION_EMBED) if clip else None
         self.layers = nnx.List([EncoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
-        self.post_layernorm = layer_norm(d, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.post_layernorm = layer_norm(d, eps=eps, dtype=dtype, rngs=rngs, axis=VISION_EMBED)
 
     def hidden_states(self, pixel_values: jax.Array, upto: int, cls_probe_layer: int | None = None):
         """Hidden states 0..``upto`` (0 = embeddings after pre-LN; i = output of layer i), list of [B, P(+1), D].
