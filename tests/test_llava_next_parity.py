@@ -166,6 +166,7 @@ SPECS = {
     "todre+todre-relevance": ["--method", "todre+todre-relevance", "--keep", str(KEEP), "--tau", "0.5"],
     "divprune": ["--method", "divprune", "--keep", str(KEEP)],
     "random": ["--method", "random", "--keep", str(KEEP), "--seed", "3"],
+    "fastv-ratio": ["--method", "fastv", "--keep-ratio", "0.25"],  # keep = round(N_v · 0.25) of THIS image's N_v
     "dyrate": ["--method", "dyrate"],
 }
 
@@ -192,7 +193,8 @@ def test_every_llava_method_runs_through_vtp_generate(ckpt, spec, capsys):
         assert set(res["stages"]["todre-relevance"]) >= {"dropped", "alpha_t2v", "alpha_v2t"}
         assert len(kept) in (0, KEEP)
     else:
-        assert len(kept) == KEEP and kept == sorted(kept) and max(kept) < n_v
+        want = round(n_v * 0.25) if spec == "fastv-ratio" else KEEP
+        assert len(kept) == want and kept == sorted(kept) and max(kept) < n_v
 
 
 def test_other_name_schemes_convert_to_the_same_parameters(ckpt):
@@ -221,3 +223,22 @@ def test_images_of_two_layouts_in_one_batch_are_refused(ckpt):
     with pytest.raises(InputError, match="share one anyres layout"):
         ckpt.processor([ckpt.images["wide"], ckpt.images["tall"]], [PROMPT, PROMPT])
     assert os.path.isdir(ckpt.out)
+
+
+def test_every_parameter_has_logical_axes(ckpt):
+    from flax import nnx
+
+    from vtp_jax.modeling import axes
+
+    names = axes.logical_axes(nnx.state(ckpt.model, nnx.Param))
+    shapes = {k: v.shape for k, v in _flat_params(ckpt.model).items()}
+    assert set(names) == set(shapes)
+    unnamed = [k for k, v in names.items() if v is None or len(v) != len(shapes[k])]
+    assert not unnamed, unnamed
+    assert names["image_newline"] == ("embed",) and names["lm_head.kernel"] == ("embed", "vocab")
+
+
+def _flat_params(model):
+    from vtp_jax import checkpoint
+
+    return checkpoint.flatten(_params(model))

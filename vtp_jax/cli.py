@@ -152,13 +152,15 @@ def _prepare_autoregressive(args, image, cfg) -> dict:
     """Autoregressive (LLaVA) inputs that need no weights: method, processor, batch, and the lengths of the memory estimate."""
     from vtp_jax.processing import load_processor
 
-    method = _method(args, cfg.family, cfg.num_visual_tokens, cfg.text.num_hidden_layers)
     processor = load_processor(args.model, cfg)
     batch = processor([image], [args.prompt])
+    # N_v from the processed prompt: a fixed count for LLaVA-1.5, the image's anyres layout for LLaVA-NeXT
+    method = _method(args, cfg.family, batch.num_visual_tokens, cfg.text.num_hidden_layers)
     check_positions(cfg, batch.input_ids.shape[1], args.max_new_tokens, "--max-new-tokens")
     rows, length = (int(n) for n in batch.input_ids.shape)
+    px = batch.pixel_values  # [B, 3, H, W], or [B, tiles, 3, S, S] with anyres tiles
     lengths = dict(batch_size=rows, seq_len=length + args.max_new_tokens, logit_rows=1,
-                   vision_images=int(batch.pixel_values.shape[0]))
+                   vision_images=int(px.shape[0]) * (int(px.shape[1]) if px.ndim == 5 else 1))
     return {"method": method, "processor": processor, "batch": batch, "lengths": lengths}
 
 

@@ -28,6 +28,7 @@ from flax import nnx
 
 from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
 from vtp_jax.modeling.decoder import Decoder
+from vtp_jax.modeling.axes import EMBED, VOCAB, param
 from vtp_jax.modeling.layers import linear
 from vtp_jax.modeling.llava import VisionLanguageModel
 from vtp_jax.modeling.projector import Projector
@@ -55,9 +56,9 @@ class LlavaNext(VisionLanguageModel):
         self.multi_modal_projector = Projector(
             d_in, d, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
         )
-        self.image_newline = nnx.Param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5)
+        self.image_newline = param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5, (EMBED,))
         self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs, axes=(EMBED, VOCAB))
 
     # ---- host-side layout ---------------------------------------------------------------------------------------
     def layout(self, image_size: Sequence[int], grid: Sequence[int] | None = None) -> AnyresLayout:
