@@ -160,9 +160,7 @@ def _predictor(path, heads, layer=1, rates=4):
     return str(path)
 
 
-SPECS = {
-    "fastv": ["--method", "fastv", "--keep", str(KEEP)],
-    "todre": ["--method", "todre", "--keep", str(KEEP)],
+SPECS = {  # FastV with --keep and ToDRE stage 1 alone take the same paths as fastv-ratio / todre+todre-relevance
     "todre+todre-relevance": ["--method", "todre+todre-relevance", "--keep", str(KEEP), "--tau", "0.5"],
     "divprune": ["--method", "divprune", "--keep", str(KEEP)],
     "random": ["--method", "random", "--keep", str(KEEP), "--seed", "3"],
