@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,7 +127,8 @@ def test_damaged_directory_names_the_file(model_dir, tmp_path, kind, how):
     assert rel in msg, msg
     assert "\n" not in msg and "Traceback" not in msg
     if kind == "data" and how != "delete":
-        assert "truncated" in msg and "language_model." in msg, msg  # the file and the parameters it holds
+        # the file and the parameters it holds (which ones share the largest data file depends on write order)
+        assert "truncated" in msg and re.search(r"it holds (language_model|vision_tower|multi_modal_projector)\.", msg), msg
     assert _snapshot(d) == before
 
 
