@@ -1,4 +1,4 @@
-"""``vtp-bench --preset llava-1.5-7b|llada-v-8b [--layers N]``: the full-size presets (RANDOM weights).
+"""``vtp-bench --preset llava-1.5-7b|llava-next-7b|llada-v-8b [--layers N]``: the full-size presets (RANDOM weights).
 
 **The weights are RANDOM** (:mod:`vtp_jax.testbed.full_size`): real shapes, names and configs, meaningless outputs.
 This measures speed and memory only.
@@ -38,6 +38,14 @@ Variants (the existing machinery: :func:`eval.bench.methods.variant_specs`,
 ``redvtp-<first keep>`` (when redvtp is selected). The LLaDA-V image is ``--llada-image HxW`` (default 480x640, a
 typical photo: anyres 2×2 grid + base tile, 2929 visual tokens).
 
+LLaVA-NeXT (``llava-next-7b``): the autoregressive child with the image's own anyres layout
+(:func:`eval.bench.runners.make_llava_next_inputs`; default image 672 × 672 = the 2 × 2 pinpoint + base tile: 5
+tiles, N_v = 2928 with newlines; ``--llada-image HxW`` overrides it), the methods built for that N_v (ToDRE keeps
+round(N_v · keep)), the vision FLOPs of every tile (:func:`eval.bench.flops.anyres_vision_flops`), transformers'
+``LlavaNextForConditionalGeneration`` with ``image_sizes`` on the torch side; default methods ``fastv,todre``. Every
+LLaVA row also has ``e2e_ms`` (one whole generation: jax prefill + decode, torch its ``generate`` call) and
+``e2e_speedup_vs_jax_none``; ``jax_over_torch.e2e_speed`` = torch e2e / jax none e2e.
+
 Roofline (:func:`roofline`): at batch 1 every decode step (LLaVA) / denoising step (LLaDA-V) reads every bf16 weight
 of the decoder layers, the final norm and the LM head once, so tokens/s ≤ bandwidth / weight bytes (LLaVA decode)
 and ≤ (gen_length / steps) · bandwidth / weight bytes (LLaDA-V, ignoring the vision encoder and any compute). The
@@ -66,7 +74,7 @@ import numpy as np
 from eval.bench.autoregressive import PRESETS, add_llava_ratios, llava_row
 from eval.bench.diffusion import LLADA_V_SETTINGS, add_llada_ratios, llada_row, setting_name
 from eval.bench.errors import BenchError
-from eval.bench.flops import vision_flops
+from eval.bench.flops import anyres_vision_flops, vision_flops
 from eval.bench.methods import (
     build_variant_method, keeps_spec, methods_flag, methods_spec, parse_keeps, parse_methods, variant_name,
     variant_specs,
@@ -74,6 +82,7 @@ from eval.bench.methods import (
 from eval.bench.report import RANDOM_WEIGHTS_NOTE, fmt, fmt_gain, fmt_keep, greedy_agreement, ratio, text_table
 from eval.bench.runners import (
     JaxDiffusionRunner, JaxRunner, TorchDiffusionRunner, TorchRunner, make_inputs, make_llada_inputs,
+    make_llava_next_inputs,
 )
 from vtp_jax import families
 from vtp_jax.families import AUTOREGRESSIVE, MASKED_DIFFUSION
@@ -81,8 +90,11 @@ from vtp_jax.testbed import full_size as fs
 
 FULL_SIZE_PRESETS = fs.PRESETS
 # Default methods flag per family (its --methods / --llada-methods when not given).
-DEFAULT_METHODS = {"llava": "fastv,todre,divprune", "llada_v": "redvtp,llada-fastv,todre"}
+DEFAULT_METHODS = {"llava": "fastv,todre,divprune", "llava_next": "fastv,todre", "llada_v": "redvtp,llada-fastv,todre"}
 DEFAULT_LLADA_IMAGE = (480, 640)  # (height, width)
+# LLaVA-NeXT's default image: 672 × 672 = the (672, 672) pinpoint, a 2 × 2 grid + the base tile = 5 CLIP tiles,
+# N_v = 576 + 48 · (48 + 1) = 2928 (newlines included, as transformers counts them). ``--llada-image`` overrides it.
+DEFAULT_IMAGE = {"llava_next": (672, 672)}
 BANDWIDTH_BYTES = 1 << 30  # 1 GiB float32 array
 BANDWIDTH_REPEATS = 5
 DTYPE = "bfloat16"
@@ -260,8 +272,10 @@ def validate(args: argparse.Namespace) -> dict:
                              f"{methods_flag(family)}")
         methods[family] = [m for m in methods[family] if m != "fastv"]
         skipped["fastv"] = why
+    image = getattr(args, "llada_image", None)
+    image = list(DEFAULT_IMAGE[family]) if image is None and family in DEFAULT_IMAGE else list(parse_image(image))
     return {"family": family, "overrides": overrides, "methods": methods[family], "keeps": keeps, "layers": n_layers,
-            "image": list(parse_image(getattr(args, "llada_image", None))), "skipped_methods": skipped}
+            "image": image, "skipped_methods": skipped}
 
 
 def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
@@ -374,6 +388,7 @@ def _merge_autoregressive(jx: dict, tc_ok: dict | None, ratios: dict) -> dict:
         base = rows["jax none"]
         ratios["prefill_speed"] = ratio(rows["torch"]["prefill_ms"], base["prefill_ms"])
         ratios["decode_tokens_per_s"] = base["decode_x_torch"]
+        ratios["e2e_speed"] = ratio(rows["torch"]["e2e_ms"], base["e2e_ms"])
         out["torch_jax_greedy_agreement_tokens"] = greedy_agreement(np.asarray(tc_ok["tokens"]),
                                                                     np.asarray(jx["tokens"]))
     return out
@@ -435,6 +450,7 @@ def format_full_size(report: dict) -> str:
     if "rows" in r:
         cols = [("variant", 18, "<"), ("keep %", 7, ">"), ("kept", 6, ">"), ("LLM T", 7, ">"),
                 ("prefill ms", 12, ">"), ("decode tok/s", 13, ">"), ("of roofline", 12, ">"), ("prefill ×", 10, ">"),
+                ("e2e ms", 10, ">"), ("e2e ×", 7, ">"), ("FLOPs ÷", 8, ">"),
                 ("dec ×torch", 11, ">"), ("compile s", 10, ">"), ("compile-only s", 15, ">")]
         table = []
         for name, row in r["rows"].items():
@@ -442,10 +458,19 @@ def format_full_size(report: dict) -> str:
                           row["llm_tokens_after_pruning"], f"{row['prefill_ms']:.1f}",
                           f"{row['decode_tokens_per_s']:.2f}",
                           f"{100 * row['decode_tokens_per_s'] / rf['decode_tokens_per_s']:.0f} %",
-                          fmt(row["prefill_speedup_vs_jax_none"], ".2f", "×"),
+                          fmt(row["prefill_speedup_vs_jax_none"], ".2f", "×"), f"{row['e2e_ms']:.1f}",
+                          fmt(row.get("e2e_speedup_vs_jax_none"), ".2f", "×"),
+                          fmt(row["prefill_flop_ratio_vs_jax_none"], ".2f", "×"),
                           fmt(row["decode_x_torch"], ".2f", "×"), fmt(row["compile_s"], ".1f"),
                           fmt(row.get("compile_only_s"), ".1f")])
         lines += text_table(cols, table)
+        st = r["settings"]
+        if "num_tiles" in st:
+            lines.append(f"image {st['image'][0]}×{st['image'][1]} → {st['num_tiles']} tiles (grid "
+                         f"{st['grid'][0]}×{st['grid'][1]} + base), {st['num_visual_tokens']} visual tokens with "
+                         f"newlines, prompt {st['prompt_len']} tokens, {st['max_new_tokens']} new tokens")
+        lines.append("(e2e ms = one whole generation: prefill + decode; e2e × and FLOPs ÷ relative to jax none; "
+                     "FLOPs = analytic prefill FLOPs, vision included)")
         if r.get("torch_jax_greedy_agreement_tokens") is not None:
             lines.append(f"greedy tokens torch vs jax none: first {r['torch_jax_greedy_agreement_tokens']} identical "
                          "(bf16 on both sides: early divergence on random weights is expected)")
@@ -516,6 +541,7 @@ def _autoregressive_child(spec: dict, side: str) -> dict:
     from vtp_jax.config import config_from_hf
 
     n, batch = spec["max_new_tokens"], spec["batch"]
+    anyres = spec["family"] == "llava_next"  # LLaVA-NeXT: the image's own layout (tiles, N_v), image_sizes
     out: dict[str, Any] = {}
     if side == "jax":
         import jax
@@ -526,43 +552,64 @@ def _autoregressive_child(spec: dict, side: str) -> dict:
         model, cfg, _ = load(spec["jax_dir"])
         out["load_s"] = time.perf_counter() - t0
         out["rss_after_load_bytes"] = vm_hwm_bytes()
-        inputs = make_inputs(cfg, batch, bos_id=fs.LLAVA_BOS_ID, text_range=fs.TEXT_ID_RANGE[spec["preset"]])
-        np.savez(spec["inputs"], **inputs)
+        text_range = fs.TEXT_ID_RANGE[spec["preset"]]
+        if anyres:
+            inputs = make_llava_next_inputs(model, tuple(spec["image"]), batch, bos_id=fs.LLAVA_BOS_ID,
+                                            text_range=text_range)
+            n_v = inputs["num_visual"]
+            np.savez(spec["inputs"], **{k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values",
+                                                               "image_sizes")})
+        else:
+            inputs = make_inputs(cfg, batch, bos_id=fs.LLAVA_BOS_ID, text_range=text_range)
+            n_v = cfg.num_visual_tokens
+            np.savez(spec["inputs"], **inputs)
         specs = variant_specs(spec["methods"], spec["keeps"])
-        objs = {name: build_variant_method(m, spec["family"], cfg.num_visual_tokens, cfg.text.num_hidden_layers, pct,
+        objs = {name: build_variant_method(m, spec["family"], n_v, cfg.text.num_hidden_layers, pct,
                                            layer=spec["fastv_layer"] if m == "fastv" else None)
                 for name, m, pct in specs}
         runners = {name: JaxRunner(model, objs[name], inputs, n, fs.LLAVA_PAD_ID) for name, _, _ in specs}
         raw = _rounds(runners, spec["warmup"], spec["runs"], spec["quiet"], "jax runs", True)
         prompt_len = inputs["input_ids"].shape[1]
-        vis = vision_flops(cfg, batch)
+        vis = anyres_vision_flops(cfg, inputs["num_tiles"], batch) if anyres else vision_flops(cfg, batch)
         rows = {}
         for name, m, pct in specs:
             rows[name] = llava_row(raw[name], obj=objs[name], method=m, pct=pct,
                                    compile_s=runners[name].compile_s, cfg=cfg, prompt_len=prompt_len, n=n,
-                                   batch=batch, vision_flops_=vis)
+                                   batch=batch, vision_flops_=vis, num_visual=n_v)
             _compile_only(rows[name], "prefill_ms")
         out["rows"] = rows
         out["tokens"] = runners["jax none"].last_tokens.tolist()
         dev = jax.devices()[0]
         out["env"] = {"jax_version": jax.__version__, "platform": dev.platform, "device_kind": dev.device_kind}
-        out["settings"] = {"prompt_len": prompt_len, "num_visual_tokens": cfg.num_visual_tokens, "max_new_tokens": n,
+        out["settings"] = {"prompt_len": prompt_len, "num_visual_tokens": n_v, "max_new_tokens": n,
                            "batch": batch, "runs": spec["runs"], "warmup": spec["warmup"],
                            "fastv_layer": spec["fastv_layer"], "variants": [s[0] for s in specs]}
+        if anyres:
+            out["settings"].update(image=list(spec["image"]), num_tiles=inputs["num_tiles"], grid=list(inputs["grid"]),
+                                   vision_flops=vis)
     else:
         import torch
 
         with open(os.path.join(spec["hf_dir"], "config.json"), encoding="utf-8") as f:
             cfg = config_from_hf(json.load(f))
         inputs = dict(np.load(spec["inputs"]))
-        runner = TorchRunner(spec["hf_dir"], inputs, n, fs.LLAVA_PAD_ID, spec["torch_threads"], dtype=DTYPE)
+        runner = TorchRunner(spec["hf_dir"], inputs, n, fs.LLAVA_PAD_ID, spec["torch_threads"], dtype=DTYPE,
+                             model_class="LlavaNextForConditionalGeneration" if anyres
+                             else "LlavaForConditionalGeneration")
         out["load_s"] = runner.load_s
         out["rss_after_load_bytes"] = vm_hwm_bytes()
         _rounds({"torch": runner}, spec["warmup"], spec["runs"], spec["quiet"], "torch runs", False)
         raw = runner.finalize(batch)
+        n_v = int((inputs["input_ids"][0] == cfg.image_token_id).sum())
+        if anyres:
+            from vtp_jax.modeling.anyres import layout_for_config
+
+            vis = anyres_vision_flops(cfg, layout_for_config(cfg, tuple(spec["image"])).num_tiles, batch)
+        else:
+            vis = vision_flops(cfg, batch)
         out["rows"] = {"torch": llava_row(raw, obj=None, method=None, pct=None, compile_s=None, cfg=cfg,
                                           prompt_len=inputs["input_ids"].shape[1], n=n, batch=batch,
-                                          vision_flops_=vision_flops(cfg, batch))}
+                                          vision_flops_=vis, num_visual=n_v)}
         out["tokens"] = runner.last_tokens.tolist()
         out["env"] = {"torch_version": torch.__version__, "torch_num_threads": torch.get_num_threads(),
                       "dtype": DTYPE}

@@ -141,7 +141,7 @@ none at 32 / 16 ≥ +100 % (the RedVTP paper reports up to +186 % on LLaDA-V-8B)
 Full-size presets
 =================
 
-``--preset llava-1.5-7b`` / ``--preset llada-v-8b`` (``--layers N``: decoder depth 1..32, default 32): the real
+``--preset llava-1.5-7b`` / ``llava-next-7b`` / ``llada-v-8b`` (``--layers N``: decoder depth 1..32, default 32): the real
 models' shapes and configs with RANDOM weights (:mod:`vtp_jax.testbed.full_size`, cached under ``--cache-dir`` /
 ``$VTP_CACHE`` / ``~/.cache/vtp_jax/presets``), bf16 on both sides. One family per run; vtp-convert, the jax side and
 the torch side (transformers ``LlavaForConditionalGeneration`` in bf16 / the PyTorch LLaDA loop on the same bf16

@@ -200,11 +200,13 @@ def run_llava(args: argparse.Namespace, log: Callable[[str], None] = print, fami
 
 
 def llava_row(runs: list[dict], *, obj, method: str | None, pct: float | None, compile_s: float | None, cfg,
-              prompt_len: int, n: int, batch: int, vision_flops_: int) -> dict:
+              prompt_len: int, n: int, batch: int, vision_flops_: int, num_visual: int | None = None) -> dict:
     """One LLaVA table row from a variant's timed runs (each ``{"prefill_s", "decode_s", "tokens_per_s", ...}``,
     seconds / tokens per second): medians and bests in ms and tokens/s, kept tokens, analytic FLOPs (ToDRE stage 2's
-    depend on whether it fired in every run). Ratios come from :func:`add_llava_ratios`."""
-    n_v = cfg.num_visual_tokens
+    depend on whether it fired in every run). ``num_visual``: the prompt's N_v (default ``cfg.num_visual_tokens``;
+    LLaVA-NeXT: the image's layout). ``e2e_ms``: median wall time of one whole generation (torch: its ``generate``
+    call, ``generate_s``; jax: prefill + decode). Ratios come from :func:`add_llava_ratios`."""
+    n_v = cfg.num_visual_tokens if num_visual is None else num_visual
     stage2 = None
     if obj is not None and obj.name == "todre-relevance":
         dropped = [all(x["stage2_dropped"]) for x in runs]
@@ -215,7 +217,8 @@ def llava_row(runs: list[dict], *, obj, method: str | None, pct: float | None, c
         keep = 0 if fired else None  # visual tokens in layers ≥ ℓ
     else:
         fired, keep = False, getattr(obj, "keep", None)
-    llm_flops = method_prefill_flops(cfg, prompt_len, obj, fired=fired, batch=batch)
+    llm_flops = method_prefill_flops(cfg, prompt_len, obj, fired=fired, batch=batch, num_visual=n_v)
+    e2e = [x["generate_s"] if "generate_s" in x else x["prefill_s"] + x["decode_s"] for x in runs]
     return {
         "method": "none" if method is None else method,
         "stage": None if obj is None else obj.stage,
@@ -223,6 +226,8 @@ def llava_row(runs: list[dict], *, obj, method: str | None, pct: float | None, c
         "prefill_ms": 1e3 * median([x["prefill_s"] for x in runs]),
         "decode_tokens_per_s": median([x["tokens_per_s"] for x in runs]),
         "decode_ms_per_step": 1e3 * median([x["decode_s"] for x in runs]) / (n - 1),
+        "e2e_ms": 1e3 * median(e2e),
+        "e2e_ms_runs": [1e3 * t for t in e2e],
         "prefill_ms_min": 1e3 * min(x["prefill_s"] for x in runs),
         "decode_tokens_per_s_max": max(x["tokens_per_s"] for x in runs),
         "prefill_ms_runs": [1e3 * x["prefill_s"] for x in runs],
@@ -243,6 +248,8 @@ def add_llava_ratios(rows: dict[str, dict]) -> None:
     torch_row = rows.get("torch")
     for row in rows.values():
         row["prefill_speedup_vs_jax_none"] = ratio(base["prefill_ms"], row["prefill_ms"])
+        if "e2e_ms" in base and "e2e_ms" in row:
+            row["e2e_speedup_vs_jax_none"] = ratio(base["e2e_ms"], row["e2e_ms"])
         row["decode_x_torch"] = (ratio(row["decode_tokens_per_s"], torch_row["decode_tokens_per_s"])
                                  if torch_row else None)
         row["llm_flop_ratio_vs_jax_none"] = ratio(base["llm_prefill_flops"], row["llm_prefill_flops"])

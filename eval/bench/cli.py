@@ -27,7 +27,7 @@ from vtp_jax.families import AUTOREGRESSIVE, MASKED_DIFFUSION
 
 DESCRIPTION = ("speed of LLaVA and LLaDA-V generation, every pruning method at keep 50/25/10 % — PyTorch vs "
                "vtp_jax.")
-FULL_SIZE_PRESETS = ("llava-1.5-7b", "llada-v-8b")  # = vtp_jax.testbed.full_size.PRESETS (eval/full_size_bench.py)
+FULL_SIZE_PRESETS = ("llava-1.5-7b", "llava-next-7b", "llada-v-8b")  # = vtp_jax.testbed.full_size.PRESETS (eval/full_size_bench.py)
 ALL_FAMILIES = "all"  # --family: every registered family
 # The section of one family, by its generator kind: (args, log, family) → the section's JSON-able report.
 SECTION_RUNNERS: dict[str, Callable[..., dict]] = {AUTOREGRESSIVE: run_llava, MASKED_DIFFUSION: run_llada_v}
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="percentages of the visual tokens kept, each a variant of every method that takes a keep "
                         f"count, both families (default {DEFAULT_KEEPS})")
     p.add_argument("--preset", choices=sorted(PRESETS) + list(FULL_SIZE_PRESETS), default="tiny",
-                   help="model sizes of every section (default tiny); llava-1.5-7b / llada-v-8b: the real model's "
+                   help="model sizes of every section (default tiny); llava-1.5-7b / llava-next-7b / llada-v-8b: "
+                        "the real model's "
                         "shapes with RANDOM weights, one family, torch and jax in separate subprocesses "
                         "(eval/full_size_bench.py)")
     p.add_argument("--layers", type=int, default=None,  # range [1, 32] checked by full_size.check_preset
@@ -95,7 +96,8 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     if args.preset in FULL_SIZE_PRESETS:
         return run_full_size_bench(args, log)
     if getattr(args, "layers", None) is not None or getattr(args, "llada_image", None) is not None:
-        raise BenchError("--layers / --llada-image apply only to the full-size presets (llava-1.5-7b, llada-v-8b)")
+        raise BenchError("--layers / --llada-image apply only to the full-size presets "
+                         "(llava-1.5-7b, llava-next-7b, llada-v-8b)")
     registered = families.families()
     names = [args.family] if args.family in registered else list(registered)  # else --family all
     check_selection(args)  # bad --methods / --llada-methods / --keeps: fail before anything runs

@@ -25,11 +25,13 @@ def llm_layer_flops(text, tokens: int) -> int:
 
 
 def llm_prefill_flops(cfg, prompt_len: int, *, keep: int | None = None, layer: int = 2, batch: int = 1,
-                      pre_llm: bool = False) -> int:
+                      pre_llm: bool = False, num_visual: int | None = None) -> int:
     """FLOPs of the LLM part of the prefill (decoder layers + last-position LM head). With ``keep``: FastV (layers
-    ≥ ``layer`` over ``T − N_v + keep`` tokens) or, ``pre_llm=True``, a pre-LLM method (every layer over them)."""
+    ≥ ``layer`` over ``T − N_v + keep`` tokens) or, ``pre_llm=True``, a pre-LLM method (every layer over them).
+    ``num_visual``: N_v of the prompt (default ``cfg.num_visual_tokens``; LLaVA-NeXT: the image's own layout)."""
     text = cfg.text
-    short = prompt_len - cfg.num_visual_tokens + keep if keep is not None else prompt_len
+    n_v = cfg.num_visual_tokens if num_visual is None else num_visual
+    short = prompt_len - n_v + keep if keep is not None else prompt_len
     start = 0 if pre_llm else layer
     per_layer = [prompt_len if (keep is None or i < start) else short for i in range(text.num_hidden_layers)]
     total = sum(llm_layer_flops(text, t) for t in per_layer) + 2 * text.hidden_size * text.vocab_size
@@ -43,23 +45,26 @@ def relevance_probe_flops(text, tokens: int) -> int:
     return 2 * tokens * d * (h + kv) * hd + 2 * tokens * tokens * h * hd
 
 
-def method_prefill_flops(cfg, prompt_len: int, method, *, fired: bool = False, batch: int = 1) -> int:
+def method_prefill_flops(cfg, prompt_len: int, method, *, fired: bool = False, batch: int = 1,
+                         num_visual: int | None = None) -> int:
     """LLM prefill FLOPs (as :func:`llm_prefill_flops`) of one method object (None = unpruned): pre-LLM methods
     (ToDRE stage 1, DivPrune, random) shorten every layer to ``T − N_v + keep``; FastV the layers ≥ K; ToDRE stage 2
     (``todre-relevance``) adds its probe at layer ℓ and, when it ``fired`` for every row, runs layers ≥ ℓ over
-    ``T − N_v`` tokens (otherwise at full length). Raises BenchError for a method it has no formula for."""
+    ``T − N_v`` tokens (otherwise at full length). ``num_visual`` as in :func:`llm_prefill_flops`. Raises BenchError
+    for a method it has no formula for."""
     text = cfg.text
+    nv = {"num_visual": num_visual}
     if method is None:
-        return llm_prefill_flops(cfg, prompt_len, batch=batch)
+        return llm_prefill_flops(cfg, prompt_len, batch=batch, **nv)
     if method.stage == "pre_llm":
-        return llm_prefill_flops(cfg, prompt_len, keep=method.keep, batch=batch, pre_llm=True)
+        return llm_prefill_flops(cfg, prompt_len, keep=method.keep, batch=batch, pre_llm=True, **nv)
     if method.name == "todre-relevance":
         ell = method.resolve_layer(text.num_hidden_layers)
-        base = (llm_prefill_flops(cfg, prompt_len, keep=0, layer=ell, batch=batch) if fired
-                else llm_prefill_flops(cfg, prompt_len, batch=batch))
+        base = (llm_prefill_flops(cfg, prompt_len, keep=0, layer=ell, batch=batch, **nv) if fired
+                else llm_prefill_flops(cfg, prompt_len, batch=batch, **nv))
         return base + batch * relevance_probe_flops(text, prompt_len)
     if method.stage == "in_llm" and hasattr(method, "keep") and hasattr(method, "layer"):  # FastV
-        return llm_prefill_flops(cfg, prompt_len, keep=method.keep, layer=method.layer, batch=batch)
+        return llm_prefill_flops(cfg, prompt_len, keep=method.keep, layer=method.layer, batch=batch, **nv)
     raise BenchError(f"no prefill FLOP formula for pruning method {method.name!r} (stage {method.stage})")
 
 
@@ -74,6 +79,21 @@ def vision_flops(cfg, batch: int = 1) -> int:
     d = cfg.text.hidden_size
     proj = 2 * cfg.num_visual_tokens * (v.hidden_size * len(cfg.vision_feature_layer) * d + d * d)
     return batch * (patch + layers_run * per_layer + proj)
+
+
+def anyres_vision_flops(cfg, num_tiles: int, batch: int = 1) -> int:
+    """LLaVA-NeXT: :func:`vision_flops`' CLIP tower (class token included: S = N_p + 1 positions, the layers up to
+    ``vision_feature_layer``) on each of ``num_tiles`` tiles (base tile + grid), and the projector over every tile's
+    N_p patch features (it runs before the unpad crop; the newline vectors cost nothing) → ``num_tiles ×`` the
+    per-tile cost, times ``batch``."""
+    v = cfg.vision
+    n_p, s = v.num_patches, v.num_positions
+    layers_run = max(layer % (v.num_hidden_layers + 1) for layer in cfg.vision_feature_layer)
+    patch = 2 * n_p * v.num_channels * v.patch_size**2 * v.hidden_size
+    per_layer = 2 * s * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * s * s * v.hidden_size
+    d = cfg.text.hidden_size
+    proj = 2 * n_p * (v.hidden_size * len(cfg.vision_feature_layer) * d + d * d)
+    return batch * num_tiles * (patch + layers_run * per_layer + proj)
 
 
 def diffusion_step_flops(text, tokens: int, logits_rows: int) -> int:

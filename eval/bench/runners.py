@@ -63,14 +63,42 @@ def make_inputs(cfg, batch: int, seed: int = 0, *, bos_id: int | None = None,
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "pixel_values": pixels}
 
 
+def make_llava_next_inputs(model, image_hw: tuple[int, int], batch: int = 1, seed: int = 0, *,
+                           bos_id: int | None = None, text_range: tuple[int, int] | None = None) -> dict[str, Any]:
+    """LLaVA-NeXT: the prompt of :func:`make_inputs` with the image's own N_v (its anyres layout:
+    ``model.layout(image_hw)``, newlines included), random pixel values float32 [B, tiles, 3, S, S] ~ N(0, 1) and
+    ``image_sizes`` int64 [B, 2] (transformers' input); ``image_inputs`` is the generator's dict
+    (``pixel_values``, ``image_size``, ``grid``), ``num_visual`` / ``num_tiles`` / ``grid`` the layout's."""
+    from vtp_jax.testbed.hf_llava import BOS_ID, SPECIAL_TOKENS
+
+    cfg = model.cfg
+    layout = model.layout(tuple(image_hw))
+    n_v = layout.num_tokens
+    rng = np.random.default_rng(seed)
+    lo, hi = text_range or (len(SPECIAL_TOKENS), cfg.text.vocab_size)
+    text = rng.integers(lo, hi, size=PREFIX_TEXT + SUFFIX_TEXT)
+    row = ([BOS_ID if bos_id is None else bos_id] + text[:PREFIX_TEXT].tolist() + [cfg.image_token_id] * n_v
+           + text[PREFIX_TEXT:].tolist())
+    ids = np.tile(np.asarray(row, np.int64), (batch, 1))
+    s = cfg.vision.image_size
+    pixels = rng.standard_normal((batch, layout.num_tiles, cfg.vision.num_channels, s, s)).astype(np.float32)
+    hw = tuple(int(v) for v in image_hw)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "pixel_values": pixels,
+            "image_sizes": np.tile(np.asarray([hw], np.int64), (batch, 1)),
+            "image_inputs": {"pixel_values": pixels, "image_size": hw, "grid": tuple(layout.grid)},
+            "num_visual": n_v, "num_tiles": layout.num_tiles, "grid": tuple(layout.grid)}
+
+
 class JaxRunner:
-    """vtp_jax ``AutoregressiveGenerator`` for one pruning method (None = unpruned)."""
+    """vtp_jax ``AutoregressiveGenerator`` for one pruning method (None = unpruned). The images are
+    ``inputs["image_inputs"]`` when present (LLaVA-NeXT's dict), else ``inputs["pixel_values"]``."""
 
     def __init__(self, model, method, inputs: dict, max_new_tokens: int, pad_id: int):
         from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 
         self.gen = AutoregressiveGenerator(model, method)
         self.inputs, self.n, self.pad_id = inputs, max_new_tokens, pad_id
+        self.images = inputs.get("image_inputs", inputs["pixel_values"])
         self.compile_s: float | None = None  # wall time of the first call (compilation + one run), seconds
         self.last_tokens: np.ndarray | None = None
 
@@ -79,7 +107,7 @@ class JaxRunner:
         second, batch summed); with ToDRE stage 2 also ``"stage2_dropped"`` (per row) and its ratios ``"alpha_t2v"``,
         ``"alpha_v2t"``. Raises RuntimeError unless every row decoded exactly ``max_new_tokens``."""
         out = self.gen.generate(
-            self.inputs["input_ids"], self.inputs["attention_mask"], self.inputs["pixel_values"],
+            self.inputs["input_ids"], self.inputs["attention_mask"], self.images,
             max_new_tokens=self.n, eos_token_ids=(), pad_token_id=self.pad_id, temperature=0.0,
         )
         if out.tokens.shape[1] != self.n or any(c != self.n for c in out.num_new_tokens):
@@ -113,15 +141,17 @@ class TorchRunner:
     """
 
     def __init__(self, hf_dir: str, inputs: dict, max_new_tokens: int, pad_id: int, threads: int | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", model_class: str = "LlavaForConditionalGeneration"):
         import torch
-        from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
+        import transformers
+        from transformers import LogitsProcessor, LogitsProcessorList
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.torch = torch
         t0 = time.perf_counter()
-        self.model = LlavaForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, dtype)).eval()
+        cls = getattr(transformers, model_class)  # LLaVA-NeXT: "LlavaNextForConditionalGeneration" (+ image_sizes)
+        self.model = cls.from_pretrained(hf_dir, dtype=getattr(torch, dtype)).eval()
         self.load_s = time.perf_counter() - t0  # from_pretrained wall time, seconds
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         self.n, self.pad_id = max_new_tokens, pad_id

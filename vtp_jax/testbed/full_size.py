@@ -1,4 +1,4 @@
-"""Full-size RANDOM-WEIGHT checkpoints of LLaVA-1.5-7B and LLaDA-V-8B, written shard by shard (for ``vtp-bench``).
+"""Full-size RANDOM-WEIGHT checkpoints of LLaVA-1.5-7B, LLaVA-NeXT-7B and LLaDA-V-8B, written shard by shard (for ``vtp-bench``).
 
 **The weights are random** (uniform, see :func:`write_full_size`); only the shapes, names and configs are the real
 models'. Every config.json written here carries ``"vtp_random_weights": true`` (as the other testbed writers do), so
@@ -21,6 +21,19 @@ defaults = Llama-2-7B); CLIP ``hidden_act quick_gelu``, ``layer_norm_eps 1e-5`` 
 projector bias true (``multimodal_projector_bias`` default). Tensor names: the hub's ``llava-hf/*`` layout
 (``vision_tower.vision_model.*``, :func:`vtp_jax.testbed.hf_llava._param_specs` with ``names="hub"``). Parameter
 count: 7,063,427,072 — equal to the published count of llava-hf/llava-1.5-7b-hf (checked in the tests).
+
+``llava-next-7b`` — the config.json of ``llava-hf/llava-v1.6-vicuna-7b-hf``: LLaVA-1.6 keeps LLaVA-1.5-7B's CLIP
+ViT-L/14-336 tower, ``mlp2x_gelu`` projector and Vicuna-7B decoder, so every field above is reused
+(:func:`_llava_next_config`), with ``model_type llava_next``, ``LlavaNextForConditionalGeneration``,
+``image_grid_pinpoints [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]`` (transformers'
+``LlavaNextConfig`` default, :data:`vtp_jax.families.llava_next.config.DEFAULT_GRID_PINPOINTS`, which that hub
+config writes out) and ``use_image_newline_parameter true`` (the learned ``image_newline`` [4096] vector). Sources:
+the transformers ``LlavaNextConfig`` defaults and the LLaVA-1.5 sources above; the hub file itself was not re-read
+here, so text_config fields it may set differently (e.g. its ``pad_token_id``) are LLaVA-1.5's. Tensor names: the
+``llava-hf/llava-v1.6-*`` layout (LLaVA's hub names + ``image_newline``; :data:`vtp_jax.testbed.hf_llava_next.
+HUB_PREFIXES`). Parameter count: LLaVA-1.5-7B's + 4096 = 7,063,431,168 (the hub page rounds it to 7.06 B). The
+processor files: :func:`vtp_jax.testbed.hf_llava_next.save_processor` (``LlavaNextProcessor``, CLIP 336-px tiles,
+the pinpoints) with the LLaVA tokenizer below.
 
 ``llada-v-8b`` — GSAI-ML/LLaDA-V. Sources: the LLaDA-V code (ML-GSAI/LLaDA-V, and no ``vision_config`` in the real
 config.json, SigLIP defaults hard-coded, 384 px / patch 14 → 27 × 27 = 729 patches per tile, ``image_grid_pinpoints``
@@ -73,9 +86,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-PRESETS = ("llava-1.5-7b", "llada-v-8b")
-FAMILY = {"llava-1.5-7b": "llava", "llada-v-8b": "llada_v"}
-MAX_LAYERS = 32  # both decoders have 32 layers
+PRESETS = ("llava-1.5-7b", "llava-next-7b", "llada-v-8b")
+FAMILY = {"llava-1.5-7b": "llava", "llava-next-7b": "llava_next", "llada-v-8b": "llada_v"}
+MAX_LAYERS = 32  # every decoder here has 32 layers
 PUBLISHED_PARAMS = {"llava-1.5-7b": 7_063_427_072}  # llava-hf/llava-1.5-7b-hf model card / safetensors index
 PUBLISHED_LLADA_8B_PARAMS = 8.02e9  # LLaDA-8B (the paper's / model card's "8B", 8.02 B)
 DEFAULT_SHARD_BYTES = 2 * 10**9
@@ -95,7 +108,10 @@ LLADA_START_HEADER_ID, LLADA_END_HEADER_ID, LLADA_EOT_ID = 126346, 126347, 12634
 LLADA_IMAGE_TOKEN_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX placeholder (not a vocabulary entry)
 LLADA_SUPPRESS_IDS = (LLADA_EOS_ID, LLADA_BOS_ID, LLADA_START_HEADER_ID, LLADA_END_HEADER_ID)
 # Ordinary text ids the bench may draw for prompts (well inside both vocabularies, no special ids).
-TEXT_ID_RANGE = {"llava-1.5-7b": (3, 32000), "llada-v-8b": (300, 126000)}
+TEXT_ID_RANGE = {"llava-1.5-7b": (3, 32000), "llava-next-7b": (3, 32000), "llada-v-8b": (300, 126000)}
+# LLaVA-NeXT's candidate (height, width) resolutions: transformers' LlavaNextConfig default, which the hub config of
+# llava-hf/llava-v1.6-vicuna-7b-hf spells out (vtp_jax.families.llava_next.config.DEFAULT_GRID_PINPOINTS).
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 class PresetError(ValueError):
@@ -179,6 +195,22 @@ def _llava_config(layers: int, ov: dict) -> dict:
     }
 
 
+def _llava_next_config(layers: int, ov: dict) -> dict:
+    """llava-hf/llava-v1.6-vicuna-7b-hf: LLaVA-1.5-7B's CLIP-336 tower, projector and Vicuna-7B decoder (the same
+    dict as :func:`_llava_config`) with ``model_type llava_next``, the anyres pinpoints (scaled with an
+    ``image_size`` override, tests only) and ``use_image_newline_parameter`` (an ``image_newline`` [D] vector)."""
+    cfg = _llava_config(layers, ov)
+    tile = cfg["vision_config"]["image_size"]
+    cfg.update({
+        "architectures": ["LlavaNextForConditionalGeneration"],
+        "model_type": "llava_next",
+        "image_grid_pinpoints": [[h * tile // 336, w * tile // 336] for h, w in LLAVA_NEXT_PINPOINTS],
+        "use_image_newline_parameter": True,
+    })
+    cfg["text_config"]["_name_or_path"] = "lmsys/vicuna-7b-v1.5"
+    return cfg
+
+
 def _llada_v_config(layers: int, ov: dict) -> dict:
     hidden = ov.get("text_hidden", 4096)
     heads = ov.get("text_heads", 32)
@@ -240,7 +272,7 @@ def preset_config(preset: str, *, layers: int | None = None, dtype: str = "bfloa
         raise PresetError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
     ov = _check_overrides(overrides)
     n = MAX_LAYERS if layers is None else layers
-    cfg = _llava_config(n, ov) if FAMILY[preset] == "llava" else _llada_v_config(n, ov)
+    cfg = {"llava": _llava_config, "llava_next": _llava_next_config, "llada_v": _llada_v_config}[FAMILY[preset]](n, ov)
     cfg["torch_dtype"] = dtype
     cfg["vtp_random_weights"] = True
     cfg["vtp_preset"] = preset
@@ -259,6 +291,14 @@ def param_specs(config: dict) -> list[tuple[str, tuple, str]]:
         from vtp_jax.testbed.hf_llava import _param_specs
 
         return _param_specs(transformers.LlavaConfig.from_dict(config), "hub")
+    if config.get("model_type") == "llava_next":  # LLaVA's hub names + the newline (llava-hf/llava-v1.6-* layout)
+        import transformers
+
+        from vtp_jax.testbed.hf_llava import _param_specs
+
+        llava = {k: v for k, v in config.items() if k not in ("image_grid_pinpoints", "use_image_newline_parameter")}
+        specs = _param_specs(transformers.LlavaConfig.from_dict({**llava, "model_type": "llava"}), "hub")
+        return specs + [("image_newline", (config["text_config"]["hidden_size"],), "embed")]
     from vtp_jax.testbed.hf_llada_v import param_specs as llada_specs
 
     return llada_specs(config, "llada_v")
@@ -339,7 +379,18 @@ def build_tokenizer(vocab_size: int, specials: dict[int, str], **special_roles):
 
 
 def _save_tokenizer_and_processor(config: dict, out_dir: str) -> None:
-    if config["model_type"] == "llava":
+    if config["model_type"] == "llava_next":
+        import transformers
+
+        from vtp_jax.testbed.hf_llava_next import save_processor as save_next
+
+        tok = build_tokenizer(
+            config["text_config"]["vocab_size"],
+            {LLAVA_UNK_ID: "<unk>", LLAVA_BOS_ID: "<s>", LLAVA_EOS_ID: "</s>", LLAVA_IMAGE_TOKEN_ID: "<image>",
+             LLAVA_PAD_ID: "<pad>"},
+            unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens=["<image>"])
+        save_next(out_dir, transformers.LlavaNextConfig.from_dict(config), tokenizer=tok)
+    elif config["model_type"] == "llava":
         import transformers
 
         from vtp_jax.testbed.hf_llava import save_processor
@@ -472,7 +523,7 @@ def write_full_size(preset: str, out_dir: str | os.PathLike, *, layers: int | No
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
-    if config["model_type"] == "llava":
+    if config["model_type"] in ("llava", "llava_next"):
         gen = {"bos_token_id": LLAVA_BOS_ID, "eos_token_id": LLAVA_EOS_ID, "pad_token_id": LLAVA_PAD_ID}
     else:
         gen = {"bos_token_id": LLADA_BOS_ID, "eos_token_id": LLADA_EOS_ID, "pad_token_id": LLADA_EOS_ID}
