@@ -53,7 +53,7 @@ def test_decoder_all_valid_matches_masked_path(causal):
     from flax import nnx
 
     from vtp_jax.config import TextConfig
-    from vtp_jax.modeling.decoder import Decoder, SequenceState
+    from vtp_jax.modeling.decoder import Decoder, DecoderPlan, Probe, SequenceState
 
     cfg = dataclasses.replace(TextConfig(), vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, causal=causal)
@@ -63,13 +63,13 @@ def test_decoder_all_valid_matches_masked_path(causal):
     state = SequenceState(jnp.asarray(rng.standard_normal((b, t, 32)), jnp.float32),
                           jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)), jnp.ones((b, t), bool))
     rows = jnp.asarray([[t - 1, 3], [0, t - 2]], jnp.int32)
-    kw = dict(cache_extra=2, probe_rows=rows, probe_layers=(0, 2))
-    ref, got = dec(state, **kw), dec(state, all_valid=True, **kw)
+    kw = dict(cache_extra=2, probe=Probe(rows, (0, 2)))
+    ref, got = dec(state, DecoderPlan(**kw)), dec(state, DecoderPlan(all_valid=True, **kw))
     np.testing.assert_allclose(np.asarray(got.h), np.asarray(ref.h), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(got.probe), np.asarray(ref.probe), rtol=1e-5, atol=1e-6)
     for c_got, c_ref in zip(got.caches, ref.caches):
         np.testing.assert_allclose(np.asarray(c_got.k), np.asarray(c_ref.k), rtol=1e-5, atol=1e-6)
     if causal:  # the probe of an early row sees no later key
         assert float(np.asarray(got.probe)[1, 0, 1:].max()) == 0.0
-    jitted = jax.jit(lambda s: dec(s, all_valid=True).h)
+    jitted = jax.jit(lambda s: dec(s, DecoderPlan(all_valid=True)).h)
     np.testing.assert_allclose(np.asarray(jitted(state)), np.asarray(ref.h), rtol=1e-5, atol=1e-5)

@@ -35,7 +35,7 @@ from flax import nnx
 from vtp_jax.families.base import AUTOREGRESSIVE
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings, sample_token
-from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.modeling.decoder import Compaction, DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
@@ -210,10 +210,10 @@ class AutoregressiveGenerator:
         if method is None and self._dyrate is not None:
             b, t = seq.key_valid.shape
             last = jnp.full((b, 1), t - 1, jnp.int32)  # left padding: the last prompt token is at T − 1
-            out = model.language_model(seq, cache_extra=max_new_tokens, probe_rows=last,
-                                       probe_layers=(self._dy_layer,), all_valid=all_valid)
+            out = model.language_model(seq, DecoderPlan(cache_extra=max_new_tokens, probe=Probe(last, (self._dy_layer,)),
+                                                        all_valid=all_valid))
         elif method is None:
-            out = model.language_model(seq, cache_extra=max_new_tokens, all_valid=all_valid)
+            out = model.language_model(seq, DecoderPlan(cache_extra=max_new_tokens, all_valid=all_valid))
         else:
 
             def compact_fn(probe, s):
@@ -222,15 +222,12 @@ class AutoregressiveGenerator:
                 s, _ = compact(s, visual_mask, kept, n_v, reindex=method.reindex)
                 return s, {"kept": kept}
 
-            out = model.language_model(
-                seq,
+            out = model.language_model(seq, DecoderPlan(
                 cache_extra=max_new_tokens,
-                probe_rows=method.probe_rows(seq.key_valid),
-                probe_layers=(method.layer - 1,),
-                compact_at=method.layer,
-                compact_fn=compact_fn,
+                probe=Probe(method.probe_rows(seq.key_valid), (method.layer - 1,)),
+                compaction=Compaction(method.layer, compact_fn),
                 all_valid=all_valid,
-            )
+            ))
             kept = jnp.take_along_axis(kept, out.aux["kept"], axis=1)  # indices into the original visual tokens
         logits = model.logits(out.h[:, -1])
         key, sub = jax.random.split(key)
@@ -279,7 +276,7 @@ class AutoregressiveGenerator:
         model = nnx.merge(self.graphdef, state)
         seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, images, image_static)
         lm, ell = model.language_model, self._rel_layer
-        out = lm(seq, cache_extra=max_new_tokens, layer_range=(0, ell), all_valid=all_valid)
+        out = lm(seq, DecoderPlan(cache_extra=max_new_tokens, layer_range=(0, ell), all_valid=all_valid))
         b, t = seq.key_valid.shape
         rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         probs = lm.attention_probe(ell, out.state, rows)
@@ -303,7 +300,7 @@ class AutoregressiveGenerator:
         else:
             seq = seq._replace(key_valid=seq.key_valid & ~(visual_mask & drop[:, None]))
         lm = model.language_model
-        out = lm(seq, cache_extra=max_new_tokens, layer_range=(self._rel_layer, len(lm.layers)))
+        out = lm(seq, DecoderPlan(cache_extra=max_new_tokens, layer_range=(self._rel_layer, len(lm.layers))))
         logits = model.logits(out.h[:, -1])
         key, sub = jax.random.split(key)
         token = sample_token(logits, sub, temperature, top_p)

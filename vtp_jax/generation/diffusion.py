@@ -37,7 +37,7 @@ from flax import nnx
 from vtp_jax.families.base import MASKED_DIFFUSION
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings
-from vtp_jax.modeling.decoder import SequenceState
+from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
@@ -220,8 +220,9 @@ class DiffusionGenerator:
             h, positions, key_valid = seq
         return _Prompt(h, jnp.broadcast_to(mask_emb, h.shape), positions, key_valid, visual_mask, kept)
 
-    def _forward(self, model, prompt: _Prompt, x_gen, *, probe_rows=None, probe_layers=(), all_valid=False):
-        """Logits of the response positions float32 [B, G, V], and the decoder's probe (or None)."""
+    def _forward(self, model, prompt: _Prompt, x_gen, *, probe: Probe | None = None, all_valid=False):
+        """Logits of the response positions float32 [B, G, V], and the decoder's probe float32 [B, R, T] (or None
+        without ``probe``: rows int [B, R] of the conditional batch, tiled for the unconditional one)."""
         cfg = self.cfg
         b, g = x_gen.shape
         gen_emb = model.language_model.embed_tokens(x_gen).astype(prompt.h.dtype)
@@ -232,12 +233,9 @@ class DiffusionGenerator:
         if cfg.cfg > 0:  # unconditional pass: the prompt replaced by MASK, batched with the conditional one
             h = jnp.concatenate([h, jnp.concatenate([prompt.h_uncond, gen_emb], axis=1)], axis=0)
             positions, key_valid = jnp.tile(positions, (2, 1)), jnp.tile(key_valid, (2, 1))
-            if probe_rows is not None:
-                probe_rows = jnp.tile(probe_rows, (2, 1))
-        out = model.language_model(
-            SequenceState(h, positions, key_valid), probe_rows=probe_rows, probe_layers=probe_layers,
-            all_valid=all_valid,
-        )
+            if probe is not None:
+                probe = Probe(jnp.tile(probe.rows, (2, 1)), probe.layers)
+        out = model.language_model(SequenceState(h, positions, key_valid), DecoderPlan(probe=probe, all_valid=all_valid))
         logits = model.logits(out.h[:, -g:])
         probe = None if out.probe is None else out.probe[:b]
         if cfg.cfg > 0:
@@ -265,7 +263,7 @@ class DiffusionGenerator:
         else:
             rows = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
             logits, probe = self._forward(
-                model, prompt, x_gen, probe_rows=rows, probe_layers=method.probe_layers(self.num_layers),
+                model, prompt, x_gen, probe=Probe(rows, tuple(method.probe_layers(self.num_layers))),
                 all_valid=all_valid,
             )
         key, sub = jax.random.split(key)

@@ -1,14 +1,17 @@
 """The one decoder used by both families: Llama (causal) and LLaDA (bidirectional, ``TextConfig.causal=False``).
 
 Llama and LLaDA differ in the attention mask and the sampler, not in the block (ML-GSAI/LLaDA ``modeling_llada.py``: a Llama block without the causal mask). The layer loop lives in
-:meth:`Decoder.__call__`, which also hosts the two hooks pruning needs: probes of attention rows at chosen layers,
-and a compaction of the sequence before a chosen layer (FastV-style in-LLM pruning).
+:meth:`Decoder.__call__`, which takes one :class:`DecoderPlan` naming what pruning needs of a pass: probes of
+attention rows at chosen layers (:class:`Probe`), a compaction of the sequence before a chosen layer
+(:class:`Compaction`, FastV-style in-LLM pruning), a layer range, an extra key mask, decode room for the caches.
+It returns one :class:`DecoderOutput`.
 
 Source: transformers ``LlamaDecoderLayer`` / ``LlamaModel`` (pre-norm residual blocks, SwiGLU MLP).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
@@ -86,12 +89,68 @@ CompactFn = Callable[[jax.Array, SequenceState], tuple[SequenceState, dict]]
 
 
 class DecoderOutput(NamedTuple):
+    """What :meth:`Decoder.__call__` returns (always all six fields; unused ones are None / empty)."""
+
     h: jax.Array  # [B, T', D] final-normed hidden states
     state: SequenceState  # after any compaction
-    caches: list | None  # one LayerCache per layer when ``cache_extra`` was given
+    caches: list | None  # one LayerCache per layer when ``plan.cache_extra`` was given
     probe: jax.Array | None  # mean over heads and probed layers, float32 [B, R, T_probe]
     aux: dict  # whatever the compaction returned (e.g. kept indices)
     probe_heads: jax.Array | None = None  # per-head probabilities of the last probed layer, float32 [B, H, R, T]
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Attention rows to read: query rows int [B, R] (an array of the traced pass), at the 0-based ``layers``
+    (static). The probe of layer i is its softmax over keys, before the output projection."""
+
+    rows: jax.Array
+    layers: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Compaction:
+    """Before layer ``at`` (static) call ``fn(probe, state) -> (shorter state, aux)``, with ``probe`` the mean
+    probe float32 [B, R, T] of the probed layers before ``at``."""
+
+    at: int
+    fn: CompactFn
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderPlan:
+    """Everything a :meth:`Decoder.__call__` pass does besides running its layers; frozen, and every field but the
+    arrays inside ``probe.rows`` / ``extra_mask`` is static (Python values that pick the traced program).
+
+    Fields:
+      cache_extra: if given, build a :class:`LayerCache` per layer with this many free slots (decode room).
+      probe: attention rows averaged over heads and over ``probe.layers`` (:class:`Probe`), or None.
+      compaction: shorten the sequence before a layer (:class:`Compaction`; the probe then holds the probed layers
+        before it). Layers ≥ ``compaction.at`` run on the shorter sequence; their caches are built from it.
+      layer_range: (start, stop) runs only layers [start, stop) on the state (whose ``h`` is then layer ``start``'s
+        input); caches are returned for those layers only; ``out.state.h`` is the un-normed output (the input of
+        layer ``stop``). None: every layer.
+      extra_mask: bool [B, 1, T, T] ANDed with every layer's attention mask (per-row key masks, e.g. the DyRate
+        trainer's "row i sees only these visual tokens"); not with ``compaction``.
+      all_valid: the caller promises every key of the state is valid (no padding). The fused attention then gets
+        no mask — ``is_causal`` for a causal decoder, nothing for a bidirectional one — so on GPU it can take the
+        cuDNN kernel, which an explicit boolean mask rules out. Same numbers as the masked path.
+    Raises ValueError for ``extra_mask`` with ``compaction`` (the sequence length changes).
+    """
+
+    cache_extra: int | None = None
+    probe: Probe | None = None
+    compaction: Compaction | None = None
+    layer_range: tuple[int, int] | None = None
+    extra_mask: jax.Array | None = None
+    all_valid: bool = False
+
+    def __post_init__(self):
+        if self.extra_mask is not None and self.compaction is not None:
+            raise ValueError("extra_mask cannot be combined with a compaction (the sequence length changes)")
+
+
+_PLAIN = DecoderPlan()
 
 
 class Decoder(nnx.Module):
@@ -110,40 +169,21 @@ class Decoder(nnx.Module):
         # attribute would be module state, which ``nnx.eval_shape`` turns into a ShapeDtypeStruct (abstract load).
         return rope_angles(positions, inv_frequencies(self.cfg.head_dim, self.cfg.rope), dtype)
 
-    def __call__(
-        self,
-        state: SequenceState,
-        *,
-        cache_extra: int | None = None,
-        probe_rows: jax.Array | None = None,
-        probe_layers: tuple[int, ...] = (),
-        compact_at: int | None = None,
-        compact_fn: CompactFn | None = None,
-        layer_range: tuple[int, int] | None = None,
-        extra_mask: jax.Array | None = None,
-        all_valid: bool = False,
-    ) -> DecoderOutput:
-        """Runs every layer over the whole sequence (prefill, or one denoising step).
+    def __call__(self, state: SequenceState, plan: DecoderPlan | None = None) -> DecoderOutput:
+        """Runs the layers over the whole sequence (prefill, or one denoising step).
 
         Args:
-          state: hidden states, positions and key validity of the T tokens.
-          cache_extra: if given, build a :class:`LayerCache` per layer with this many free slots (decode room).
-          probe_rows: int [B, R] query rows whose attention probabilities are averaged over heads and over
-            ``probe_layers`` (attention of layer i is its softmax over keys, before the output projection).
-          compact_at, compact_fn: before layer ``compact_at`` call ``compact_fn(probe, state)`` to shorten the
-            sequence (the probe then holds the layers before it). Layers ≥ ``compact_at`` run on the shorter
-            sequence; their caches are built from it.
-          layer_range: (start, stop) runs only layers [start, stop) on ``state`` (whose ``h`` is then layer
-            ``start``'s input); caches are returned for those layers only. ``out.state.h`` is the un-normed output
-            (the input of layer ``stop``). Default: every layer.
-          extra_mask: bool [B, 1, T, T] ANDed with every layer's attention mask (per-row key masks, e.g. the
-            DyRate trainer's "row i sees only these visual tokens"); not with ``compact_at``.
-          all_valid: the caller promises every key of ``state`` is valid (no padding; static). The fused attention
-            then gets no mask — ``is_causal`` for a causal decoder, nothing for a bidirectional one — so on GPU it
-            can take the cuDNN kernel, which an explicit boolean mask rules out. Same numbers as the masked path.
+          state: hidden states [B, T, D], positions int32 [B, T] and key validity bool [B, T] of the T tokens.
+          plan: probes, compaction, layer range, extra mask, cache room and mask-free attention
+            (:class:`DecoderPlan`); None: a plain pass over every layer.
+        Returns a :class:`DecoderOutput` (h [B, T', D] final-normed; caches when ``plan.cache_extra`` is set; probe
+        float32 [B, R, T_probe] and probe_heads when ``plan.probe`` is set; aux from the compaction).
         """
-        if extra_mask is not None and compact_at is not None:
-            raise ValueError("extra_mask cannot be combined with compact_at (the sequence length changes)")
+        plan = _PLAIN if plan is None else plan
+        cache_extra, extra_mask, all_valid = plan.cache_extra, plan.extra_mask, plan.all_valid
+        probe_rows, probe_layers = (plan.probe.rows, plan.probe.layers) if plan.probe is not None else (None, ())
+        compact_at, compact_fn = (plan.compaction.at, plan.compaction.fn) if plan.compaction is not None else (None, None)
+        layer_range = plan.layer_range
         cfg = self.cfg
         caches = [] if cache_extra is not None else None
         probe_sum, n_probe, aux = None, 0, {}

@@ -102,7 +102,7 @@ class Collector:
         import jax.numpy as jnp
         from flax import nnx
 
-        from vtp_jax.modeling.decoder import SequenceState
+        from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 
         model = nnx.merge(self.graphdef, state)
         r = self.max_new_tokens
@@ -114,7 +114,7 @@ class Collector:
         seq = SequenceState(h, positions, key_valid)
         rows = jnp.broadcast_to(jnp.arange(t - 1, total - 1, dtype=jnp.int32), (b, r))
         lm = model.language_model
-        full = lm(seq, probe_rows=rows, probe_layers=(self.layer,))
+        full = lm(seq, DecoderPlan(probe=Probe(rows, (self.layer,))))
         probs = full.probe_heads  # [B, H, R, T + R]
         groups = dy.slot_groups(key_valid[:, :t], visual_mask[:, :t], r)  # the cache layout: prompt slots, then R
         feats = jax.vmap(dy.features, in_axes=(2, None), out_axes=1)(probs, groups)  # [B, R, H·4]
@@ -131,7 +131,7 @@ class Collector:
             drop = jnp.zeros((b, total, total), bool)
             rows_t = jnp.arange(t, total)
             drop = drop.at[jnp.arange(b)[:, None, None], rows_t[None, :, None], slots[:, None, :]].set(~kept)
-            out = lm(seq, extra_mask=~drop[:, None])
+            out = lm(seq, DecoderPlan(extra_mask=~drop[:, None]))
             logp_k = jax.nn.log_softmax(model.logits(out.h[:, t:]), axis=-1)
             kl = jnp.sum(jnp.exp(logp_full) * (logp_full - logp_k), axis=-1)  # [B, R]
             costs.append(kl)
