@@ -24,6 +24,7 @@ from call to call (each distinct N_v / image layout compiles its own prefill).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, NamedTuple
 
@@ -40,7 +41,11 @@ from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
 from vtp_jax.pruning import dyrate as dyrate_lib
+from vtp_jax.pruning.stages import AllOrNothingGate, DecodePruning, InLLMCompaction, PreLLMSelection
 from vtp_jax.pruning.todre_relevance import relevance_ratios
+
+
+_IN_LLM = (InLLMCompaction, AllOrNothingGate)  # the in-LLM stage's two bases
 
 
 class PrefillResult(NamedTuple):
@@ -50,7 +55,41 @@ class PrefillResult(NamedTuple):
     kept: jax.Array  # int32 [B, keep] kept visual indices (all of them when unpruned)
     key: jax.Array  # PRNG key to continue with
     kept_pre: jax.Array  # int32 [B, k] the pre-LLM stage's kept indices (all of them without one)
-    dyrate: dict | None = None  # DyRate's loop state after the prefill's decision (see _dyrate_init), else None
+    dyrate: dyrate_lib.DyRateState | None = None  # DyRate's loop state after the prefill's decision, else None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeResult:
+    """What the jitted decode loop returns (a pytree; the DyRate fields are None without DyRate).
+
+    tokens int32 [B, max_new_tokens] (the prefill's token first, pad after EOS); caches: LayerCache per decoder
+    layer after the loop; kept_per_token int32 [B, max_new_tokens] visual tokens in the cache when each token was
+    generated; rate_per_token int32 [B, max_new_tokens] rate index after it."""
+
+    tokens: jax.Array
+    caches: list
+    kept_per_token: jax.Array | None = None
+    rate_per_token: jax.Array | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _DecodeCarry:
+    """The decode loop's carry: step i int32 [], tok int32 [B] (last token), pos int32 [B] (its next position),
+    caches, key (PRNG), done bool [B], out int32 [B, M] (tokens so far), dy (DyRate state or None), kept_log /
+    rate_log int32 [B, M] (DyRate's per-token log, or None)."""
+
+    i: jax.Array
+    tok: jax.Array
+    pos: jax.Array
+    caches: list
+    key: jax.Array
+    done: jax.Array
+    out: jax.Array
+    dy: dyrate_lib.DyRateState | None
+    kept_log: jax.Array | None
+    rate_log: jax.Array | None
 
 
 def split_image_inputs(image_inputs) -> tuple[Any, tuple]:
@@ -117,20 +156,20 @@ class AutoregressiveGenerator:
         self._cls_layer = None  # 1-based vision layer whose class-token attention the pre-LLM method reads
         num_layers = self.cfg.text.num_hidden_layers
         for m in methods:
-            if m.stage == "pre_llm":
+            if isinstance(m, PreLLMSelection):
                 if self._pre is not None:
                     raise ValueError(f"two pre-LLM methods ({self._pre.name}, {m.name}); give at most one per stage")
                 self._pre = m
                 self._cls_layer = m.cls_probe(self.cfg)
-            elif m.stage == "in_llm":
+            elif isinstance(m, _IN_LLM):
                 if self._in_llm is not None or self._relevance is not None:
                     raise ValueError(f"two in-LLM methods ({m.name} and another); give at most one per stage")
-                if m.name == "todre-relevance":
+                if isinstance(m, AllOrNothingGate):
                     self._relevance = m
                     self._rel_layer = m.resolve_layer(num_layers)
                 else:
                     self._in_llm = m
-            elif m.stage == "decode":
+            elif isinstance(m, DecodePruning):
                 self._dyrate = m
             else:
                 raise ValueError(f"method {m.name!r} (stage {m.stage}) is not supported by this generator")
@@ -163,7 +202,7 @@ class AutoregressiveGenerator:
             return
         num_layers = self.cfg.text.num_hidden_layers
         for m in self.methods:  # in-LLM methods see the visual tokens stage 1 kept
-            m.validate(self._pre.keep if (self._pre is not None and m.stage == "in_llm") else n_v, num_layers)
+            m.validate(self._pre.keep if (self._pre is not None and isinstance(m, _IN_LLM)) else n_v, num_layers)
         if self._dyrate is not None:
             self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
         self._validated.add(n_v)
@@ -242,27 +281,27 @@ class AutoregressiveGenerator:
     def _dyrate_update(self, dy, probs, caches, weights):
         """One DyRate decision from one query row's attention at the probe layer, probs float32 [B, H, S]:
         features → rate index (monotone) → keep count → drop the least-attended kept visual tokens from every
-        layer's cache. Returns (caches, dy)."""
+        layer's cache. ``dy``: :class:`vtp_jax.pruning.dyrate.DyRateState`. Returns (caches, dy)."""
         w, bias = weights
-        feats = dyrate_lib.features(probs, dy["groups"])
-        k = dyrate_lib.choose_rate(feats @ w + bias, dy["rate"], self._dyrate.monotone)
-        target = dy["counts"][k]
-        scores = jnp.take_along_axis(probs.mean(axis=1), dy["slots"], axis=1)  # [B, N_v]
-        kept = dyrate_lib.drop_visual(scores, dy["kept"], target)
-        caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy["slots"], kept)) for c in caches]
-        return caches, {**dy, "rate": k, "kept": kept}
+        feats = dyrate_lib.features(probs, dy.groups)
+        k = dyrate_lib.choose_rate(feats @ w + bias, dy.rate, self._dyrate.monotone)
+        target = dy.counts[k]
+        scores = jnp.take_along_axis(probs.mean(axis=1), dy.slots, axis=1)  # [B, N_v]
+        kept = dyrate_lib.drop_visual(scores, dy.kept, target)
+        caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy.slots, kept)) for c in caches]
+        return caches, dy.replace(rate=k, kept=kept)
 
     def _dyrate_init(self, out, visual_mask, n_v, max_new_tokens, weights):
         """DyRate's loop state from the prefill (the last prompt row at the probe layer decides the first rate):
-        groups int32 [B, S], slots int32 [B, N_v], kept bool [B, N_v], rate int32 [B], counts int32 [K]."""
+        a :class:`vtp_jax.pruning.dyrate.DyRateState`. Returns (caches, dy)."""
         b = visual_mask.shape[0]
-        dy = {
-            "groups": dyrate_lib.slot_groups(out.state.key_valid, visual_mask, max_new_tokens),
-            "slots": visual_positions(visual_mask, n_v),
-            "kept": jnp.ones((b, n_v), bool),
-            "rate": jnp.zeros((b,), jnp.int32),
-            "counts": jnp.asarray(dyrate_lib.keep_counts(n_v, self._predictor.num_rates)),
-        }
+        dy = dyrate_lib.DyRateState(
+            groups=dyrate_lib.slot_groups(out.state.key_valid, visual_mask, max_new_tokens),
+            slots=visual_positions(visual_mask, n_v),
+            kept=jnp.ones((b, n_v), bool),
+            rate=jnp.zeros((b,), jnp.int32),
+            counts=jnp.asarray(dyrate_lib.keep_counts(n_v, self._predictor.num_rates)),
+        )
         probs = jnp.pad(out.probe_heads[:, :, 0], [(0, 0), (0, 0), (0, max_new_tokens)])  # over all cache slots
         return self._dyrate_update(dy, probs, out.caches, weights)
 
@@ -308,47 +347,42 @@ class AutoregressiveGenerator:
         return token, out.caches, next_pos.astype(jnp.int32), key
 
     def _decode(self, state, caches, token, next_pos, key, temperature, top_p, eos_ids, pad_id, dy=None,
-                dy_weights=None, *, max_new_tokens):
-        """The decode loop. With DyRate, ``dy`` (from prefill) is carried through the loop and the result has a
-        third element: {"kept": int32 [B, max_new_tokens] visual tokens in the cache per generated token,
-        "rate": int32 [B, max_new_tokens] rate index after it}."""
-        model = nnx.merge(self.graphdef, state)
+                dy_weights=None, *, max_new_tokens) -> DecodeResult:
+        """The decode loop → :class:`DecodeResult`. With DyRate, ``dy`` (the prefill's
+        :class:`vtp_jax.pruning.dyrate.DyRateState`) is carried through the loop and the result's ``kept_per_token``
+        / ``rate_per_token`` log it per generated token."""
         b = token.shape[0]
         out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
         done = jnp.isin(token, eos_ids)
         probe_layer = self._dy_layer if dy is not None else None
+        kept_log = rate_log = None
         if dy is not None:
-            n_v = dy["slots"].shape[1]
-            log = {"kept": jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(n_v),
-                   "rate": jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy["rate"])}
-        else:
-            log = {}
+            n_v = dy.slots.shape[1]
+            kept_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(n_v)
+            rate_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy.rate)
 
-        def cond(carry):
-            i, done = carry[0], carry[5]
-            return (i < max_new_tokens) & ~jnp.all(done)
+        def cond(c: _DecodeCarry):
+            return (c.i < max_new_tokens) & ~jnp.all(c.done)
 
-        def body(carry):
-            i, tok, pos, caches, key, done, out, dy, log = carry
+        def body(c: _DecodeCarry) -> _DecodeCarry:
+            i, dy, kept_log, rate_log = c.i, c.dy, c.kept_log, c.rate_log
             model = nnx.merge(self.graphdef, loop_invariant_weights(state, i))  # converts stay in the loop
-            h = model.language_model.embed_tokens(tok)[:, None, :]
+            h = model.language_model.embed_tokens(c.tok)[:, None, :]
             if dy is not None:
-                log = {**log, "kept": log["kept"].at[:, i].set(jnp.sum(dy["kept"], axis=1, dtype=jnp.int32))}
-            h, caches, probs = model.language_model.decode_step(h, pos[:, None], caches, probe_layer=probe_layer)
+                kept_log = kept_log.at[:, i].set(jnp.sum(dy.kept, axis=1, dtype=jnp.int32))
+            h, caches, probs = model.language_model.decode_step(h, c.pos[:, None], c.caches, probe_layer=probe_layer)
             if dy is not None:
                 caches, dy = self._dyrate_update(dy, probs, caches, dy_weights)
-                log = {**log, "rate": log["rate"].at[:, i].set(dy["rate"])}
-            key, sub = jax.random.split(key)
+                rate_log = rate_log.at[:, i].set(dy.rate)
+            key, sub = jax.random.split(c.key)
             nxt = sample_token(model.logits(h[:, 0]), sub, temperature, top_p)
-            nxt = jnp.where(done, pad_id, nxt)
-            out = out.at[:, i].set(nxt)
-            return i + 1, nxt, pos + 1, caches, key, done | jnp.isin(nxt, eos_ids), out, dy, log
+            nxt = jnp.where(c.done, pad_id, nxt)
+            return _DecodeCarry(i + 1, nxt, c.pos + 1, caches, key, c.done | jnp.isin(nxt, eos_ids),
+                                c.out.at[:, i].set(nxt), dy, kept_log, rate_log)
 
-        carry = (jnp.int32(1), token, next_pos, caches, key, done, out, dy, log)
-        i, _, _, caches, _, _, out, dy, log = jax.lax.while_loop(cond, body, carry)
-        if dy is not None:
-            return out, caches, log
-        return out, caches
+        carry = _DecodeCarry(jnp.int32(1), token, next_pos, caches, key, done, out, dy, kept_log, rate_log)
+        c = jax.lax.while_loop(cond, body, carry)
+        return DecodeResult(c.out, c.caches, c.kept_log, c.rate_log)
 
     # ---- host API ------------------------------------------------------------------------------------------
     def generate(
@@ -421,7 +455,7 @@ class AutoregressiveGenerator:
         t1 = time.perf_counter()
         kept = np.asarray(kept)
         for m in self.methods:
-            if m.stage == "pre_llm":
+            if isinstance(m, PreLLMSelection):
                 stages[m.name] = np.asarray(kept_pre)
             elif m is self._in_llm:
                 stages[m.name] = kept
@@ -431,14 +465,14 @@ class AutoregressiveGenerator:
             self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id),
             max_new_tokens=max_new_tokens, **dy_args,
         )
-        tokens = np.asarray(jax.block_until_ready(result[0]))
+        tokens = np.asarray(jax.block_until_ready(result.tokens))
         t2 = time.perf_counter()
         counts = [count_new_tokens(row, eos_token_ids) for row in tokens]
         out = GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=AUTOREGRESSIVE,
                                decode_s=t2 - t1, prefill_s=t1 - t0, stages=stages, stage2_dropped=dropped)
         if dy is not None:
-            out.kept_per_token = np.array(result[2]["kept"])
-            out.rate_per_token = np.array(result[2]["rate"])
+            out.kept_per_token = np.array(result.kept_per_token)
+            out.rate_per_token = np.array(result.rate_per_token)
             for b, n in enumerate(counts):  # rows that stopped early: nothing was generated after token n − 1
                 out.kept_per_token[b, n:] = 0
                 out.rate_per_token[b, n:] = 0

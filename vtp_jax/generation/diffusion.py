@@ -41,6 +41,7 @@ from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.pruning.core import compact, select_topk, visual_scores
+from vtp_jax.pruning.stages import AfterFirstStep, PreLLMSelection
 
 
 class DiffusionError(ValueError):
@@ -159,6 +160,17 @@ class _Prompt(NamedTuple):
     kept: jax.Array | None = None  # int32 [B, keep]: visual tokens left by pruning so far (None: all of them)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _DenoiseCarry:
+    """The denoising loop's carry: x_gen int32 [B, G] (response tokens, MASK where still masked), counts int32
+    [B, steps_per_block] (tokens to unmask per step of the current block), key (PRNG key)."""
+
+    x_gen: jax.Array
+    counts: jax.Array
+    key: jax.Array
+
+
 class DiffusionGenerator:
     """Jitted masked-diffusion sampling for a bidirectional VLM (LLaDA-V).
 
@@ -188,8 +200,8 @@ class DiffusionGenerator:
         self.cfg, self.method, self.methods = cfg, method, methods
         # The stages run in order on the prompt (its visual mask and kept indices), so chaining a pre-LLM and a
         # during-generation method needs only this constructor to accept both.
-        self._pre = next((m for m in methods if m.stage == "pre_llm"), None)
-        self._during = next((m for m in methods if m.stage == "during_generation"), None)
+        self._pre = next((m for m in methods if isinstance(m, PreLLMSelection)), None)
+        self._during = next((m for m in methods if isinstance(m, AfterFirstStep)), None)
         self._cls_layer = None if self._pre is None else self._pre.cls_probe(model.cfg)
         self.num_layers = model.cfg.text.num_hidden_layers
         self.image_token_id = model.cfg.image_token_id
@@ -291,17 +303,16 @@ class DiffusionGenerator:
         model = nnx.merge(self.graphdef, state)
         cfg = self.cfg
 
-        def body(step, carry):
-            x_gen, counts, key = carry
+        def body(step, c: _DenoiseCarry) -> _DenoiseCarry:
+            x_gen, counts, key = c.x_gen, c.counts, c.key
             model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
             j = step % cfg.steps_per_block
             counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
             logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
             key, sub = jax.random.split(key)
-            return unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature), counts, key
+            return _DenoiseCarry(unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature), counts, key)
 
-        x_gen, _, _ = jax.lax.fori_loop(1, cfg.steps, body, (x_gen, counts, key))
-        return x_gen
+        return jax.lax.fori_loop(1, cfg.steps, body, _DenoiseCarry(x_gen, counts, key)).x_gen
 
     # ---- host API ------------------------------------------------------------------------------------------
     def generate(

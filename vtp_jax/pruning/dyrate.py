@@ -116,6 +116,27 @@ def drop_visual(scores: jax.Array, kept: jax.Array, target: jax.Array) -> jax.Ar
     return kept & (rank < target[:, None])
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DyRateState:
+    """DyRate's loop state, carried from the prefill through the jitted decode loop (a pytree; every field an
+    array, so a rate change never recompiles).
+
+    Fields: groups int32 [B, S] (:func:`slot_groups` of the S cache slots), slots int32 [B, N_v] (cache slot of each
+    visual token), kept bool [B, N_v] (visual tokens still in the cache), rate int32 [B] (current rate index),
+    counts int32 [K] (:func:`keep_counts`)."""
+
+    groups: jax.Array
+    slots: jax.Array
+    kept: jax.Array
+    rate: jax.Array
+    counts: jax.Array
+
+    def replace(self, **changes) -> "DyRateState":
+        """A copy with the named fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclasses.dataclass(frozen=True)
 class RatePredictor:
     """The trained linear predictor. weight float32 [H · 4, K], bias float32 [K]; ``layer`` the probe layer it was
