@@ -93,22 +93,26 @@ class Collector:
         self.generator = AutoregressiveGenerator(model)
         self.graphdef, self.state = nnx.split(model)
         self.counts = dy.keep_counts(cfg.num_visual_tokens, num_rates)
-        self._pass = jax.jit(self._teacher_forced)
+        self._pass = jax.jit(self._teacher_forced, static_argnames=("image_static",))
 
-    def _teacher_forced(self, state, ids, key_valid, pixel_values):
-        """ids int32 [B, T + R] (prompt left-padded to T, response right-padded to R), key_valid bool [B, T + R].
+    def _teacher_forced(self, state, ids, key_valid, images, image_static=()):
+        """ids int32 [B, T + R] (prompt left-padded to T, response right-padded to R), key_valid bool [B, T + R];
+        images / image_static: the batch's image inputs split by
+        :func:`vtp_jax.generation.autoregressive.split_image_inputs` (LLaVA: pixel_values float32 [B, 3, H, W];
+        LLaVA-NeXT: the anyres dict). N_v is the length of the image features.
         Returns (features [B, R, H·4], cost [B, R, K]) — decision j at row T − 1 + j, its cost at row T + j."""
         import jax
         import jax.numpy as jnp
         from flax import nnx
 
+        from vtp_jax.generation.autoregressive import _image_kwargs
         from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 
         model = nnx.merge(self.graphdef, state)
         r = self.max_new_tokens
         b, total = ids.shape
         t = total - r
-        visual = model.image_features(pixel_values)
+        visual = model.image_features(**_image_kwargs(images, image_static))
         h, visual_mask = model.embed(ids, visual)
         positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
         seq = SequenceState(h, positions, key_valid)
@@ -118,7 +122,8 @@ class Collector:
         probs = full.probe_heads  # [B, H, R, T + R]
         groups = dy.slot_groups(key_valid[:, :t], visual_mask[:, :t], r)  # the cache layout: prompt slots, then R
         feats = jax.vmap(dy.features, in_axes=(2, None), out_axes=1)(probs, groups)  # [B, R, H·4]
-        n_v = self.cfg.num_visual_tokens
+        n_v = visual.shape[1]
+        counts = dy.keep_counts(n_v, self.num_rates)
         slots = visual_positions(visual_mask, n_v)  # [B, N_v]
         scores = jnp.take_along_axis(probs.mean(axis=1), slots[:, None, :], axis=2)  # [B, R, N_v]
         order = jnp.argsort(-scores, axis=2, stable=True)
@@ -126,7 +131,7 @@ class Collector:
         logp_full = jax.nn.log_softmax(model.logits(full.h[:, t:]), axis=-1)  # rows T … T + R − 1
         costs = []
         for k in range(self.num_rates):
-            kept = rank < self.counts[k]  # [B, R, N_v]: decision j's kept set, applied to row T + j
+            kept = rank < counts[k]  # [B, R, N_v]: decision j's kept set, applied to row T + j
             # key mask per row: row T + j (j < R) loses the visual keys decision j does not keep
             drop = jnp.zeros((b, total, total), bool)
             rows_t = jnp.arange(t, total)
@@ -141,6 +146,7 @@ class Collector:
         """Features and costs of every decision whose next response token exists."""
         from tqdm.auto import tqdm
 
+        from vtp_jax.generation.autoregressive import split_image_inputs
         from vtp_jax.runtime import eos_token_ids
 
         eos = eos_token_ids(self.cfg, self.processor)
@@ -150,7 +156,7 @@ class Collector:
         for s in tqdm(range(0, len(items), batch), desc="dyrate data", disable=not progress, leave=False):
             chunk = items[s:s + batch]
             enc = self.processor([im for im, _ in chunk], [q for _, q in chunk])
-            out = self.generator.generate(enc.input_ids, enc.attention_mask, enc.image_inputs["pixel_values"],
+            out = self.generator.generate(enc.input_ids, enc.attention_mask, enc.image_inputs,
                                           max_new_tokens=r, eos_token_ids=eos, pad_token_id=pad)
             resp = np.full((len(chunk), r), pad, np.int32)
             valid = np.zeros((len(chunk), r), bool)
@@ -159,7 +165,9 @@ class Collector:
                 valid[i, :n] = True
             ids = np.concatenate([enc.input_ids, resp], axis=1).astype(np.int32)
             key_valid = np.concatenate([enc.attention_mask.astype(bool), valid], axis=1)
-            f, c = self._pass(self.state, ids, key_valid, enc.image_inputs["pixel_values"])
+            images, image_static = split_image_inputs(enc.image_inputs)
+            static_kw = {"image_static": image_static} if image_static else {}  # LLaVA: the call as before
+            f, c = self._pass(self.state, ids, key_valid, images, **static_kw)
             f, c = np.asarray(f), np.asarray(c)
             for i in range(len(chunk)):
                 n = int(valid[i].sum())
