@@ -149,6 +149,13 @@ def roofline(config: dict, bandwidth_gb_s: float) -> dict:
     return out
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def _total_ram_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -299,7 +306,8 @@ def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) 
     log(f"memory read bandwidth: {bw['gb_per_s']:.1f} GB/s (numpy sum over {bw['bytes'] / 2**30:.2f} GiB on "
         f"{bw['threads']} threads, best of {len(bw['runs_gb_per_s'])}; one thread: {bw['single_thread_gb_per_s']:.1f})")
     report["machine"] = {"memory_bandwidth": bw, "cpu_count": os.cpu_count(), "total_ram_bytes": _total_ram_bytes(),
-                         "machine": platform.machine(), "python": platform.python_version()}
+                         "machine": platform.machine(), "python": platform.python_version(),
+                         "loadavg_start": _loadavg()}  # 1/5/15-minute load: other jobs on the CPUs skew timings
     report["roofline"] = roofline(config, bw["gb_per_s"])
 
     cache_dir = args.cache_dir or fs.default_cache_dir()
@@ -351,6 +359,7 @@ def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) 
                 f"child wall {proc['wall_s']:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report["machine"]["loadavg_end"] = _loadavg()
     report.update(merge(family, sides))
     report["torch_skipped"] = "--no-torch" if args.no_torch else (sides["torch"] or {}).get("failed")
     return report
@@ -427,6 +436,10 @@ def format_full_size(report: dict) -> str:
     p = r["params"]
     lines.append(f"parameters {p['total']:,} (decoder {p['decoder']:,}); {r['machine']['cpu_count']} CPUs, RAM "
                  f"{_gb(r['machine']['total_ram_bytes'])} GB")
+    la0, la1 = r["machine"].get("loadavg_start"), r["machine"].get("loadavg_end")
+    if la0 and la1:
+        lines.append(f"load average (1 min) {la0[0]:.2f} at the start, {la1[0]:.2f} at the end "
+                     f"({r['machine']['cpu_count']} CPUs; other jobs on them slow every row)")
     ck = r["checkpoint"]
     lines.append(f"checkpoint: {'cached' if ck['cached'] else 'written in %.1f s' % ck['write_s']}, "
                  f"{ck['bytes'] / gb:.2f} GB on disk")
