@@ -24,16 +24,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vtp_jax.config import LladaVConfig
-from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
-from vtp_jax.modeling.decoder import Decoder
-from vtp_jax.modeling.axes import EMBED, VOCAB, param
-from vtp_jax.modeling.layers import linear
-from vtp_jax.modeling.llava import VisionLanguageModel
-from vtp_jax.modeling.projector import Projector
-from vtp_jax.modeling.vision import VisionTower
+from vtp_jax.modeling.anyres import AnyresError, pack_features
+from vtp_jax.modeling.anyres_vlm import AnyresVisionLanguageModel
 
 
-class LladaV(VisionLanguageModel):
+class LladaV(AnyresVisionLanguageModel):
     """The LLaDA-V model. Parameter tree: ``vision_tower``, ``multi_modal_projector`` (``linear_1``, ``linear_2``),
     ``image_newline`` [D_text], ``language_model`` (bidirectional :class:`Decoder`), ``lm_head`` (kernel [D, V]).
     Logical axes: ``image_newline`` (embed,), ``lm_head`` (embed, vocab); the rest as in its modules."""
@@ -41,30 +36,7 @@ class LladaV(VisionLanguageModel):
     def __init__(self, cfg: LladaVConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.text.causal:
             raise ValueError("LLaDA-V needs a bidirectional text config (TextConfig(causal=False))")
-        self.cfg = cfg
-        self.vision_tower = VisionTower(cfg.vision, dtype=dtype, rngs=rngs)
-        d_in = cfg.vision.hidden_size * len(cfg.vision_feature_layer)
-        d = cfg.text.hidden_size
-        self.multi_modal_projector = Projector(
-            d_in, d, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
-        )
-        self.image_newline = param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5, (EMBED,))
-        self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs, axes=(EMBED, VOCAB))
-
-    # ---- host-side layout ---------------------------------------------------------------------------------------
-    def layout(self, image_size: Sequence[int], grid: Sequence[int] | None = None) -> AnyresLayout:
-        """The static packing layout for an image of (height, width) ``image_size``; checks ``grid`` if given."""
-        layout = layout_for_config(self.cfg, tuple(int(v) for v in image_size))
-        if grid is not None and tuple(int(g) for g in grid) != layout.grid:
-            raise AnyresError(
-                f"grid {tuple(grid)} does not match image size {tuple(image_size)} (expected {layout.grid})"
-            )
-        return layout
-
-    def num_visual_tokens(self, image_size: Sequence[int]) -> int:
-        """N_v for an image of (height, width) ``image_size``."""
-        return self.layout(image_size).num_tokens
+        super().__init__(cfg, dtype=dtype, rngs=rngs)
 
     # ---- forward pieces ----------------------------------------------------------------------------------------
     def tile_features(self, pixel_values: jax.Array) -> jax.Array:

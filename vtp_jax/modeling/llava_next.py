@@ -26,16 +26,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, layout_for_config, pack_features
-from vtp_jax.modeling.decoder import Decoder
-from vtp_jax.modeling.axes import EMBED, VOCAB, param
-from vtp_jax.modeling.layers import linear
-from vtp_jax.modeling.llava import VisionLanguageModel
-from vtp_jax.modeling.projector import Projector
-from vtp_jax.modeling.vision import VisionTower
+from vtp_jax.modeling.anyres import AnyresError, AnyresLayout, pack_features
+from vtp_jax.modeling.anyres_vlm import AnyresVisionLanguageModel
 
 
-class LlavaNext(VisionLanguageModel):
+class LlavaNext(AnyresVisionLanguageModel):
     """The LLaVA-NeXT model (``cfg``: :class:`vtp_jax.families.llava_next.config.LlavaNextConfig`).
 
     Parameter tree: ``vision_tower`` (CLIP), ``multi_modal_projector`` (``linear_1``, ``linear_2``),
@@ -49,31 +44,7 @@ class LlavaNext(VisionLanguageModel):
             raise ValueError("LLaVA-NeXT needs a causal text config")
         if cfg.vision.kind != "clip":
             raise ValueError(f"LLaVA-NeXT needs a CLIP vision tower, got {cfg.vision.kind!r}")
-        self.cfg = cfg
-        self.vision_tower = VisionTower(cfg.vision, dtype=dtype, rngs=rngs)
-        d_in = cfg.vision.hidden_size * len(cfg.vision_feature_layer)
-        d = cfg.text.hidden_size
-        self.multi_modal_projector = Projector(
-            d_in, d, act=cfg.projector_hidden_act, bias=cfg.projector_bias, dtype=dtype, rngs=rngs
-        )
-        self.image_newline = param(jax.random.normal(rngs.params(), (d,), dtype) * d**-0.5, (EMBED,))
-        self.language_model = Decoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.lm_head = linear(d, cfg.text.vocab_size, bias=False, dtype=dtype, rngs=rngs, axes=(EMBED, VOCAB))
-
-    # ---- host-side layout ---------------------------------------------------------------------------------------
-    def layout(self, image_size: Sequence[int], grid: Sequence[int] | None = None) -> AnyresLayout:
-        """The static packing layout of an image of (height, width) ``image_size`` (Python ints); checks ``grid``
-        (rows, cols) if given. Raises AnyresError for a bad size or a grid that does not match it."""
-        layout = layout_for_config(self.cfg, tuple(int(v) for v in image_size))
-        if grid is not None and tuple(int(g) for g in grid) != layout.grid:
-            raise AnyresError(
-                f"grid {tuple(grid)} does not match image size {tuple(image_size)} (expected {layout.grid})"
-            )
-        return layout
-
-    def num_visual_tokens(self, image_size: Sequence[int]) -> int:
-        """N_v of an image of (height, width) ``image_size`` (what ``LlavaNextProcessor`` expands ``<image>`` to)."""
-        return self.layout(image_size).num_tokens
+        super().__init__(cfg, dtype=dtype, rngs=rngs)
 
     def _tiles(self, pixel_values: jax.Array, layout: AnyresLayout, image_size) -> jax.Array:
         """pixel_values [B, n ≥ num_tiles, 3, S, S] → the layout's tiles flattened to [B · num_tiles, 3, S, S]."""
