@@ -51,16 +51,10 @@ def random_hf_llava(config, seed: int = 0):
     import torch
     import transformers
 
+    from vtp_jax.testbed.hf_llava import widen_weights
+
     torch.manual_seed(seed)
-    model = transformers.LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm = p.ndim == 1 and any(s in name for s in ("norm", "layrnorm"))
-            if is_norm and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.1)
-    return model
+    return widen_weights(transformers.LlavaForConditionalGeneration(config).eval())
 
 
 HUB_PREFIXES = (  # transformers-5 in-memory name prefix → llava-hf hub prefix

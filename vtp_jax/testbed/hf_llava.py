@@ -429,3 +429,20 @@ def build_tiny_llava(out_dir: str | os.PathLike, **config_kwargs) -> str:
     """
     write_random_llava(out_dir, tiny_llava_config(**config_kwargs))
     return os.fspath(out_dir)
+
+
+def widen_weights(model):
+    """Re-draws a torch model's parameters in place for parity tests from torch's global generator (seed it before
+    building the model): norm scales 1 + N(0, 0.1²), every other tensor (weights, biases, embeddings) N(0, 0.1²).
+    transformers' initialiser (std 0.02, zero biases, unit norms) makes activations so small that parity would be
+    met trivially. Returns ``model``. Needs torch."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm = p.ndim == 1 and any(s in name for s in ("norm", "layrnorm"))
+            if is_norm and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.1)
+    return model

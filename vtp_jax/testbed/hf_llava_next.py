@@ -29,7 +29,7 @@ import os
 import transformers
 
 from vtp_jax.testbed.hf_llava import (
-    BOS_ID, EOS_ID, IMAGE_TOKEN, IMAGE_TOKEN_ID, LLAVA_CHAT_TEMPLATE, PAD_ID, _shards, train_tokenizer,
+    BOS_ID, EOS_ID, IMAGE_TOKEN, IMAGE_TOKEN_ID, LLAVA_CHAT_TEMPLATE, PAD_ID, _shards, train_tokenizer, widen_weights,
 )
 
 # Odd sizes on purpose: head_dim 10, GQA 4 → 2, an MLP width that is no power of two, 3 pinpoint shapes.
@@ -96,15 +96,7 @@ def random_llava_next(config: transformers.LlavaNextConfig, seed: int = 0):
     import torch
 
     torch.manual_seed(seed)
-    model = transformers.LlavaNextForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm = p.ndim == 1 and any(s in name for s in ("norm", "layrnorm"))
-            if is_norm and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.1)
-    return model
+    return widen_weights(transformers.LlavaNextForConditionalGeneration(config).eval())
 
 
 def save_processor(out_dir: str | os.PathLike, config: transformers.LlavaNextConfig, tokenizer=None) -> None:
