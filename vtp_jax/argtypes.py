@@ -53,39 +53,35 @@ def _check_range(value, lo, hi, lo_open: bool, hi_open: bool) -> str | None:
     return None
 
 
-def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number in ``[lo, hi]`` (either bound may be None)."""
+def _number_type(convert: Callable[[str], float], noun: str, name: str, lo, hi, lo_open: bool,
+                 hi_open: bool) -> Callable[[str], float]:
+    """The argparse type both :func:`integer` and :func:`real` are: ``convert`` the text (ValueError → "is not
+    ``noun``"), then :func:`_check_range`. ``name`` becomes the callable's ``__name__`` (argparse and
+    :func:`check_value` read it)."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text.strip())
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        why = _check_range(value, lo, hi, False, False)
-        if why:
-            raise argparse.ArgumentTypeError(why)
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def real(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-         hi_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite float in the range (closed bounds unless ``lo_open`` / ``hi_open``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
         why = _check_range(value, lo, hi, lo_open, hi_open)
         if why:
             raise argparse.ArgumentTypeError(why)
         return value
 
-    parse.__name__ = "number"
+    parse.__name__ = name
     return parse
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[lo, hi]`` (either bound may be None)."""
+    return _number_type(lambda text: int(text.strip()), "a whole number", "integer", lo, hi, False, False)
+
+
+def real(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+         hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in the range (closed bounds unless ``lo_open`` / ``hi_open``)."""
+    return _number_type(float, "a number", "number", lo, hi, lo_open, hi_open)
 
 
 SEED = integer(0, SEED_MAX)
