@@ -141,3 +141,16 @@ def llava_inputs(cfg, *, batch: int = 2, text_len: int = 12, seed: int = 0):
     size = cfg.vision.image_size
     pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     return np.stack(rows).astype(np.int64), pixels
+
+
+PAD = 3  # pad token id of :func:`left_pad`
+
+
+def left_pad(rows: np.ndarray, lengths: list[int], bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-aligns rows[b, :lengths[b]] in a [B, bucket] array (pad id PAD) and returns (ids, mask)."""
+    ids = np.full((len(lengths), bucket), PAD, np.int64)
+    mask = np.zeros((len(lengths), bucket), np.int64)
+    for b, n in enumerate(lengths):
+        ids[b, bucket - n:] = rows[b, :n]
+        mask[b, bucket - n:] = 1
+    return ids, mask

@@ -6,23 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import llava_inputs
+from tests.conftest import PAD, left_pad, llava_inputs
 from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 from vtp_jax.generation.sampling import top_p_filter
 from vtp_jax.pruning.fastv import FastV
 
 NEW = 16
-PAD = 3
-
-
-def left_pad(rows: np.ndarray, lengths: list[int], bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-aligns rows[b, :lengths[b]] in a [B, bucket] array (pad id PAD) and returns (ids, mask)."""
-    ids = np.full((len(lengths), bucket), PAD, np.int64)
-    mask = np.zeros((len(lengths), bucket), np.int64)
-    for b, n in enumerate(lengths):
-        ids[b, bucket - n:] = rows[b, :n]
-        mask[b, bucket - n:] = 1
-    return ids, mask
 
 
 def hf_greedy(hf_model, ids, mask, pixels, new=NEW) -> np.ndarray:

@@ -17,7 +17,6 @@ newline (with and without the anyres_max downsample), and full logits (MHA and G
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import types
@@ -29,140 +28,48 @@ import pytest
 from flax import nnx
 
 from vtp_jax.families.llada_v.names import canonical_llada_name, is_ignored_llada_name
-from vtp_jax.config import ConfigError, config_from_hf, llada_v_config_from_hf
+from vtp_jax.config import ConfigError, config_from_hf
 from vtp_jax.modeling.anyres import AnyresError, pack_features
-from vtp_jax.modeling.llada_v import LladaV
 from vtp_jax.testbed import hf_llada_v
 
 torch = pytest.importorskip("torch")
 import transformers  # noqa: E402
 
-from vtp_jax.testbed.torch_llada_v import Reference  # noqa: E402
+from tests.llada_v_case import (  # noqa: E402
+    SIZES, abstract_model, llada_inputs, llada_names, load_into, make_case, make_image_processor, processed_pixels,
+    random_images,
+)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 ATOL = 1e-4
-SIZES = dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=4, vision_mlp=64,
-             text_hidden=64, text_layers=2, text_heads=4, text_mlp=128, vocab_size=320, max_grid=2)
 # (height, width) → grid with 32-px tiles: 1×2, 2×1, 1×1, 2×2 (rows unpadded), 2×2 (columns unpadded)
 IMAGE_SIZES = {(30, 64): (1, 2), (64, 30): (2, 1), (20, 31): (1, 1), (50, 90): (2, 2), (90, 70): (2, 2)}
 MAX_TILES = 5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# reference: vtp_jax.testbed.torch_llada_v.Reference (see the module docstring above)
-
-
-def abstract_model(cfg) -> LladaV:
-    """A LladaV whose parameters are shape placeholders (no eager init: that costs seconds of per-op compiles on
-    CPU); :func:`load_into` then fills every parameter."""
-    return nnx.eval_shape(lambda: LladaV(cfg, rngs=nnx.Rngs(0)))
-
-
-def load_into(model: LladaV, tensors: dict[str, np.ndarray]) -> None:
-    """Converts named torch tensors with ``canonical_llada_name`` and writes them into ``model`` (all or error)."""
-    state = nnx.state(model, nnx.Param)
-    flat = dict(nnx.to_flat_state(state))
-    new, seen = [], set()
-    for name, arr in tensors.items():
-        target = canonical_llada_name(name)
-        if target is None:
-            assert is_ignored_llada_name(name), f"unmapped tensor {name}"
-            continue
-        path = target.state_path()
-        assert path in flat, (name, path)
-        assert path not in seen, f"duplicate {path}"
-        if target.transform == "linear":
-            arr = arr.T
-        elif target.transform == "conv":
-            arr = np.transpose(arr, (2, 3, 1, 0))
-        var = flat[path]
-        assert arr.shape == tuple(var.shape), (name, arr.shape, var.shape)
-        new.append((path, var.replace(jnp.asarray(arr, var.dtype))))
-        seen.add(path)
-    assert seen == set(flat), f"missing: {sorted(set(flat) - seen)}"
-    nnx.update(model, nnx.from_flat_state(new))
-
-
-def llada_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Renames the LLM part to plain LLaDA-8B names (model.transformer.*)."""
-    import re
-
-    table = [
-        (r"model\.embed_tokens\.weight", "model.transformer.wte.weight"),
-        (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"model.transformer.blocks.\1.attn_norm.weight"),
-        (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"model.transformer.blocks.\1.ff_norm.weight"),
-        (r"model\.layers\.(\d+)\.self_attn\.([qkv]_proj)\.weight", r"model.transformer.blocks.\1.\2.weight"),
-        (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"model.transformer.blocks.\1.attn_out.weight"),
-        (r"model\.layers\.(\d+)\.mlp\.gate_proj\.weight", r"model.transformer.blocks.\1.ff_proj.weight"),
-        (r"model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"model.transformer.blocks.\1.up_proj.weight"),
-        (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"model.transformer.blocks.\1.ff_out.weight"),
-        (r"model\.norm\.weight", "model.transformer.ln_f.weight"),
-        (r"lm_head\.weight", "model.transformer.ff_out.weight"),
-    ]
-    out = {}
-    for k, v in state.items():
-        for pat, rep in table:
-            if re.fullmatch(pat, k):
-                k = re.sub(pat, rep, k)
-                break
-        out[k] = v
-    return out
+# reference: vtp_jax.testbed.torch_llada_v.Reference (see the module docstring above); the test case, model loading
+# and inputs: tests/llada_v_case.py
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # fixtures
 
 
-@dataclasses.dataclass
-class Case:
-    ref: Reference
-    config: dict
-    models: dict  # max_num_patches -> LladaV
-
-
-def _make_case(kv_heads: int) -> Case:
-    config = hf_llada_v.tiny_llada_v_config(**SIZES, text_kv_heads=kv_heads)
-    ref = Reference(config)
-    state = ref.llada_v_state()
-    models = {}
-    for n in (1, 4):  # anyres_max_1 downsamples 2×2 grids; anyres_max_4 never does here
-        cfg = llada_v_config_from_hf({**config, "image_aspect_ratio": f"anyres_max_{n}"})
-        model = abstract_model(cfg)
-        load_into(model, state)
-        models[n] = model
-    return Case(ref, config, models)
-
-
 @pytest.fixture(scope="module")
 def mha():
-    return _make_case(4)
+    return make_case(4)
 
 
 @pytest.fixture(scope="module")
 def gqa():
-    return _make_case(2)
+    return make_case(2)
 
 
 @pytest.fixture(scope="module")
 def image_processor():
-    s = SIZES["image_size"]
-    return transformers.LlavaOnevisionImageProcessorPil(
-        size={"height": s, "width": s}, image_grid_pinpoints=hf_llada_v.grid_pinpoints(SIZES["max_grid"], s),
-        image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
-def _images(size, n, seed):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)) for _ in range(n)]
-
-
-def _pixels(image_processor, size, n=2, seed=0):
-    out = image_processor(_images(size, n, seed), return_tensors="np")
-    assert [tuple(s) for s in out["image_sizes"]] == [size] * n  # (height, width)
-    return out["pixel_values"].astype(np.float32)
+    return make_image_processor()
 
 
 def _max_err(ours, ref) -> float:
@@ -177,7 +84,7 @@ def _max_err(ours, ref) -> float:
 
 
 def test_vision_features_are_hidden_state_minus_two(mha, image_processor):
-    pix = _pixels(image_processor, (64, 64), n=1)[0]  # 5 tiles
+    pix = processed_pixels(image_processor, (64, 64), n=1)[0]  # 5 tiles
     with torch.no_grad():
         ref = mha.ref.siglip(torch.from_numpy(pix), output_hidden_states=True).hidden_states[-2]
     model = mha.models[4]
@@ -207,7 +114,7 @@ def test_packed_features(mha, image_processor, jitted, max_num_patches):
     model = mha.models[max_num_patches]
     downsampled = False
     for size in IMAGE_SIZES:
-        pix = _pixels(image_processor, size)
+        pix = processed_pixels(image_processor, size)
         with torch.no_grad():
             ref = mha.ref.image_features(torch.from_numpy(pix), [size, size], max_num_patches)
         layout = model.layout(size)
@@ -226,7 +133,7 @@ def test_packed_features(mha, image_processor, jitted, max_num_patches):
 def test_image_features_api(mha, image_processor):
     """``image_features`` on the processor's padded output (rows of one batch share the grid)."""
     model, size = mha.models[1], (50, 90)
-    pix = _pixels(image_processor, size)
+    pix = processed_pixels(image_processor, size)
     with torch.no_grad():
         ref = mha.ref.image_features(torch.from_numpy(pix), [size, size], 1)
     padded = np.concatenate([pix, np.zeros((2, 2) + pix.shape[2:], np.float32)], axis=1)
@@ -240,29 +147,12 @@ def test_image_features_api(mha, image_processor):
         model.image_features(jnp.asarray(pix[:, :3]), image_size=size)
 
 
-def _inputs(model, size, *, text_len=10, seed=0, pad_first=3):
-    """Two rows: random text with one run of N_v image placeholders; row 0 left-padded by ``pad_first``."""
-    rng = np.random.default_rng(seed)
-    n_v = model.num_visual_tokens(size)
-    rows = []
-    for b in range(2):
-        ids = rng.integers(hf_llada_v.IMAGE_TOKEN_ID + 1, SIZES["vocab_size"], size=text_len)
-        at = 2 + 3 * b
-        rows.append(np.concatenate([ids[:at], np.full(n_v, hf_llada_v.IMAGE_TOKEN_ID), ids[at:]]))
-    ids = np.stack(rows).astype(np.int64)
-    mask = np.ones_like(ids)
-    ids = np.concatenate([np.full((2, pad_first), hf_llada_v.EOS_ID), ids], axis=1)
-    mask = np.concatenate([np.zeros((2, pad_first), np.int64), mask], axis=1)
-    mask[1, :pad_first] = 1  # row 1 is not padded: its first tokens are real EOS tokens
-    return ids, mask
-
-
 @pytest.mark.parametrize("which,max_num_patches,size", [("mha", 1, (90, 70)), ("gqa", 4, (64, 30))])
 def test_logits(request, image_processor, jitted, which, max_num_patches, size):
     case = request.getfixturevalue(which)
     model = case.models[max_num_patches]
-    pix = _pixels(image_processor, size, seed=1)
-    ids, mask = _inputs(model, size)
+    pix = processed_pixels(image_processor, size, seed=1)
+    ids, mask = llada_inputs(model, size)
     with torch.no_grad():
         visual = case.ref.image_features(torch.from_numpy(pix), [size, size], max_num_patches)
         ref = case.ref.logits(ids, mask, visual)
@@ -275,8 +165,8 @@ def test_bidirectional_attention(mha, image_processor, jitted):
     """Changing the last token changes the logits of every earlier position — in the reference and in ours — while
     the causal control (transformers' default mask) leaves them untouched (so the check can fail)."""
     size, model = (50, 90), mha.models[4]
-    pix = _pixels(image_processor, size, seed=2)
-    ids, mask = _inputs(model, size, pad_first=0)
+    pix = processed_pixels(image_processor, size, seed=2)
+    ids, mask = llada_inputs(model, size, pad_first=0)
     ids2 = ids.copy()
     ids2[:, -1] = np.where(ids[:, -1] == 100, 101, 100)
     with torch.no_grad():
@@ -385,7 +275,7 @@ def test_testbed_checkpoint_loads_and_runs(tmp_path, jitted, names):
     assert prompt.startswith("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n<image>\n")
     assert prompt.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     size = (40, 100)
-    px = image_processor(_images(size, 1, 5), return_tensors="np")
+    px = image_processor(random_images(size, 1, 5), return_tensors="np")
     n_v = model.num_visual_tokens(size)
     head, tail = prompt.split("<image>")
     ids = tok(head, add_special_tokens=False)["input_ids"] + [cfg.image_token_id] * n_v + \

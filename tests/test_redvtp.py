@@ -1,5 +1,5 @@
 """RedVTP kept indices against a reference computed from the full eager attention maps of the PyTorch LLaDA-V
-stand-in (tests/test_llada_v_parity.py's ``Reference``), and pruned sampling against an unpruned-shape reference."""
+stand-in (vtp_jax.testbed.torch_llada_v's ``Reference``), and pruned sampling against an unpruned-shape reference."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_llada_v_parity import _inputs, _make_case, _pixels
-from tests.test_llada_v_parity import image_processor  # noqa: F401  (fixture)
+from tests.llada_v_case import llada_inputs, make_case, make_image_processor, processed_pixels
 from vtp_jax.generation.diffusion import DiffusionConfig, DiffusionGenerator
 from vtp_jax.pruning.core import PruningError
 from vtp_jax.pruning.redvtp import RedVTP
@@ -20,8 +19,13 @@ GEN, STEPS = 8, 4
 
 
 @pytest.fixture(scope="module")
+def image_processor():
+    return make_image_processor()
+
+
+@pytest.fixture(scope="module")
 def case():
-    return _make_case(2)  # GQA
+    return make_case(2)  # GQA
 
 
 def reference_scores(ref, ids, mask, visual, mask_id: int, counts0: int) -> np.ndarray:
@@ -53,10 +57,10 @@ def reference_scores(ref, ids, mask, visual, mask_id: int, counts0: int) -> np.n
 
 
 @pytest.mark.parametrize("keep", [1, 9, 20])
-def test_kept_indices_match_full_attention_reference(case, image_processor, keep):  # noqa: F811
+def test_kept_indices_match_full_attention_reference(case, image_processor, keep):
     model = case.models[4]
-    pix = _pixels(image_processor, SIZE, seed=2)
-    ids, mask = _inputs(model, SIZE, seed=4)
+    pix = processed_pixels(image_processor, SIZE, seed=2)
+    ids, mask = llada_inputs(model, SIZE, seed=4)
     n_v = model.num_visual_tokens(SIZE)
     cfg = DiffusionConfig(gen_length=GEN, block_length=GEN, steps=STEPS, mask_id=case.config["mask_token_id"])
     gen = DiffusionGenerator(model, cfg, RedVTP(keep=keep))
@@ -72,10 +76,10 @@ def test_kept_indices_match_full_attention_reference(case, image_processor, keep
     assert out.kept.shape == (2, keep)
 
 
-def test_pruned_sampling_shortens_the_sequence_and_keep_all_changes_nothing(case, image_processor):  # noqa: F811
+def test_pruned_sampling_shortens_the_sequence_and_keep_all_changes_nothing(case, image_processor):
     model = case.models[4]
-    pix = _pixels(image_processor, SIZE, seed=3)
-    ids, mask = _inputs(model, SIZE, seed=5)
+    pix = processed_pixels(image_processor, SIZE, seed=3)
+    ids, mask = llada_inputs(model, SIZE, seed=5)
     n_v = model.num_visual_tokens(SIZE)
     cfg = DiffusionConfig(gen_length=GEN, block_length=GEN // 2, steps=STEPS, mask_id=case.config["mask_token_id"])
     inputs = {"pixel_values": pix, "image_size": SIZE}
@@ -97,7 +101,7 @@ def test_pruned_sampling_shortens_the_sequence_and_keep_all_changes_nothing(case
     assert gen.compiled_counts() == {"encode": 1, "first_step": 1, "denoise": 1}
 
 
-def test_keep_out_of_range(case, image_processor):  # noqa: F811
+def test_keep_out_of_range(case, image_processor):
     model = case.models[4]
     with pytest.raises(PruningError, match="keep must be between 1"):
         RedVTP(keep=0).validate(model.num_visual_tokens(SIZE), 2)
@@ -105,12 +109,12 @@ def test_keep_out_of_range(case, image_processor):  # noqa: F811
         RedVTP(keep=10_000).validate(model.num_visual_tokens(SIZE), 2)
 
 
-def test_llada_fastv_scores_one_middle_layer(case, image_processor):  # noqa: F811
+def test_llada_fastv_scores_one_middle_layer(case, image_processor):
     from vtp_jax.pruning import make_method
 
     model = case.models[4]
-    pix = _pixels(image_processor, SIZE, seed=2)
-    ids, mask = _inputs(model, SIZE, seed=4)
+    pix = processed_pixels(image_processor, SIZE, seed=2)
+    ids, mask = llada_inputs(model, SIZE, seed=4)
     cfg = DiffusionConfig(gen_length=GEN, block_length=GEN, steps=STEPS, mask_id=case.config["mask_token_id"])
     method = make_method("llada-fastv", keep=9, layer=2)
     assert method.probe_layers(2) == (1,) and make_method("llada-fastv", keep=3).probe_layers(8) == (3,)

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import llava_inputs
-from tests.test_generation import PAD, left_pad
+from tests.conftest import PAD, left_pad, llava_inputs
 from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 from vtp_jax.pruning import METHODS, PruningError
 from vtp_jax.pruning.todre import ToDRE
