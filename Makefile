@@ -25,8 +25,9 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(PY) -m vtp_jax.demo --out $(DEMO_DIR)
 
+# Test files run in parallel, one whole file per worker (module fixtures are built once), at most 4 workers.
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: install-test
 	$(VENV)/bin/vtp-bench

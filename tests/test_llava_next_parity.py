@@ -12,8 +12,8 @@ images of different aspect ratios (40×90: a 1×3 grid; 100×50: a 2×1 grid), e
   random, DyRate with a hand-set — not trained — rate predictor);
 * the transformers-5 ``save_pretrained`` and in-memory name schemes convert to the same parameters.
 
-Not covered: a batch of two images of different layouts (variable visual-token counts in one batch, issue 18 item
-4) — the processor refuses it, checked below.
+* a batch of the two images (different layouts, different N_v): greedy tokens equal transformers' batched
+  ``generate``, and for every method each row equals its own single run (tokens, kept indices, DyRate's log).
 """
 
 from __future__ import annotations
@@ -214,13 +214,90 @@ def _params(model):
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def test_images_of_two_layouts_in_one_batch_are_refused(ckpt):
-    """Variable visual-token counts in one batch are issue 18 item 4 (not done): the processor says so."""
-    from vtp_jax.processing import InputError
+def _mixed(ckpt):
+    return ckpt.processor([ckpt.images["wide"], ckpt.images["tall"]], [PROMPT, PROMPT])
 
-    with pytest.raises(InputError, match="share one anyres layout"):
-        ckpt.processor([ckpt.images["wide"], ckpt.images["tall"]], [PROMPT, PROMPT])
-    assert os.path.isdir(ckpt.out)
+
+def test_batch_of_two_layouts_greedy_equals_transformers(ckpt):
+    """Two images of different aspect ratios (different grids and N_v) in one batch: padded visual spans
+    (:mod:`vtp_jax.generation.visual_spans`) against transformers' own batched ``generate``."""
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+
+    b = _mixed(ckpt)
+    counts = [ckpt.batches[n].num_visual_tokens for n in ("wide", "tall")]
+    assert counts[0] != counts[1] and b.num_visual_tokens == max(counts)
+    assert b.image_inputs["image_size"] == (IMAGES["wide"], IMAGES["tall"])
+    pad = ckpt.processor.pad_token_id
+    gen = AutoregressiveGenerator(ckpt.model)
+    ours = gen.generate(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=NEW, pad_token_id=pad)
+    with torch.no_grad():
+        ref = ckpt.hf.generate(
+            input_ids=torch.from_numpy(b.input_ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(b.attention_mask.astype(np.int64)),
+            pixel_values=torch.from_numpy(b.image_inputs["pixel_values"]),
+            image_sizes=torch.tensor(b.image_inputs["image_size"]), max_new_tokens=NEW, min_new_tokens=NEW,
+            do_sample=False, pad_token_id=pad)[:, b.input_ids.shape[1]:].numpy()
+    np.testing.assert_array_equal(ours.tokens, ref)
+    assert all(len(set(r.tolist())) > 1 for r in ref), "degenerate reference output"
+    for row, n_v in enumerate(counts):  # unpruned: each row's own visual tokens, then −1
+        np.testing.assert_array_equal(ours.kept[row][: n_v], np.arange(n_v))
+        assert np.all(ours.kept[row][n_v:] == -1)
+    # another batch of the same two layouts reuses the compiled programs
+    gen.generate(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=NEW, pad_token_id=pad, seed=1)
+    assert gen.compiled_counts() == {"prefill": 1, "decode": 1}
+
+
+MIXED_SPECS = {  # every LLaVA method with its default keep ratio (each row keeps its share of its own N_v)
+    "fastv": {}, "todre": {}, "divprune": {}, "random": {}, "todre+fastv": {}, "dyrate": {},
+    "todre+dyrate": {}, "todre+todre-relevance": {"tau": None},  # tau set below: exactly one row fires
+}
+
+
+@pytest.mark.parametrize("spec", list(MIXED_SPECS))
+def test_batch_of_two_layouts_equals_the_single_runs(ckpt, spec):
+    """Tokens, kept indices of every stage and DyRate's per-token log of each row equal its own single run
+    (random: row b of an unpadded batch of that image, since its draw depends on the row)."""
+    from vtp_jax import runtime
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+
+    options = dict(MIXED_SPECS[spec])
+    if "dyrate" in spec:
+        options["predictor"] = _predictor(ckpt.root / "dyrate_mixed.safetensors", ckpt.cfg.text.num_attention_heads)
+    layers = ckpt.cfg.text.num_hidden_layers
+    mixed = _mixed(ckpt)
+    if "tau" in options:  # ToDRE stage 2: a threshold between the two rows' ratios, so the batch is mixed
+        probe = AutoregressiveGenerator(ckpt.model, runtime.build_methods(spec, "llava_next", mixed.num_visual_tokens,
+                                                                          layers, tau=1.0))
+        st = probe.generate(mixed.input_ids, mixed.attention_mask, mixed.image_inputs, max_new_tokens=1,
+                            pad_token_id=0).stages["todre-relevance"]
+        worst = np.maximum(st["alpha_t2v"], st["alpha_v2t"])
+        options["tau"] = float(worst.mean())
+        assert worst[0] != worst[1]
+
+    def run(batch, rows=None):
+        gen = AutoregressiveGenerator(ckpt.model, runtime.build_methods(spec, "llava_next", batch.num_visual_tokens,
+                                                                        layers, **options))
+        return gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs, max_new_tokens=NEW,
+                            pad_token_id=0)
+
+    out = run(mixed)
+    if "tau" in options:
+        assert out.stage2_dropped.tolist() in ([True, False], [False, True])
+    for row, name in enumerate(("wide", "tall")):
+        if spec == "random":
+            alone, r = run(ckpt.processor([ckpt.images[name]] * 2, [PROMPT] * 2)), row
+        else:
+            alone, r = run(ckpt.batches[name]), 0
+        np.testing.assert_array_equal(out.tokens[row], alone.tokens[r], err_msg=f"{spec} {name}")
+        np.testing.assert_array_equal(out.kept[row][out.kept[row] >= 0], alone.kept[r], err_msg=f"{spec} {name}")
+        for stage, value in out.stages.items():
+            if isinstance(value, np.ndarray):  # a stage's kept indices
+                np.testing.assert_array_equal(value[row][value[row] >= 0], alone.stages[stage][r], err_msg=stage)
+        if "dyrate" in spec:
+            np.testing.assert_array_equal(out.kept_per_token[row], alone.kept_per_token[r])
+            np.testing.assert_array_equal(out.rate_per_token[row], alone.rate_per_token[r])
+    if "dyrate" in spec:
+        assert len(set(out.rate_per_token[0].tolist())) > 1  # the rate really changes during the run
 
 
 def test_every_parameter_has_logical_axes(ckpt):

@@ -195,9 +195,10 @@ class Batch:
     input_ids int32 [B, T] left-padded to a bucket; attention_mask int32 [B, T] (1 = real token);
     pixel_values float32: LLaVA [B, 3, H, W], LLaDA-V [B, n_tiles, 3, S, S];
     prompt_ids: each row's unpadded ids (image placeholders expanded);
-    image_inputs: keyword arguments for the family's generator (LLaVA: {"pixel_values"}; LLaDA-V: {"pixel_values",
-    "image_size": (height, width), "grid": (rows, cols)} — the last two static Python ints);
-    num_visual_tokens: N_v, the placeholders each row holds.
+    image_inputs: keyword arguments for the family's generator (LLaVA: {"pixel_values"}; LLaDA-V, LLaVA-NeXT:
+    {"pixel_values", "image_size": (height, width), "grid": (rows, cols)} — static Python ints, one pair per row when
+    the rows' images have different layouts: :func:`anyres_image_inputs`);
+    num_visual_tokens: N_v, the placeholders each row holds (the largest row's when rows differ).
     """
 
     input_ids: np.ndarray
@@ -206,6 +207,21 @@ class Batch:
     prompt_ids: list[list[int]]
     image_inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     num_visual_tokens: int = 0
+
+
+def anyres_image_inputs(pixel_values: np.ndarray, sizes, layouts) -> dict[str, Any]:
+    """The ``image_inputs`` of an anyres batch: ``{"pixel_values", "image_size", "grid"}``.
+
+    pixel_values float32 [B, n_tiles, 3, S, S] (rows padded with zero tiles); sizes: each row's (height, width);
+    layouts: each row's :class:`vtp_jax.modeling.anyres.AnyresLayout`. When every row shares one layout,
+    ``image_size`` is row 0's (height, width) and ``grid`` its (rows, cols) — one static layout, as the model has
+    always taken it; otherwise both are tuples of one pair per row (the model packs each row with its own layout and
+    the generators pad the visual spans: :mod:`vtp_jax.generation.visual_spans`). Static values are Python ints.
+    """
+    if all(lay == layouts[0] for lay in layouts):
+        return {"pixel_values": pixel_values, "image_size": tuple(sizes[0]), "grid": tuple(layouts[0].grid)}
+    return {"pixel_values": pixel_values, "image_size": tuple(tuple(int(v) for v in s) for s in sizes),
+            "grid": tuple(tuple(int(g) for g in lay.grid) for lay in layouts)}
 
 
 @contextlib.contextmanager
@@ -456,8 +472,8 @@ class LladaVProcessor(BaseProcessor):
         pixel_values float32 [B, n_tiles, 3, S, S] (base tile first; rows padded with
         zero tiles by the image processor) and image_inputs {"pixel_values", "image_size", "grid"}.
 
-        Raises InputError when the image processor fails, or when the rows' images do not share one anyres layout
-        (grid, unpad crop and downsampled size must agree, since they are static shapes of the compiled program).
+        Images of different layouts share the batch (``image_size`` / ``grid`` per row, :func:`anyres_image_inputs`).
+        Raises InputError when the image processor fails.
         """
         from vtp_jax.modeling.anyres import AnyresError
 
@@ -473,24 +489,16 @@ class LladaVProcessor(BaseProcessor):
             layouts = [self.layout(s) for s in sizes]
         except AnyresError as e:
             raise InputError(str(e)) from None
-        for b, lay in enumerate(layouts[1:], 1):
-            if lay != layouts[0]:
-                raise InputError(
-                    f"images of one batch must share one anyres layout: row 0 (size {sizes[0]}) has grid "
-                    f"{layouts[0].grid} and {layouts[0].num_tokens} visual tokens, row {b} (size {sizes[b]}) has "
-                    f"grid {lay.grid} and {lay.num_tokens}; process them in separate batches"
-                )
-        layout = layouts[0]
-        if pixel_values.ndim != 5 or pixel_values.shape[1] < layout.num_tiles:
+        need = max(lay.num_tiles for lay in layouts)
+        if pixel_values.ndim != 5 or pixel_values.shape[1] < need:
             raise InputError(
                 f"the image processor returned pixel_values of shape {pixel_values.shape}; the anyres layout needs "
-                f"[B, ≥{layout.num_tiles}, 3, {self.cfg.tile_size}, {self.cfg.tile_size}] (check its grid pinpoints)"
+                f"[B, ≥{need}, 3, {self.cfg.tile_size}, {self.cfg.tile_size}] (check its grid pinpoints)"
             )
-        n_v = layout.num_tokens
-        rows = [self.encode_prompt(self.build_prompt(q), n_v) for q in questions]
+        rows = [self.encode_prompt(self.build_prompt(q), lay.num_tokens) for q, lay in zip(questions, layouts)]
         input_ids, mask = self._pad(rows, bucket)
-        image_inputs = {"pixel_values": pixel_values, "image_size": sizes[0], "grid": tuple(layout.grid)}
-        return Batch(input_ids, mask, pixel_values, rows, image_inputs, n_v)
+        image_inputs = anyres_image_inputs(pixel_values, sizes, layouts)
+        return Batch(input_ids, mask, pixel_values, rows, image_inputs, max(lay.num_tokens for lay in layouts))
 
 
 def load_processor(model_dir: str, cfg) -> BaseProcessor:

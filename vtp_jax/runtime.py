@@ -77,7 +77,9 @@ def build_method(
     """The validated method object (None for "none").
 
     ``keep`` or ``keep_ratio`` (default :func:`default_keep_ratio`: 0.5, ToDRE 0.1, DivPrune 0.098); LLaVA methods
-    round ``N_v · ratio`` (FastV), LLaDA-V methods floor it (RedVTP's ``max(1, int(N_v · ratio))``). Raises
+    round ``N_v · ratio`` (FastV), LLaDA-V methods floor it (RedVTP's ``max(1, int(N_v · ratio))``). With a ratio,
+    the method also carries it (``keep_ratio``, ``keep_rounding``), so that in a batch of different visual-token
+    counts each row keeps its own share (``keep`` is then the count for ``num_visual``, the batch's largest). Raises
     InputError / PruningError.
     """
     from vtp_jax.pruning import make_method, resolve_keep
@@ -95,8 +97,10 @@ def build_method(
         method = make_method(name, **options)
     else:
         ratio = keep_ratio_used(name, keep, keep_ratio)
-        count = resolve_keep(num_visual, keep, ratio, rounding=family_record(family).keep_rounding)
-        method = make_method(name, keep=count, **options)
+        rounding = family_record(family).keep_rounding
+        count = resolve_keep(num_visual, keep, ratio, rounding=rounding)
+        # the ratio travels with the method: rows of one batch holding other visual-token counts keep their share
+        method = make_method(name, keep=count, keep_ratio=ratio, keep_rounding=rounding, **options)
     method.validate(num_visual, num_layers)
     return method
 

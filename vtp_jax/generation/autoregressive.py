@@ -18,8 +18,11 @@ the same bucket, or a new temperature / top-p / seed, does not recompile.
 Image inputs are the keyword arguments of the model's ``image_features`` (as for the diffusion generator): a dict whose
 arrays are traced (``pixel_values``) and whose other values are static (LLaVA-NeXT's ``image_size`` and ``grid``); a
 bare array means ``{"pixel_values": array}`` (LLaVA). The visual-token count N_v is read from the prompt (the image
-placeholders of ``input_ids``; every row must hold the same number), so one generator serves images whose N_v differs
-from call to call (each distinct N_v / image layout compiles its own prefill).
+placeholders of ``input_ids``), so one generator serves images whose N_v differs from call to call (each distinct
+N_v / image layout compiles its own prefill). Rows of one batch may hold different N_v (LLaVA-NeXT images of
+different aspect ratios, with ``image_size`` / ``grid`` given per row): their visual spans are padded to the
+largest and each method keeps its own count per row inside a static keep bucket
+(:mod:`vtp_jax.generation.visual_spans`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from vtp_jax.generation.sampling import check_sampler_settings, sample_token
 from vtp_jax.modeling.decoder import Compaction, DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
-from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores
+from vtp_jax.generation.visual_spans import RowCounts, bucketed, pad_visual_spans, static_value, unpad_kept
+from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores, visual_valid
 from vtp_jax.pruning import dyrate as dyrate_lib
 from vtp_jax.pruning.stages import AllOrNothingGate, DecodePruning, InLLMCompaction, PreLLMSelection
 from vtp_jax.pruning.todre_relevance import relevance_ratios
@@ -109,7 +113,7 @@ def split_image_inputs(image_inputs) -> tuple[Any, tuple]:
         if isinstance(value, (np.ndarray, jax.Array)):
             arrays[name] = jnp.asarray(value, jnp.float32) if name == "pixel_values" else jnp.asarray(value)
         else:
-            static.append((name, tuple(value) if isinstance(value, list) else value))
+            static.append((name, static_value(value)))
     if not arrays:
         raise ValueError(f"image inputs {sorted(image_inputs)} hold no array (pixel_values missing?)")
     traced = arrays["pixel_values"] if set(arrays) == {"pixel_values"} else arrays
@@ -186,10 +190,9 @@ class AutoregressiveGenerator:
             self._validate(int(n_v))
         self.graphdef, self.state = nnx.split(model)
         opts = compiler_options(low_precision_weights(self.state))  # CPU bf16: no f32 copy of every weight
-        self.prefill = jax.jit(self._prefill, static_argnames=("max_new_tokens", "all_valid", "image_static"),
-                               compiler_options=opts)
-        self.prefill_head = jax.jit(self._prefill_head, static_argnames=("max_new_tokens", "all_valid", "image_static"),
-                                    compiler_options=opts)
+        static = ("max_new_tokens", "all_valid", "image_static", "buckets")
+        self.prefill = jax.jit(self._prefill, static_argnames=static, compiler_options=opts)
+        self.prefill_head = jax.jit(self._prefill_head, static_argnames=static, compiler_options=opts)
         self.prefill_tail = jax.jit(self._prefill_tail, static_argnames=("drop_all", "max_new_tokens", "num_visual"),
                                     compiler_options=opts)
         self.decode = jax.jit(self._decode, static_argnames=("max_new_tokens",), donate_argnames=("caches",),
@@ -207,21 +210,43 @@ class AutoregressiveGenerator:
             self._dyrate.validate(n_v, num_layers, self.cfg.text.num_attention_heads)
         self._validated.add(n_v)
 
-    def num_visual(self, input_ids) -> int:
-        """N_v of a prompt batch: the image placeholders (``cfg.image_token_id``) each row of ``input_ids`` int [B, T]
-        holds. Raises ValueError when rows hold different numbers (variable visual-token counts in one batch are not
-        supported yet)."""
-        counts = np.sum(np.asarray(input_ids) == self.cfg.image_token_id, axis=1)
-        if counts.size and not np.all(counts == counts[0]):
-            raise ValueError(f"rows hold different numbers of image placeholders ({counts.tolist()}); every row of a "
-                             "batch must carry the same number of visual tokens")
-        return int(counts[0]) if counts.size else 0
+    def row_plan(self, counts: np.ndarray) -> tuple[RowCounts, tuple]:
+        """Per-row keep counts of a batch whose rows hold ``counts`` int [B] visual tokens (not all equal):
+        (:class:`vtp_jax.generation.visual_spans.RowCounts` of int32 arrays, static buckets (pre-LLM keep bucket,
+        in-LLM keep bucket), None where the stage is absent). Validates every method against every row. Raises
+        PruningError."""
+        num_layers = self.cfg.text.num_hidden_layers
+        counts = np.asarray(counts, np.int64)
+        reach = counts  # visual tokens reaching the decoder, per row
+        pre_keep = later_keep = dy_counts = None
+        buckets = [None, None]
+        if self._pre is not None:
+            pre_keep = self._pre.row_keeps(counts)
+            bucketed(self._pre, pre_keep).validate(int(counts.max()), num_layers)
+            buckets[0], reach = int(pre_keep.max()), pre_keep
+        if self._in_llm is not None:
+            later_keep = self._in_llm.row_keeps(reach)
+            bucketed(self._in_llm, later_keep).validate(int(reach.max()), num_layers)
+            buckets[1] = int(later_keep.max())
+        if self._relevance is not None:
+            self._relevance.validate(int(reach.max()), num_layers)
+        if self._dyrate is not None:
+            self._dyrate.validate(int(reach.min()), num_layers, self.cfg.text.num_attention_heads)
+            dy_counts = np.stack([dyrate_lib.keep_counts(int(n), self._predictor.num_rates) for n in reach])
+        as_array = lambda a: None if a is None else jnp.asarray(a, jnp.int32)
+        plan = RowCounts(as_array(counts), as_array(pre_keep), as_array(later_keep), as_array(dy_counts))
+        return plan, tuple(buckets)
+
+    def _stage(self, method, bucket):
+        """The method as traced: with its keep set to the batch's static bucket when rows differ."""
+        return method if bucket is None else dataclasses.replace(method, keep=bucket)
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
-    def _front(self, model, input_ids, attention_mask, images, image_static=()):
+    def _front(self, model, input_ids, attention_mask, images, image_static=(), rows=None, buckets=None):
         """Vision tower, merge and the pre-LLM stage → (SequenceState, visual_mask bool [B, T'], kept int32 [B, k],
         static visual count k). ``images`` / ``image_static``: see :func:`split_image_inputs`; N_v is the length of
-        the image features (the prompt holds as many placeholders)."""
+        the image features (the prompt holds as many placeholders). ``rows`` / ``buckets``: a batch of different
+        visual-token counts (:meth:`row_plan`), else None."""
         kwargs = _image_kwargs(images, image_static)
         if self._cls_layer is None:
             visual, cls_attn = model.image_features(**kwargs), None
@@ -235,17 +260,25 @@ class AutoregressiveGenerator:
         kept = jnp.broadcast_to(jnp.arange(n_v, dtype=jnp.int32), (h.shape[0], n_v))
         pre = self._pre
         if pre is not None:  # pre-LLM: the decoder only ever sees the kept visual tokens
-            kept = pre.select(visual, cls_attn)
+            pre = self._stage(pre, None if buckets is None else buckets[0])
+            if rows is None:
+                kept = pre.select(visual, cls_attn)
+            else:
+                valid = jnp.arange(n_v)[None] < rows.counts[:, None]
+                kept = pre.select(visual, cls_attn, valid=valid, row_keep=rows.pre_keep)
             seq, visual_mask = compact(seq, visual_mask, kept, n_v, reindex=pre.reindex)
             n_v = pre.keep
         return seq, visual_mask, kept, n_v
 
-    def _prefill(self, state, input_ids, attention_mask, images, key, temperature, top_p, dy_weights=None, *,
-                 max_new_tokens, all_valid=False, image_static=()):
+    def _prefill(self, state, input_ids, attention_mask, images, key, temperature, top_p, dy_weights=None, rows=None,
+                 *, max_new_tokens, all_valid=False, image_static=(), buckets=None):
         model = nnx.merge(self.graphdef, state)
-        seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, images, image_static)
+        seq, visual_mask, kept, n_v = self._front(model, input_ids, attention_mask, images, image_static, rows,
+                                                  buckets)
         kept_pre = kept
         method = self._in_llm
+        if method is not None:
+            method = self._stage(method, None if buckets is None else buckets[1])
         if method is None and self._dyrate is not None:
             b, t = seq.key_valid.shape
             last = jnp.full((b, 1), t - 1, jnp.int32)  # left padding: the last prompt token is at T − 1
@@ -257,7 +290,11 @@ class AutoregressiveGenerator:
 
             def compact_fn(probe, s):
                 scores = visual_scores(method.token_scores(probe, s.key_valid), visual_mask, n_v)
-                kept = select_topk(scores, method.keep)
+                if rows is None:
+                    kept = select_topk(scores, method.keep)
+                else:
+                    kept = select_topk(scores, method.keep, visual_valid(s.key_valid, visual_mask, n_v),
+                                       rows.later_keep)
                 s, _ = compact(s, visual_mask, kept, n_v, reindex=method.reindex)
                 return s, {"kept": kept}
 
@@ -274,7 +311,7 @@ class AutoregressiveGenerator:
         next_pos = jnp.max(out.state.positions, axis=1) + 1
         caches, dy = out.caches, None
         if self._dyrate is not None:
-            caches, dy = self._dyrate_init(out, visual_mask, n_v, max_new_tokens, dy_weights)
+            caches, dy = self._dyrate_init(out, visual_mask, n_v, max_new_tokens, dy_weights, rows)
         return PrefillResult(token, caches, next_pos.astype(jnp.int32), kept, key, kept_pre, dy)
 
     # ---- DyRate ----------------------------------------------------------------------------------------------
@@ -285,35 +322,41 @@ class AutoregressiveGenerator:
         w, bias = weights
         feats = dyrate_lib.features(probs, dy.groups)
         k = dyrate_lib.choose_rate(feats @ w + bias, dy.rate, self._dyrate.monotone)
-        target = dy.counts[k]
+        target = jnp.take_along_axis(dy.counts, k[:, None], axis=1)[:, 0]
         scores = jnp.take_along_axis(probs.mean(axis=1), dy.slots, axis=1)  # [B, N_v]
         kept = dyrate_lib.drop_visual(scores, dy.kept, target)
         caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy.slots, kept)) for c in caches]
         return caches, dy.replace(rate=k, kept=kept)
 
-    def _dyrate_init(self, out, visual_mask, n_v, max_new_tokens, weights):
+    def _dyrate_init(self, out, visual_mask, n_v, max_new_tokens, weights, rows=None):
         """DyRate's loop state from the prefill (the last prompt row at the probe layer decides the first rate):
-        a :class:`vtp_jax.pruning.dyrate.DyRateState`. Returns (caches, dy)."""
+        a :class:`vtp_jax.pruning.dyrate.DyRateState` (per-row keep counts from ``rows`` when the batch's rows hold
+        different visual-token counts). Returns (caches, dy)."""
         b = visual_mask.shape[0]
+        if rows is None:
+            counts = jnp.broadcast_to(jnp.asarray(dyrate_lib.keep_counts(n_v, self._predictor.num_rates)),
+                                      (b, self._predictor.num_rates))
+        else:
+            counts = rows.dyrate_counts
         dy = dyrate_lib.DyRateState(
             groups=dyrate_lib.slot_groups(out.state.key_valid, visual_mask, max_new_tokens),
             slots=visual_positions(visual_mask, n_v),
-            kept=jnp.ones((b, n_v), bool),
+            kept=visual_valid(out.state.key_valid, visual_mask, n_v),
             rate=jnp.zeros((b,), jnp.int32),
-            counts=jnp.asarray(dyrate_lib.keep_counts(n_v, self._predictor.num_rates)),
+            counts=counts,
         )
         probs = jnp.pad(out.probe_heads[:, :, 0], [(0, 0), (0, 0), (0, max_new_tokens)])  # over all cache slots
         return self._dyrate_update(dy, probs, out.caches, weights)
 
-    def _prefill_head(self, state, input_ids, attention_mask, images, *, max_new_tokens, all_valid=False,
-                      image_static=()):
+    def _prefill_head(self, state, input_ids, attention_mask, images, rows=None, *, max_new_tokens, all_valid=False,
+                      image_static=(), buckets=None):
         """ToDRE stage 2, part 1: front + layers < ℓ + layer ℓ's attention rows (all T rows, float32).
 
         Returns (SequenceState at layer ℓ's input, visual_mask bool [B, T'], kept int32 [B, k], caches of layers
         < ℓ, α_t→v float32 [B], α_v→t float32 [B]).
         """
         model = nnx.merge(self.graphdef, state)
-        seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, images, image_static)
+        seq, visual_mask, kept, _ = self._front(model, input_ids, attention_mask, images, image_static, rows, buckets)
         lm, ell = model.language_model, self._rel_layer
         out = lm(seq, DecoderPlan(cache_extra=max_new_tokens, layer_range=(0, ell), all_valid=all_valid))
         b, t = seq.key_valid.shape
@@ -358,7 +401,7 @@ class AutoregressiveGenerator:
         kept_log = rate_log = None
         if dy is not None:
             n_v = dy.slots.shape[1]
-            kept_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(n_v)
+            kept_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy.counts[:, 0])  # rate 0: N_v[b]
             rate_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy.rate)
 
         def cond(c: _DecodeCarry):
@@ -403,24 +446,32 @@ class AutoregressiveGenerator:
         input_ids int [B, T] (T a bucket length), attention_mask {0,1} [B, T]; image_inputs: LLaVA's pixel_values
         float32 [B, 3, H, W] as a bare array, or the dict of ``model.image_features`` keyword arguments (arrays
         traced, other values static: :func:`split_image_inputs`; a :class:`vtp_jax.processing.Batch`'s
-        ``image_inputs``). N_v is the number of image placeholders per row of ``input_ids``.
-        Returns tokens int [B, max_new_tokens] (EOS included, pad after), kept indices and timings (seconds).
+        ``image_inputs``). N_v is the number of image placeholders per row of ``input_ids``; rows may differ (their
+        visual spans are padded, :mod:`vtp_jax.generation.visual_spans`).
+        Returns tokens int [B, max_new_tokens] (EOS included, pad after), kept indices (int [B, keep]; with rows of
+        different N_v each row's own ``k_b`` ascending, then −1) and timings (seconds).
         Raises SamplerError (a ValueError) before any work for a temperature that is negative or not finite, a
         top_p outside (0, 1], a seed outside [0, 2³² − 1] or max_new_tokens < 1
-        (:func:`vtp_jax.generation.sampling.check_sampler_settings`); ValueError when rows hold different numbers of
-        image placeholders; PruningError when a method does not fit this prompt's N_v.
+        (:func:`vtp_jax.generation.sampling.check_sampler_settings`); ValueError when a row's placeholders are not one
+        contiguous run; PruningError when a method does not fit a row's N_v.
         """
         check_sampler_settings(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
-        n_v = self.num_visual(input_ids)
-        self._validate(n_v)
+        input_ids, attention_mask, n_visual = pad_visual_spans(input_ids, attention_mask, self.cfg.image_token_id)
+        n_v = int(n_visual.max()) if n_visual.size else 0
+        rows, buckets = None, None
+        if n_visual.size and not np.all(n_visual == n_v):
+            rows, buckets = self.row_plan(n_visual)
+        else:
+            self._validate(n_v)
         images, image_static = split_image_inputs(image_inputs)
         key = jax.random.key(seed)
         temp, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
         args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), images)
-        if image_static:  # static image arguments (LLaVA-NeXT's image size and grid); LLaVA's calls stay as they were
-            image_kw = {"image_static": image_static}
-        else:
-            image_kw = {}
+        image_kw = {}  # LLaVA's calls (no static image arguments, uniform rows) stay as they were
+        if image_static:  # static image arguments (LLaVA-NeXT's image size and grid)
+            image_kw["image_static"] = image_static
+        if rows is not None:
+            image_kw.update(rows=rows, buckets=buckets)
         stages: dict = {}
         dropped = None
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in prefill
@@ -443,7 +494,7 @@ class AutoregressiveGenerator:
             token, tail_caches, next_pos, key = self.prefill_tail(
                 self.state, seq, vmask, jnp.asarray(dropped), key, temp, top_p_,
                 drop_all=bool(dropped.all()), max_new_tokens=max_new_tokens,
-                num_visual=self._pre.keep if self._pre is not None else n_v,
+                num_visual=int(kept.shape[1]),
             )
             caches = list(head_caches) + list(tail_caches)
             kept_pre = kept
@@ -453,10 +504,10 @@ class AutoregressiveGenerator:
                 "layer": self._rel_layer, "tau": self._relevance.tau,
             }
         t1 = time.perf_counter()
-        kept = np.asarray(kept)
+        kept = unpad_kept(kept, n_visual) if rows is not None else np.asarray(kept)
         for m in self.methods:
             if isinstance(m, PreLLMSelection):
-                stages[m.name] = np.asarray(kept_pre)
+                stages[m.name] = unpad_kept(kept_pre, n_visual) if rows is not None else np.asarray(kept_pre)
             elif m is self._in_llm:
                 stages[m.name] = kept
         eos = jnp.asarray(list(eos_token_ids) or [-1], jnp.int32)

@@ -19,6 +19,10 @@ length in its own jitted function; the remaining steps run in the loop on the co
 runs in ``encode``: it picks ``keep`` visual tokens from the projector outputs and the prompt is compacted there
 (``P − N_v + keep`` tokens), so every denoising step of every block sees the shorter prompt; kept tokens keep their
 original positions unless the method's ``reindex`` (the response then starts right after the last kept position).
+
+Rows of one batch may hold different numbers of visual tokens (images of different anyres layouts, ``image_size``
+/ ``grid`` given per row): their visual spans are padded to the largest and each method keeps its own count per row
+inside a static keep bucket (:mod:`vtp_jax.generation.visual_spans`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from vtp_jax.generation.sampling import check_sampler_settings
 from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
-from vtp_jax.pruning.core import compact, select_topk, visual_scores
+from vtp_jax.generation.visual_spans import RowCounts, bucketed, pad_visual_spans, static_value, unpad_kept
+from vtp_jax.pruning.core import compact, select_topk, visual_scores, visual_valid
 from vtp_jax.pruning.stages import AfterFirstStep, PreLLMSelection
 
 
@@ -207,14 +212,15 @@ class DiffusionGenerator:
         self.image_token_id = model.cfg.image_token_id
         self.graphdef, self.state = nnx.split(model)
         opts = compiler_options(low_precision_weights(self.state))  # CPU bf16: no f32 copy of every weight
-        self.encode = jax.jit(self._encode, static_argnames=("static",), compiler_options=opts)
-        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual", "all_valid"),
-                                  compiler_options=opts)
+        self.encode = jax.jit(self._encode, static_argnames=("static", "pre_bucket"), compiler_options=opts)
+        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual", "all_valid",
+                                                                     "later_bucket"), compiler_options=opts)
         self.denoise = jax.jit(self._denoise, static_argnames=("temperature", "all_valid"), compiler_options=opts)
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
-    def _encode(self, state, input_ids, attention_mask, arrays, *, static):
-        """Vision tower, projector, merge, and the pre-LLM stage if any (selection + compaction of the prompt)."""
+    def _encode(self, state, input_ids, attention_mask, arrays, rows=None, *, static, pre_bucket=None):
+        """Vision tower, projector, merge, and the pre-LLM stage if any (selection + compaction of the prompt).
+        ``rows`` / ``pre_bucket``: a batch of different visual-token counts (:meth:`row_plan`), else None."""
         model = nnx.merge(self.graphdef, state)
         if self._cls_layer is None:
             visual, cls_attn = model.image_features(**arrays, **dict(static)), None
@@ -226,7 +232,12 @@ class DiffusionGenerator:
         mask_emb = model.language_model.embed_tokens(jnp.int32(self.cfg.mask_id)).astype(h.dtype)
         pre, kept = self._pre, None
         if pre is not None:
-            kept = pre.select(visual, cls_attn)
+            if rows is None:
+                kept = pre.select(visual, cls_attn)
+            else:
+                pre = dataclasses.replace(pre, keep=pre_bucket)
+                valid = jnp.arange(visual.shape[1])[None] < rows.counts[:, None]
+                kept = pre.select(visual, cls_attn, valid=valid, row_keep=rows.pre_keep)
             seq, visual_mask = compact(SequenceState(h, positions, key_valid), visual_mask, kept, visual.shape[1],
                                        reindex=pre.reindex)
             h, positions, key_valid = seq
@@ -262,7 +273,8 @@ class DiffusionGenerator:
         masked = jnp.sum((x_gen == cfg.mask_id) & in_block[None, :], axis=1)
         return num_transfer_tokens(masked, cfg.steps_per_block)
 
-    def _first_step(self, state, prompt: _Prompt, key, *, temperature, num_visual, all_valid=False):
+    def _first_step(self, state, prompt: _Prompt, key, rows=None, *, temperature, num_visual, all_valid=False,
+                    later_bucket=None):
         """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
         ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, prompt, kept)."""
         model = nnx.merge(self.graphdef, state)
@@ -273,9 +285,9 @@ class DiffusionGenerator:
         if method is None:
             logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
         else:
-            rows = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
+            response = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
             logits, probe = self._forward(
-                model, prompt, x_gen, probe=Probe(rows, tuple(method.probe_layers(self.num_layers))),
+                model, prompt, x_gen, probe=Probe(response, tuple(method.probe_layers(self.num_layers))),
                 all_valid=all_valid,
             )
         key, sub = jax.random.split(key)
@@ -284,11 +296,17 @@ class DiffusionGenerator:
             return new_x, counts, key, prompt, prompt.kept
         still_masked = (x_gen == cfg.mask_id) & (new_x == cfg.mask_id)  # R: masked before and after this step
         token_scores = method.token_scores(probe[:, :, :p], still_masked)
-        return (new_x, counts, key) + self._compact(prompt, token_scores, num_visual)
+        return (new_x, counts, key) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
 
-    def _compact(self, prompt: _Prompt, token_scores, n_v: int):
+    def _compact(self, prompt: _Prompt, token_scores, n_v: int, rows=None, bucket=None):
         method = self._during
-        kept = select_topk(visual_scores(token_scores, prompt.visual_mask, n_v), method.keep)
+        scores = visual_scores(token_scores, prompt.visual_mask, n_v)
+        if rows is None:
+            kept = select_topk(scores, method.keep)
+        else:
+            method = dataclasses.replace(method, keep=bucket)
+            kept = select_topk(scores, bucket, visual_valid(prompt.key_valid, prompt.visual_mask, n_v),
+                               rows.later_keep)
         seq, vmask = compact(
             SequenceState(prompt.h, prompt.positions, prompt.key_valid), prompt.visual_mask, kept, n_v,
             reindex=method.reindex,
@@ -322,33 +340,43 @@ class DiffusionGenerator:
         """Runs the sampler.
 
         input_ids / attention_mask int [B, P], left-padded; image_inputs: keyword arguments of
-        ``model.image_features`` (arrays are traced, other values static). Every row must hold the same number
-        of image placeholders. Returns tokens int [B, gen_length], kept visual indices and timings (seconds).
+        ``model.image_features`` (arrays are traced, other values static). Rows may hold different numbers of
+        image placeholders (their visual spans are padded, :mod:`vtp_jax.generation.visual_spans`). Returns tokens
+        int [B, gen_length], kept visual indices (int [B, keep]; with rows of different N_v each row's own ``k_b``
+        ascending, then −1) and timings (seconds).
         Raises SamplerError (a ValueError) before any work for a temperature that is negative or not finite or a
         seed outside [0, 2³² − 1] (:func:`vtp_jax.generation.sampling.check_sampler_settings`, shared with the
         autoregressive generator).
         """
         check_sampler_settings(temperature=temperature, seed=seed)
         arrays = {k: jnp.asarray(v) for k, v in image_inputs.items() if isinstance(v, (np.ndarray, jax.Array))}
-        static = tuple(sorted((k, v) for k, v in image_inputs.items() if k not in arrays))
-        input_ids = np.asarray(input_ids)
-        n_v = int(np.sum(input_ids[0] == self.image_token_id))
-        n_left = n_v  # visual tokens that reach the first denoising step
-        if self._pre is not None:
-            self._pre.validate(n_v, self.num_layers)
-            n_left = self._pre.keep
-        if self._during is not None:
-            self._during.validate(n_left, self.num_layers)
+        static = tuple(sorted((k, static_value(v)) for k, v in image_inputs.items() if k not in arrays))
+        input_ids, attention_mask, n_visual = pad_visual_spans(input_ids, attention_mask, self.image_token_id)
+        n_v = int(n_visual.max()) if n_visual.size else 0
+        rows, pre_bucket, later_bucket = None, None, None
+        if n_visual.size and not np.all(n_visual == n_v):
+            rows, pre_bucket, later_bucket = self.row_plan(n_visual)
+            n_left = pre_bucket if pre_bucket is not None else n_v
+        else:
+            n_left = n_v  # visual tokens that reach the first denoising step
+            if self._pre is not None:
+                self._pre.validate(n_v, self.num_layers)
+                n_left = self._pre.keep
+            if self._during is not None:
+                self._during.validate(n_left, self.num_layers)
+        encode_kw = {} if rows is None else {"rows": rows, "pre_bucket": pre_bucket}
+        step_kw = {} if rows is None else {"rows": rows, "later_bucket": later_bucket}
         temperature = float(temperature)
         key = jax.random.key(seed)
         t0 = time.perf_counter()
-        prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays, static=static)
+        prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays,
+                             static=static, **encode_kw)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
         kept_pre = prompt.kept  # the pre-LLM stage's selection (read back after the timed part)
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in every step
         x_gen, counts, key, prompt, kept = self.first_step(
-            self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw
+            self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw, **step_kw
         )
         x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature, **mask_kw)
         tokens = np.asarray(jax.block_until_ready(x_gen))
@@ -356,14 +384,32 @@ class DiffusionGenerator:
         if kept is None:
             kept = np.broadcast_to(np.arange(n_v), (tokens.shape[0], n_v))
         counts = [count_new_tokens(row, self.cfg.stop_ids) for row in tokens]
-        kept = np.asarray(kept)
+        kept = unpad_kept(kept, n_visual) if rows is not None else np.asarray(kept)
         stages = {}
         if self._pre is not None:
-            stages[self._pre.name] = np.asarray(kept_pre)
+            stages[self._pre.name] = unpad_kept(kept_pre, n_visual) if rows is not None else np.asarray(kept_pre)
         if self._during is not None:
             stages[self._during.name] = kept
         return GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=MASKED_DIFFUSION,
                                 decode_s=t2 - t1, encode_s=t1 - t0, stages=stages)
+
+    def row_plan(self, counts: np.ndarray) -> tuple[RowCounts, int | None, int | None]:
+        """Per-row keep counts of a batch whose rows hold ``counts`` int [B] visual tokens (not all equal):
+        (:class:`vtp_jax.generation.visual_spans.RowCounts`, the pre-LLM keep bucket, the after-first-step keep
+        bucket; None where the stage is absent). Validates every method against every row. Raises PruningError."""
+        counts = np.asarray(counts, np.int64)
+        reach, pre_keep, later_keep = counts, None, None
+        if self._pre is not None:
+            pre_keep = self._pre.row_keeps(counts)
+            bucketed(self._pre, pre_keep).validate(int(counts.max()), self.num_layers)
+            reach = pre_keep
+        if self._during is not None:
+            later_keep = self._during.row_keeps(reach)
+            bucketed(self._during, later_keep).validate(int(reach.max()), self.num_layers)
+        as_array = lambda a: None if a is None else jnp.asarray(a, jnp.int32)
+        plan = RowCounts(as_array(counts), as_array(pre_keep), as_array(later_keep))
+        return (plan, None if pre_keep is None else int(pre_keep.max()),
+                None if later_keep is None else int(later_keep.max()))
 
     def run(self, batch, settings) -> GenerationOutput:
         """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs``; a

@@ -12,7 +12,7 @@ Reused modules: :class:`VisionTower` (``kind="siglip"``), :class:`Projector`, :c
 
 Packing is in :mod:`vtp_jax.modeling.anyres`; its static layout (grid, unpad crop, downsampled size) is computed on the
 host from ``image_size`` = (height, width) of the original image, so ``grid`` and ``image_size`` are static Python
-values here (hashable; pass them as static arguments under ``jit``). All rows of a batch share them.
+values here (hashable; pass them as static arguments under ``jit``): shared by all rows of a batch, or one per row.
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ class LladaV(AnyresVisionLanguageModel):
         pixel_values: float32 [B, n_tiles, 3, S, S] as ``LlavaOnevisionImageProcessor`` returns them (base tile
         first; tiles beyond ``1 + gh·gw`` — the processor's batch padding — are dropped before the tower runs).
         grid: (rows, cols) of tiles (checked against ``image_size``; derived from it when None); image_size:
-        (height, width) of the original image. Both static; every row must share them.
+        (height, width) of the original image. Both static; shared by every row, or one pair per row (images of
+        different layouts: rows zero-padded to the batch's largest N_v, see :meth:`row_layouts`).
         """
+        layouts = self.row_layouts(image_size, grid, pixel_values.shape[0])
+        if layouts is not None:
+            tiles = self.tile_features(self.row_tiles(pixel_values, layouts)[None])[0]
+            return self.pack_rows(tiles, self.image_newline[...], layouts)
         layout = self.layout(image_size, grid)
         if pixel_values.ndim != 5:
             raise AnyresError(f"pixel_values must be [B, n_tiles, 3, H, W], got shape {tuple(pixel_values.shape)}")

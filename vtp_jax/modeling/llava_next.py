@@ -12,7 +12,8 @@ That packing is LLaVA-OneVision's without the anyres_max downsample, so it is :m
 (``max_num_patches=None``): N_v = p² + h · (w + 1) for the unpadded h × w map (2928 for a 672 × 672 image on
 LLaVA-1.6's 336-pixel tiles: 576 + 48 · 49). The layout is static — computed on the host from the image's (height,
 width) — so ``image_size`` and ``grid`` are static Python values (hashable; static arguments under ``jit``), shared by
-every row of a batch.
+every row of a batch or given per row (images of different layouts in one batch, rows zero-padded to the largest
+N_v: :meth:`vtp_jax.modeling.anyres_vlm.AnyresVisionLanguageModel.pack_rows`).
 
 Reused modules: :class:`VisionTower` (CLIP), :class:`Projector`, :class:`Decoder` (causal), the merge and LM head of
 :class:`vtp_jax.modeling.llava.VisionLanguageModel`.
@@ -70,8 +71,14 @@ class LlavaNext(AnyresVisionLanguageModel):
         pixel_values: float32 [B, n_tiles, 3, S, S] as ``LlavaNextImageProcessor`` returns them (base tile first;
         tiles beyond ``1 + rows · cols`` are dropped before the tower runs); image_size: (height, width) of the
         original image; grid: (rows, cols) of tiles (checked against ``image_size``; derived from it when None).
-        Both static; every row shares them. Raises AnyresError for inconsistent inputs.
+        Both static; shared by every row, or one pair per row (images of different layouts: rows zero-padded to the
+        batch's largest N_v, see :meth:`row_layouts`). Raises AnyresError for inconsistent inputs.
         """
+        layouts = self.row_layouts(image_size, grid, pixel_values.shape[0])
+        if layouts is not None:
+            flat = self.row_tiles(pixel_values, layouts)
+            feats = self.multi_modal_projector(self.vision_tower.features(flat, self.cfg.vision_feature_layer)[:, 1:])
+            return self.pack_rows(feats, self.image_newline[...], layouts)
         layout = self.layout(image_size, grid)
         flat = self._tiles(pixel_values, layout, image_size)
         feats = self.vision_tower.features(flat, self.cfg.vision_feature_layer)[:, 1:]  # "default": no class token
@@ -87,16 +94,23 @@ class LlavaNext(AnyresVisionLanguageModel):
         cls_layer: 1-based vision layer (static) whose head-averaged class-token attention row ``softmax(q_CLS ·
         Kᵀ / √d)`` is read, in every tile. A token's score is its own tile's class-token attention to it (the
         class token's own column dropped, rows not renormalised); ``image_newline`` tokens score 0 (they are no
-        patch of any tile). Returns (features [B, N_v, D_text], float32 [B, N_v]).
+        patch of any tile). Returns (features [B, N_v, D_text], float32 [B, N_v]); per-row sizes as in
+        :meth:`image_features` (padding slots score 0).
         """
-        layout = self.layout(image_size, grid)
-        flat = self._tiles(pixel_values, layout, image_size)
+        layouts = self.row_layouts(image_size, grid, pixel_values.shape[0])
+        if layouts is None:
+            layout = self.layout(image_size, grid)
+            flat = self._tiles(pixel_values, layout, image_size)
+            pack = lambda v, newline: self._pack(v, layout, newline)
+        else:
+            flat = self.row_tiles(pixel_values, layouts)
+            pack = lambda v, newline: self.pack_rows(v, newline, layouts)
         n = self.cfg.vision.num_hidden_layers
         idx = [layer % (n + 1) for layer in self.cfg.vision_feature_layer]
         states, cls_attn = self.vision_tower.hidden_states(flat, max(idx + [cls_layer]), cls_probe_layer=cls_layer)
         feats = jnp.concatenate([states[i] for i in idx], axis=-1)[:, 1:]
-        feats = self._pack(self.multi_modal_projector(feats), layout, self.image_newline[...])
-        scores = self._pack(cls_attn[:, 1:, None].astype(jnp.float32), layout, jnp.zeros((1,), jnp.float32))
+        feats = pack(self.multi_modal_projector(feats), self.image_newline[...])
+        scores = pack(cls_attn[:, 1:, None].astype(jnp.float32), jnp.zeros((1,), jnp.float32))
         return feats, scores[..., 0]
 
     def __call__(

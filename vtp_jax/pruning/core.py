@@ -1,8 +1,16 @@
 """The select-and-compact machinery every pruning method shares.
 
 Selection is a top-``keep`` over per-visual-token scores (``keep`` a static Python int), sorted ascending so kept
-tokens stay in their original order (FastV's and RedVTP's code gather kept indices in ascending order). Compaction physically gathers the sequence to the
-shorter static length ``T − N_v + keep``, so every later layer really does less work.
+tokens stay in their original order (FastV's and RedVTP's code gather kept indices in ascending order). Compaction
+physically gathers the sequence to the shorter static length ``T − N_v + keep``, so every later layer really does
+less work.
+
+Variable visual-token counts in one batch: every row's visual span is padded to one bucket of N slots (the batch's
+largest N_v; padding slots have ``key_valid`` False and take no position, see
+:func:`vtp_jax.generation.visual_spans.pad_visual_spans`). Row ``b`` keeps its own count ``k_b`` (``round(ratio ·
+N_v[b])``) inside the static keep bucket ``keep = max_b k_b``: the selection returns ``keep`` indices per row, the
+``k_b`` chosen ones plus padding slots (:func:`fill_selection`), so after :func:`compact` the row's extra slots
+are still masked and every row computes what it would alone.
 """
 
 from __future__ import annotations
@@ -38,13 +46,74 @@ def resolve_keep(
     return int(keep)
 
 
-def select_topk(scores: jax.Array, keep: int) -> jax.Array:
+TIE_RTOL = 1e-5  # relative gap under which the greedy selections treat two scores as tied (→ lower index)
+
+
+def argbest(values: jax.Array, *, largest: bool, rtol: float = TIE_RTOL) -> jax.Array:
+    """Index of the best value per row with float-robust ties: values float [B, N] → int32 [B], the lowest index
+    whose value is within ``rtol · (1 + |best|)`` of the row's max (``largest``) or min.
+
+    Why: the greedy diversity selections (ToDRE, DivPrune) meet exact ties by construction — LLaDA-V's and
+    LLaVA-NeXT's ``image_newline`` tokens are one shared vector — and float32 similarities of identical vectors
+    can differ in the last bit with the array length and layout (measured: the winner among six newline tokens
+    changed between a batch of one image and the same image padded in a batch of two). Within the tolerance the
+    lower index wins, as ``torch.argmax`` / ``argmin`` do on exact ties, so the choice no longer depends on the
+    batch. ±inf entries (excluded or selected tokens) are never within the tolerance of a finite best.
+    """
+    best = jnp.max(values, axis=1, keepdims=True) if largest else jnp.min(values, axis=1, keepdims=True)
+    tol = rtol * (1.0 + jnp.abs(jnp.where(jnp.isfinite(best), best, 0.0)))
+    near = values >= best - tol if largest else values <= best + tol
+    return jnp.argmax(near, axis=1).astype(jnp.int32)
+
+
+def select_topk(scores: jax.Array, keep: int, valid: jax.Array | None = None,
+                row_keep: jax.Array | None = None) -> jax.Array:
     """Indices of the ``keep`` highest scores per row, ascending: scores float [B, N] → int32 [B, keep].
 
     Ties go to the lower index (``lax.top_k``'s order), matching ``torch.topk`` on distinct values.
+
+    Variable visual-token counts (a batch whose rows hold different N_v, padded to one bucket N): ``valid`` bool
+    [B, N] marks each row's real visual tokens and ``row_keep`` int32 [B] (≤ ``keep``) how many of them row ``b``
+    keeps; the result is then :func:`fill_selection` of the ``row_keep[b]`` best valid tokens (``keep`` is the
+    static bucket). Both or neither must be given.
     """
-    _, idx = jax.lax.top_k(scores, keep)
-    return jnp.sort(idx, axis=-1).astype(jnp.int32)
+    if valid is None:
+        _, idx = jax.lax.top_k(scores, keep)
+        return jnp.sort(idx, axis=-1).astype(jnp.int32)
+    s = jnp.where(valid, scores.astype(jnp.float32), -jnp.inf)
+    order = jnp.argsort(-s, axis=1, stable=True)  # descending, ties → lower index
+    rank = jnp.argsort(order, axis=1)
+    return fill_selection(valid & (rank < row_keep[:, None]), valid, keep)
+
+
+def fill_selection(chosen: jax.Array, valid: jax.Array, keep: int) -> jax.Array:
+    """A row's chosen visual tokens padded to the static keep bucket with its padding slots.
+
+    chosen bool [B, N] (``k_b ≤ keep`` True per row, all of them valid), valid bool [B, N] (the row's real visual
+    tokens) → int32 [B, keep], ascending: the ``k_b`` chosen indices plus ``keep − k_b`` fillers, taken first from
+    the row's invalid (padding) slots, so that compaction keeps them masked (their ``key_valid`` stays False) and
+    the row computes exactly what a run of its own would. Fillers come from valid unchosen slots only when a row
+    has too few padding slots (``N_v[b] − k_b > N − keep``), which the keep rules never produce (the generators
+    check it on the host: :func:`vtp_jax.pruning.stages.KeepCount.row_keeps`).
+    """
+    n = chosen.shape[1]
+    priority = jnp.where(chosen, 0, jnp.where(valid, 2, 1))
+    order = jnp.argsort(priority * n + jnp.arange(n)[None], axis=1)[:, :keep]
+    return jnp.sort(order, axis=1).astype(jnp.int32)
+
+
+def chosen_mask(picks: jax.Array, row_keep: jax.Array, n: int) -> jax.Array:
+    """Greedy picks int [B, K] (selection order) → bool [B, n]: True at the first ``row_keep[b]`` picks of row b."""
+    b, k = picks.shape
+    take = jnp.arange(k)[None] < row_keep[:, None]
+    target = jnp.where(take, picks, n)  # index n: a dump column, dropped
+    return jnp.zeros((b, n + 1), bool).at[jnp.arange(b)[:, None], target].set(True)[:, :n]
+
+
+def visual_valid(key_valid: jax.Array, visual_mask: jax.Array, num_visual: int) -> jax.Array:
+    """Which visual slots hold a real visual token: key_valid, visual_mask bool [B, T] → bool [B, N_v] (False at
+    the padding slots of a row with fewer visual tokens than the bucket)."""
+    return jnp.take_along_axis(key_valid, visual_positions(visual_mask, num_visual), axis=1)
 
 
 def visual_positions(visual_mask: jax.Array, num_visual: int) -> jax.Array:

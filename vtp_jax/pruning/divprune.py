@@ -13,7 +13,8 @@ Differences from the reference code (written from the description above, not fro
   - already selected tokens are excluded from later choices, so ``keep`` distinct indices come back even when tokens
     repeat (e.g. LLaDA-V's identical ``image_newline`` tokens), where the code could pick an index twice;
   - similarities are computed in float32 with ``Precision.HIGHEST`` (no TF32 on GPU), so the choice is reproducible.
-Ties go to the lower index.
+Ties go to the lower index, also near ties within a relative 1e-5 (:func:`vtp_jax.pruning.core.argbest`: float32
+distances of identical tokens, such as the shared ``image_newline``, may differ in the last bit).
 
 Static shapes: ``keep`` is a static Python int and the greedy loop is a ``lax.fori_loop`` of ``keep − 1`` steps. The
 N_v × N_v distance matrix is built once per row (N_v = 2880 for LLaVA-NeXT: 33 MB float32 per row).
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vtp_jax.pruning.stages import PreLLMSelection
-from vtp_jax.pruning.core import PruningError
+from vtp_jax.pruning.core import PruningError, argbest, chosen_mask, fill_selection
 from vtp_jax.pruning.registry import register
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -39,27 +40,41 @@ def unit_rows(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def max_min_diversify(x_unit: jax.Array, keep: int) -> jax.Array:
+def max_min_diversify(x_unit: jax.Array, keep: int, valid: jax.Array | None = None,
+                      row_keep: jax.Array | None = None) -> jax.Array:
     """DivPrune's greedy max-min selection.
 
-    x_unit: float32 [B, N, D] unit rows; keep: static int in [1, N]. Returns int32 [B, keep], ascending.
+    x_unit: float32 [B, N, D] unit rows; keep: static int in [1, N]. Returns int32 [B, keep], ascending. With
+    ``valid`` bool [B, N] and ``row_keep`` int32 [B] (a batch of different visual-token counts): padding slots
+    are neither neighbours nor candidates, row b keeps its first ``row_keep[b]`` picks and the bucket is filled by
+    :func:`vtp_jax.pruning.core.fill_selection`.
     """
     b, n, _ = x_unit.shape
     rows = jnp.arange(b)
     dist = 1.0 - jnp.einsum("bnd,bmd->bnm", x_unit, x_unit, precision=HIGHEST)  # [B, N, N]
-    nearest = jnp.min(jnp.where(jnp.eye(n, dtype=bool)[None], jnp.inf, dist), axis=2)  # [B, N]
-    first = jnp.argmax(nearest, axis=1).astype(jnp.int32)
-    min_dist = dist[rows, first].at[rows, first].set(-jnp.inf)  # distance to the selected set; −∞ = selected
+    excluded = jnp.eye(n, dtype=bool)[None]
+    if valid is not None:
+        excluded = excluded | ~valid[:, None, :]
+    nearest = jnp.min(jnp.where(excluded, jnp.inf, dist), axis=2)  # [B, N]
+    if valid is not None:
+        nearest = jnp.where(valid, nearest, -jnp.inf)
+    first = argbest(nearest, largest=True)
+    min_dist = dist[rows, first]  # distance to the selected set; −∞ = selected (or padding)
+    if valid is not None:
+        min_dist = jnp.where(valid, min_dist, -jnp.inf)
+    min_dist = min_dist.at[rows, first].set(-jnp.inf)
     chosen = jnp.zeros((b, keep), jnp.int32).at[:, 0].set(first)
 
     def body(i, carry):
         min_dist, chosen = carry
-        c = jnp.argmax(min_dist, axis=1).astype(jnp.int32)
+        c = argbest(min_dist, largest=True)
         min_dist = jnp.minimum(min_dist, dist[rows, c]).at[rows, c].set(-jnp.inf)
         return min_dist, chosen.at[:, i].set(c)
 
     _, chosen = jax.lax.fori_loop(1, keep, body, (min_dist, chosen))
-    return jnp.sort(chosen, axis=1)
+    if valid is None:
+        return jnp.sort(chosen, axis=1)
+    return fill_selection(chosen_mask(chosen, row_keep, n), valid, keep)
 
 
 @register
@@ -82,6 +97,8 @@ class DivPrune(PreLLMSelection):
         """No vision-tower attention needed."""
         return None
 
-    def select(self, features: jax.Array, cls_attention: jax.Array | None = None) -> jax.Array:
-        """features: projector outputs [B, N_v, D] (any float dtype) → kept indices int32 [B, keep], ascending."""
-        return max_min_diversify(unit_rows(features), self.keep)
+    def select(self, features: jax.Array, cls_attention: jax.Array | None = None, *, valid: jax.Array | None = None,
+               row_keep: jax.Array | None = None) -> jax.Array:
+        """features: projector outputs [B, N_v, D] (any float dtype) → kept indices int32 [B, keep], ascending.
+        ``valid`` / ``row_keep``: a batch of different visual-token counts (see :func:`max_min_diversify`)."""
+        return max_min_diversify(unit_rows(features), self.keep, valid, row_keep)

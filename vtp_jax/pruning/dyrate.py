@@ -123,8 +123,9 @@ class DyRateState:
     array, so a rate change never recompiles).
 
     Fields: groups int32 [B, S] (:func:`slot_groups` of the S cache slots), slots int32 [B, N_v] (cache slot of each
-    visual token), kept bool [B, N_v] (visual tokens still in the cache), rate int32 [B] (current rate index),
-    counts int32 [K] (:func:`keep_counts`)."""
+    visual token), kept bool [B, N_v] (visual tokens still in the cache; a row's padding slots start False in a batch
+    of different visual-token counts), rate int32 [B] (current rate index), counts int32 [B, K] (each row's
+    :func:`keep_counts`)."""
 
     groups: jax.Array
     slots: jax.Array

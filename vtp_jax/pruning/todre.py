@@ -7,7 +7,9 @@ Algorithm (per image, ``keep`` static):
   - greedy max-sum diversification: S = X·x_p; S_p = +∞; repeat keep − 1 times: c = argmin S; S += X·x_c;
     S_c = +∞. Each step adds the token with the smallest summed cosine similarity to the selected set, i.e. the
     largest summed cosine distance. The loop is a ``lax.fori_loop`` (one mat-vec of [N_v, D] per step, no N_v × N_v
-    matrix); the kept indices are sorted ascending. Ties go to the lower index. Similarities use float32 and
+    matrix); the kept indices are sorted ascending. Ties go to the lower index, also near ties within a relative
+    1e-5 (:func:`vtp_jax.pruning.core.argbest`: the shared ``image_newline`` tokens tie exactly, and float32 may
+    break such ties differently for different batch layouts). Similarities use float32 and
     ``Precision.HIGHEST`` (no TF32 on GPU), so choices are reproducible. The paper's default keep is ≈ 10%.
 
 Pivot (``pivot``):
@@ -46,37 +48,46 @@ import jax
 import jax.numpy as jnp
 
 from vtp_jax.pruning.stages import PreLLMSelection
-from vtp_jax.pruning.core import PruningError
+from vtp_jax.pruning.core import PruningError, argbest, chosen_mask, fill_selection
 from vtp_jax.pruning.divprune import HIGHEST, unit_rows
 from vtp_jax.pruning.registry import register
 
 PIVOTS = ("cls", "norm", "center", "first")
 
 
-def max_sum_diversify(x_unit: jax.Array, pivot: jax.Array, keep: int) -> jax.Array:
+def max_sum_diversify(x_unit: jax.Array, pivot: jax.Array, keep: int, valid: jax.Array | None = None,
+                      row_keep: jax.Array | None = None) -> jax.Array:
     """ToDRE's greedy max-sum diversification.
 
     x_unit: float32 [B, N, D] unit rows; pivot: int [B] (selected first); keep: static int in [1, N].
-    Returns int32 [B, keep], ascending.
+    Returns int32 [B, keep], ascending. With ``valid`` bool [B, N] and ``row_keep`` int32 [B] (a batch of
+    different visual-token counts): padding slots are never picked, row b keeps its first ``row_keep[b]`` picks
+    (greedy picks do not depend on how many follow) and the bucket is filled by
+    :func:`vtp_jax.pruning.core.fill_selection`.
     """
-    b = x_unit.shape[0]
+    b, n = x_unit.shape[:2]
     rows = jnp.arange(b)
     pivot = pivot.astype(jnp.int32)
 
     def sim(c):  # X · x_c for every row: [B, N]
         return jnp.einsum("bnd,bd->bn", x_unit, x_unit[rows, c], precision=HIGHEST)
 
-    s = sim(pivot).at[rows, pivot].set(jnp.inf)
+    s = sim(pivot)
+    if valid is not None:
+        s = jnp.where(valid, s, jnp.inf)
+    s = s.at[rows, pivot].set(jnp.inf)
     chosen = jnp.zeros((b, keep), jnp.int32).at[:, 0].set(pivot)
 
     def body(i, carry):
         s, chosen = carry
-        c = jnp.argmin(s, axis=1).astype(jnp.int32)
+        c = argbest(s, largest=False)
         s = (s + sim(c)).at[rows, c].set(jnp.inf)
         return s, chosen.at[:, i].set(c)
 
     _, chosen = jax.lax.fori_loop(1, keep, body, (s, chosen))
-    return jnp.sort(chosen, axis=1)
+    if valid is None:
+        return jnp.sort(chosen, axis=1)
+    return fill_selection(chosen_mask(chosen, row_keep, n), valid, keep)
 
 
 @register
@@ -136,23 +147,33 @@ class ToDRE(PreLLMSelection):
             raise PruningError("ToDRE pivot 'cls': the vision features come from the embeddings (no layer runs)")
         return layer
 
-    def pivot_index(self, features: jax.Array, x_unit: jax.Array, cls_attention: jax.Array | None) -> jax.Array:
+    def pivot_index(self, features: jax.Array, x_unit: jax.Array, cls_attention: jax.Array | None,
+                    valid: jax.Array | None = None) -> jax.Array:
         """The pivot per row, int32 [B]. features [B, N_v, D]; x_unit its unit rows; cls_attention float [B, N_v]
-        (the class-token attention of the visual tokens) or None."""
+        (the class-token attention of the visual tokens) or None; valid bool [B, N_v] or None (every slot real):
+        padding slots are never the pivot and do not enter the centroid."""
         pivot = self.pivot or ("cls" if cls_attention is not None else "norm")
+        only = (lambda v: v) if valid is None else (lambda v: jnp.where(valid, v, -jnp.inf))
         if pivot == "cls":
             if cls_attention is None:
                 raise PruningError("ToDRE pivot 'cls' needs the class-token attention row of the vision tower")
-            return jnp.argmax(cls_attention, axis=1).astype(jnp.int32)
+            return argbest(only(cls_attention.astype(jnp.float32)), largest=True)
         if pivot == "norm":
-            return jnp.argmax(jnp.linalg.norm(features.astype(jnp.float32), axis=-1), axis=1).astype(jnp.int32)
+            return argbest(only(jnp.linalg.norm(features.astype(jnp.float32), axis=-1)), largest=True)
         if pivot == "center":
-            centroid = jnp.mean(x_unit, axis=1)
-            return jnp.argmax(jnp.einsum("bnd,bd->bn", x_unit, centroid, precision=HIGHEST), axis=1).astype(jnp.int32)
+            if valid is None:
+                centroid = jnp.mean(x_unit, axis=1)
+            else:
+                w = valid.astype(jnp.float32)
+                centroid = jnp.einsum("bnd,bn->bd", x_unit, w, precision=HIGHEST) / jnp.sum(w, 1, keepdims=True)
+            scores = jnp.einsum("bnd,bd->bn", x_unit, centroid, precision=HIGHEST)
+            return argbest(only(scores), largest=True)
         return jnp.zeros(features.shape[0], jnp.int32)
 
-    def select(self, features: jax.Array, cls_attention: jax.Array | None = None) -> jax.Array:
+    def select(self, features: jax.Array, cls_attention: jax.Array | None = None, *, valid: jax.Array | None = None,
+               row_keep: jax.Array | None = None) -> jax.Array:
         """features: projector outputs [B, N_v, D]; cls_attention: float [B, N_v] or None → kept int32 [B, keep],
-        ascending."""
+        ascending. ``valid`` / ``row_keep``: a batch of different visual-token counts (see
+        :func:`max_sum_diversify`)."""
         x = unit_rows(features)
-        return max_sum_diversify(x, self.pivot_index(features, x, cls_attention), self.keep)
+        return max_sum_diversify(x, self.pivot_index(features, x, cls_attention, valid), self.keep, valid, row_keep)

@@ -43,13 +43,14 @@ from vtp_jax.pruning.registry import register
 
 
 def span_masks(key_valid: jax.Array, visual_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(S, V, T) token masks, bool [B, T] each: valid tokens before the first visual token, the visual tokens, valid
-    tokens after the last visual token."""
+    """(S, V, T) token masks, bool [B, T] each: valid tokens before the first visual token, the valid visual tokens
+    (a row's padding slots in a batch of different visual-token counts are in none of the three), valid tokens after
+    the last visual token."""
     t = visual_mask.shape[1]
     idx = jnp.arange(t)[None]
     first = jnp.min(jnp.where(visual_mask, idx, t), axis=1, keepdims=True)
     last = jnp.max(jnp.where(visual_mask, idx, -1), axis=1, keepdims=True)
-    return key_valid & (idx < first) & ~visual_mask, visual_mask, key_valid & (idx > last) & ~visual_mask
+    return key_valid & (idx < first) & ~visual_mask, key_valid & visual_mask, key_valid & (idx > last) & ~visual_mask
 
 
 def relevance_ratios(probs: jax.Array, key_valid: jax.Array, visual_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

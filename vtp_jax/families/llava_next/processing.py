@@ -9,8 +9,9 @@ first: ``pixel_values`` float32 [1, 1 + rows · cols, 3, S, S] and ``image_sizes
 expands ``<image>`` to N_v placeholders (base tile + unpadded grid + one newline per row); N_v is checked against
 the model's own layout (:func:`vtp_jax.modeling.anyres.layout_for_config`).
 
-Rows of one batch must share one layout (grid, unpad crop, hence N_v): variable visual-token counts in one batch
-are not supported yet (an image of another layout goes in another batch).
+Rows of one batch may have different layouts (grid, unpad crop, hence N_v): ``image_size`` and ``grid`` are then
+given per row (:func:`vtp_jax.processing.anyres_image_inputs`) and the generators pad the visual spans
+(:mod:`vtp_jax.generation.visual_spans`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from vtp_jax.processing import (
     IMAGE_TOKEN, Batch, BaseProcessor, InputError, _quiet_transformers, _render_template, _rgb_images,
-    load_hf_files,
+    anyres_image_inputs, load_hf_files,
 )
 
 # LLaVA-1.6-Mistral's format, used only when the checkpoint ships no chat template.
@@ -89,12 +90,13 @@ class LlavaNextProcessor(BaseProcessor):
         """One image + one question per row (any PIL mode: :func:`vtp_jax.processing.to_rgb` first).
 
         Returns a :class:`Batch`: input_ids / attention_mask int32 [B, T] left-padded to a multiple of ``bucket``,
-        pixel_values float32 [B, 1 + rows · cols, 3, S, S], image_inputs ``{"pixel_values", "image_size": (height,
-        width), "grid": (rows, cols)}`` (the last two static Python ints), num_visual_tokens N_v.
+        pixel_values float32 [B, max tiles, 3, S, S] (rows with fewer tiles padded with zero tiles), image_inputs
+        ``{"pixel_values", "image_size": (height, width), "grid": (rows, cols)}`` (static Python ints; one pair per
+        row when the images' layouts differ), num_visual_tokens N_v (the largest row's).
 
-        Raises InputError when the image processor fails, when ``<image>`` is typed in a question, when the rows'
-        images do not share one anyres layout, or when the processor's placeholder count disagrees with the
-        model's layout (processor files that do not match config.json).
+        Raises InputError when the image processor fails, when ``<image>`` is typed in a question, or when the
+        processor's placeholder count disagrees with the model's layout (processor files that do not match
+        config.json).
         """
         from vtp_jax.modeling.anyres import AnyresError
 
@@ -131,14 +133,8 @@ class LlavaNextProcessor(BaseProcessor):
             pixels.append(px[0, : layout.num_tiles])
             sizes.append(size)
             layouts.append(layout)
-        for b, lay in enumerate(layouts[1:], 1):
-            if lay != layouts[0]:
-                raise InputError(
-                    f"images of one batch must share one anyres layout: row 0 (size {sizes[0]}) has grid "
-                    f"{layouts[0].grid} and {layouts[0].num_tokens} visual tokens, row {b} (size {sizes[b]}) has "
-                    f"grid {lay.grid} and {lay.num_tokens}; process them in separate batches"
-                )
         input_ids, mask = self._pad(rows, bucket)
-        pixel_values = np.stack(pixels)
-        image_inputs = {"pixel_values": pixel_values, "image_size": sizes[0], "grid": tuple(layouts[0].grid)}
-        return Batch(input_ids, mask, pixel_values, rows, image_inputs, layouts[0].num_tokens)
+        tiles = max(lay.num_tiles for lay in layouts)
+        pixel_values = np.stack([np.pad(px, ((0, tiles - px.shape[0]),) + ((0, 0),) * 3) for px in pixels])
+        image_inputs = anyres_image_inputs(pixel_values, sizes, layouts)
+        return Batch(input_ids, mask, pixel_values, rows, image_inputs, max(lay.num_tokens for lay in layouts))
