@@ -154,3 +154,20 @@ def left_pad(rows: np.ndarray, lengths: list[int], bucket: int) -> tuple[np.ndar
         ids[b, bucket - n:] = rows[b, :n]
         mask[b, bucket - n:] = 1
     return ids, mask
+
+
+# The tiny LLaVA of the vtp-generate CLI tests (tests/test_cli.py, tests/test_todre_stage2.py).
+CLI_SIZES = dict(
+    image_size=64, patch_size=16, vision_hidden=32, vision_layers=2, vision_heads=4, vision_mlp=64,
+    text_hidden=64, text_layers=3, text_heads=4, text_kv_heads=2, text_mlp=128, vocab_size=300,
+    max_position_embeddings=160,
+)
+
+
+def run_cli(capsys, *argv):
+    """vtp-generate in-process: (exit code, stdout, stderr)."""
+    from vtp_jax import cli
+
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

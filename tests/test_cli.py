@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import CLI_SIZES as SIZES, run_cli
 from vtp_jax import cli
-
-SIZES = dict(
-    image_size=64, patch_size=16, vision_hidden=32, vision_layers=2, vision_heads=4, vision_mlp=64,
-    text_hidden=64, text_layers=3, text_heads=4, text_kv_heads=2, text_mlp=128, vocab_size=300,
-    max_position_embeddings=160,
-)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +31,6 @@ def image(tmp_path_factory):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(path)
     return str(path)
-
-
-def run_cli(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_json_contract_unpruned_and_fastv(model_dir, image, capsys):

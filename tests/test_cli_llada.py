@@ -112,7 +112,7 @@ def test_json_contract_unpruned_and_redvtp(model_dir, image, cfg, n_v, capsys):
     assert q["kept_visual_indices"] == sorted(set(q["kept_visual_indices"]))
 
 
-def test_processor_expands_image_and_checks_layouts(model_dir, cfg, n_v):
+def test_processor_expands_image_and_takes_mixed_layouts(model_dir, cfg, n_v):
     from vtp_jax.processing import InputError, LladaVProcessor, load_processor
 
     proc = load_processor(model_dir, cfg)
@@ -133,8 +133,13 @@ def test_processor_expands_image_and_checks_layouts(model_dir, cfg, n_v):
     assert ii["pixel_values"].shape[0] == 2 and ii["pixel_values"].shape[2:] == (3, 32, 32)
     assert ii["pixel_values"].shape[1] >= proc.layout(IMAGE_HW).num_tiles
 
-    with pytest.raises(InputError, match="share one anyres layout"):
-        proc([img(IMAGE_HW), img((90, 30))], ["a", "b"])
+    # images of two layouts: one (height, width) and one grid per row, each row its own N_v placeholders
+    mixed = proc([img(IMAGE_HW), img((90, 30))], ["a", "b"])
+    other = proc.layout((90, 30))
+    assert other != proc.layout(IMAGE_HW) and mixed.num_visual_tokens == max(n_v, other.num_tokens)
+    assert mixed.image_inputs["image_size"] == (IMAGE_HW, (90, 30))
+    assert mixed.image_inputs["grid"] == (proc.layout(IMAGE_HW).grid, other.grid)
+    assert [r.count(cfg.image_token_id) for r in mixed.prompt_ids] == [n_v, other.num_tokens]
     with pytest.raises(InputError, match="exactly one <image>"):
         proc([img(IMAGE_HW)], ["<image> twice?"])
 

@@ -199,7 +199,7 @@ def cli_model(tmp_path_factory):
     from PIL import Image
 
     from convert import convert
-    from tests.test_cli import SIZES
+    from tests.conftest import CLI_SIZES as SIZES
     from vtp_jax.testbed.hf_llava import build_tiny_llava
 
     root = tmp_path_factory.mktemp("cli_todre2")
@@ -211,7 +211,7 @@ def cli_model(tmp_path_factory):
 def test_cli_two_stage_json(cli_model, capsys):
     import json
 
-    from tests.test_cli import run_cli
+    from tests.conftest import run_cli
 
     d, img = cli_model
     base = ["--model", d, "--image", img, "--prompt", "what is this?", "--max-new-tokens", "3", "--json",
