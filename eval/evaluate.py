@@ -469,8 +469,8 @@ class Evaluator:
                                pad_token_id=self.processor.pad_token_id)
 
     def _generate(self, gen, batch) -> "_Call":
-        """One generation call (see :class:`_Call`): the generators' shared ``run(batch, settings)``."""
-        out = gen.run(batch, self._settings())
+        """One generation call (see :class:`_Call`): the generators' shared ``generate(batch, settings)``."""
+        out = gen.generate(batch, self._settings())
         ids = [out.answer_ids(b) for b in range(len(out.num_new_tokens))]
         if self.kind == MASKED_DIFFUSION:  # every position is decoded whatever the answer's length
             return _Call(ids, out.latency_s, [out.tokens.shape[1]] * len(ids), int(out.kept.shape[1]))

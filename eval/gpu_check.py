@@ -120,7 +120,7 @@ def _llava_part(args, hf_config: dict, budget: Budget, notes: list) -> dict:
             new = args.new_tokens if batch == 1 else 2
 
             def once():
-                out = gen.generate(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                out = gen.generate_arrays(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
                                    max_new_tokens=new, eos_token_ids=(), pad_token_id=0)
                 return out
 
@@ -176,11 +176,11 @@ def _llada_part(args, hf_config: dict, budget: Budget, notes: list) -> dict:
             gen = DiffusionGenerator(model, dcfg, method)
             image_inputs = {"pixel_values": inputs["pixel_values"], "image_size": inputs["image_size"]}
             t1 = time.perf_counter()
-            gen.generate(inputs["input_ids"], inputs["attention_mask"], image_inputs)
+            gen.generate_arrays(inputs["input_ids"], inputs["attention_mask"], image_inputs)
             compile_s = time.perf_counter() - t1
             lat = []
             for _ in range(args.runs):
-                out = gen.generate(inputs["input_ids"], inputs["attention_mask"], image_inputs)
+                out = gen.generate_arrays(inputs["input_ids"], inputs["attention_mask"], image_inputs)
                 lat.append(out.encode_s + out.denoise_s)
             row = {"compile_s": compile_s, "latency_ms": 1e3 * statistics.median(lat),
                    "tokens_per_s": dcfg.gen_length / statistics.median(lat)}

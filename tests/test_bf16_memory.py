@@ -89,7 +89,7 @@ def test_llava_bf16_compiled_temp_memory(spec):
     method = build_methods(spec, "llava", cfg.num_visual_tokens, cfg.text.num_hidden_layers)
     gen = AutoregressiveGenerator(model, method)
     calls = _record(gen, ("prefill", "prefill_head", "prefill_tail", "decode"))
-    gen.generate(*_llava_inputs(cfg), max_new_tokens=4)
+    gen.generate_arrays(*_llava_inputs(cfg), max_new_tokens=4)
     staged = ("prefill_head", "prefill_tail") if "todre-relevance" in spec else ("prefill",)
     _check_temp(calls, staged + ("decode",), model)
 
@@ -118,7 +118,7 @@ def test_llada_v_bf16_compiled_temp_memory(spec):
     dcfg = DiffusionConfig(gen_length=8, block_length=8, steps=4, mask_id=cfg.mask_token_id)
     gen = DiffusionGenerator(model, dcfg, method)
     calls = _record(gen, ("encode", "first_step", "denoise"))
-    gen.generate(ids, mask, image)
+    gen.generate_arrays(ids, mask, image)
     _check_temp(calls, ("encode", "first_step", "denoise"), model)
 
 

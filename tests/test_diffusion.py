@@ -119,7 +119,7 @@ def test_sampler_matches_numpy_llada_loop(model, gen, block, steps, remasking, t
     ids, mask, pixels = prompts(2)
     cfg = DiffusionConfig(gen_length=gen, block_length=block, steps=steps, remasking=remasking, cfg=cfg_scale,
                           mask_id=MASK)
-    ours = DiffusionGenerator(model, cfg).generate(ids, mask, {"pixel_values": pixels}, temperature=temperature,
+    ours = DiffusionGenerator(model, cfg).generate_arrays(ids, mask, {"pixel_values": pixels}, temperature=temperature,
                                                      seed=3)
     ref = reference_generate(model, ids.copy(), mask, pixels, cfg, temperature, seed=3)
     np.testing.assert_array_equal(ours.tokens, ref)
@@ -135,8 +135,8 @@ def test_num_transfer_tokens():
 def test_one_compilation_for_all_steps_and_blocks(model):
     ids, mask, pixels = prompts(2)
     gen = DiffusionGenerator(model, DiffusionConfig(gen_length=8, block_length=2, steps=8, mask_id=MASK))
-    gen.generate(ids, mask, {"pixel_values": pixels})
-    gen.generate(ids[:, ::1].copy(), mask, {"pixel_values": pixels[::-1].copy()}, seed=4)
+    gen.generate_arrays(ids, mask, {"pixel_values": pixels})
+    gen.generate_arrays(ids[:, ::1].copy(), mask, {"pixel_values": pixels[::-1].copy()}, seed=4)
     assert gen.compiled_counts() == {"encode": 1, "first_step": 1, "denoise": 1}
 
 

@@ -234,8 +234,8 @@ def test_rate_zero_equals_unpruned(llava, tmp_path):
     ids, pixels = llava_inputs(c.cfg, batch=2, text_len=10, seed=3)
     mask = np.ones_like(ids)
     gen = AutoregressiveGenerator(c.model, dy.DyRate(predictor=constant_predictor(tmp_path, 0)))
-    out = gen.generate(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
-    ref = AutoregressiveGenerator(c.model).generate(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    ref = AutoregressiveGenerator(c.model).generate_arrays(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     assert (out.kept_per_token == c.cfg.num_visual_tokens).all() and out.decode_visual_kv_cut(16) == 0.0
 
@@ -245,13 +245,13 @@ def test_rising_rate_equals_torch_reference(llava, tmp_path):
     ids, pixels = llava_inputs(c.cfg, batch=1, text_len=10, seed=2)
     path = rising_predictor(tmp_path)
     gen = AutoregressiveGenerator(c.model, dy.DyRate(predictor=path))
-    out = gen.generate(ids, np.ones_like(ids), pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=NEW, pad_token_id=PAD)
     ref_tokens, ref_kept = reference_dyrate(c, ids, pixels, dy.RatePredictor.load(path), NEW)
     np.testing.assert_array_equal(out.tokens[0], ref_tokens)
     np.testing.assert_array_equal(out.kept_per_token[0], ref_kept)
     rates = out.rate_per_token[0]
     assert len(set(rates.tolist())) >= 3 and (np.diff(rates) >= 0).all(), rates  # the rate really rises
-    unpruned = AutoregressiveGenerator(c.model).generate(ids, np.ones_like(ids), pixels, max_new_tokens=NEW,
+    unpruned = AutoregressiveGenerator(c.model).generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=NEW,
                                                          pad_token_id=PAD)
     assert not np.array_equal(unpruned.tokens[0], ref_tokens), "dropping changed nothing; the test would prove little"
     assert out.stages["dyrate"]["kept_per_token"] is out.kept_per_token and 0 < out.decode_visual_kv_cut(16) < 1
@@ -263,16 +263,16 @@ def test_batch_rows_equal_single_runs_and_one_compile(llava, tmp_path):
     lengths = [ids.shape[1], ids.shape[1] - 3]
     b_ids, b_mask = left_pad(ids, lengths, 48)
     gen = AutoregressiveGenerator(c.model, dy.DyRate(predictor=rising_predictor(tmp_path)))
-    out = gen.generate(b_ids, b_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(b_ids, b_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     for b in range(2):
         s_ids, s_mask = left_pad(ids[b:b + 1], lengths[b:b + 1], 48)
-        single = gen.generate(s_ids, s_mask, pixels[b:b + 1], max_new_tokens=NEW, pad_token_id=PAD)
+        single = gen.generate_arrays(s_ids, s_mask, pixels[b:b + 1], max_new_tokens=NEW, pad_token_id=PAD)
         np.testing.assert_array_equal(out.tokens[b], single.tokens[0])
         np.testing.assert_array_equal(out.kept_per_token[b], single.kept_per_token[0])
     gen2 = AutoregressiveGenerator(c.model, dy.DyRate(predictor=rising_predictor(tmp_path)))
     for seed in (6, 7, 8):  # new prompts in the same bucket; the rate changes inside every decode loop
         i2, p2 = llava_inputs(c.cfg, batch=2, text_len=10, seed=seed)
-        o = gen2.generate(*left_pad(i2, lengths, 48), p2, max_new_tokens=NEW, pad_token_id=PAD)
+        o = gen2.generate_arrays(*left_pad(i2, lengths, 48), p2, max_new_tokens=NEW, pad_token_id=PAD)
         assert len(set(o.rate_per_token[0].tolist())) >= 2
     assert gen2.compiled_counts() == {"prefill": 1, "decode": 1}
 
@@ -282,7 +282,7 @@ def test_with_pre_llm_stage_and_bad_combinations(llava, tmp_path):
     ids, pixels = llava_inputs(c.cfg, batch=1, text_len=10, seed=9)
     stage1 = ToDRE(keep=8, pivot="norm")
     gen = AutoregressiveGenerator(c.model, (stage1, dy.DyRate(predictor=rising_predictor(tmp_path))))
-    out = gen.generate(ids, np.ones_like(ids), pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=NEW, pad_token_id=PAD)
     assert out.kept_per_token[0, 0] == 8 and out.kept_per_token[0, -1] < 8
     from vtp_jax.pruning.fastv import FastV
 

@@ -235,10 +235,10 @@ def test_sampler_settings_one_python_check_for_both_families(settings, needle):
     assert needle in str(e.value)
     ar = {"max_new_tokens": 4, **settings}
     with pytest.raises(sampling.SamplerError):
-        AutoregressiveGenerator.generate(object(), None, None, None, **ar)
+        AutoregressiveGenerator.generate_arrays(object(), None, None, None, **ar)
     if set(settings) <= {"temperature", "seed"}:
         with pytest.raises(sampling.SamplerError):
-            DiffusionGenerator.generate(object(), None, None, {}, **settings)
+            DiffusionGenerator.generate_arrays(object(), None, None, {}, **settings)
     sampling.check_sampler_settings(temperature=0.7, top_p=1.0, seed=np.int64(argtypes.SEED_MAX), max_new_tokens=1)
 
 

@@ -31,7 +31,7 @@ def test_greedy_matches_transformers_batch1_and_batch2(converted_llava, kv_heads
     gen = AutoregressiveGenerator(c.model)
     # batch 1, no padding beyond the bucket's left padding
     ids1, mask1 = left_pad(ids[:1], [full], full)
-    ours = gen.generate(ids1, mask1, pixels[:1], max_new_tokens=NEW, pad_token_id=PAD)
+    ours = gen.generate_arrays(ids1, mask1, pixels[:1], max_new_tokens=NEW, pad_token_id=PAD)
     ref = hf_greedy(c.hf_model, ids1, mask1, pixels[:1])
     np.testing.assert_array_equal(ours.tokens, ref)
     # batch 2, the second row shorter (left-padded); ours padded further to a bucket of 64
@@ -40,7 +40,7 @@ def test_greedy_matches_transformers_batch1_and_batch2(converted_llava, kv_heads
     ref_ids, ref_mask = left_pad(ids2, lengths, full)
     ref = hf_greedy(c.hf_model, ref_ids, ref_mask, pixels)
     our_ids, our_mask = left_pad(ids2, lengths, 64)
-    ours = gen.generate(our_ids, our_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    ours = gen.generate_arrays(our_ids, our_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     np.testing.assert_array_equal(ours.tokens, ref)
     assert len(set(ref[0].tolist())) > 1, "degenerate reference output; the test would prove little"
 
@@ -62,7 +62,7 @@ def test_fastv_kept_indices_match_eager_attentions(converted_llava, keep, layer)
     ids, pixels = llava_inputs(c.cfg, batch=2, text_len=10, seed=1)
     gen = AutoregressiveGenerator(c.model, FastV(keep=keep, layer=layer))
     mask = np.ones_like(ids)
-    out = gen.generate(ids, mask, pixels, max_new_tokens=2, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, mask, pixels, max_new_tokens=2, pad_token_id=PAD)
     for b in range(2):
         att = eager_attention_row(c.hf_model, ids[b:b + 1], pixels[b:b + 1], layer - 1)
         vis = np.flatnonzero(ids[b] == c.cfg.image_token_id)
@@ -111,14 +111,14 @@ def test_fastv_generation_equals_plain_reference(converted_llava):
     c = converted_llava(text_layers=3)
     ids, pixels = llava_inputs(c.cfg, batch=1, text_len=10, seed=2)
     gen = AutoregressiveGenerator(c.model, FastV(keep=5, layer=2))
-    out = gen.generate(ids, np.ones_like(ids), pixels, max_new_tokens=8, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=8, pad_token_id=PAD)
     c.hf_model.set_attn_implementation("eager")
     try:
         ref = fastv_reference_generate(c.hf_model, ids, pixels, out.kept[0], layer=2, new=8)
     finally:
         c.hf_model.set_attn_implementation("sdpa")
     np.testing.assert_array_equal(out.tokens[0], ref)
-    unpruned = AutoregressiveGenerator(c.model).generate(ids, np.ones_like(ids), pixels, max_new_tokens=8, pad_token_id=PAD)
+    unpruned = AutoregressiveGenerator(c.model).generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=8, pad_token_id=PAD)
     assert out.kept.shape == (1, 5)
     assert unpruned.kept.shape == (1, c.cfg.num_visual_tokens)
 
@@ -129,12 +129,12 @@ def test_no_recompilation_within_a_bucket(converted_llava):
     gen = AutoregressiveGenerator(c.model, FastV(keep=4, layer=1))
     a_ids, a_mask = left_pad(ids, [ids.shape[1]] * 2, 64)
     b_ids, b_mask = left_pad(ids, [ids.shape[1] - 3] * 2, 64)  # three text tokens shorter, same bucket
-    gen.generate(a_ids, a_mask, pixels, max_new_tokens=6, pad_token_id=PAD)
+    gen.generate_arrays(a_ids, a_mask, pixels, max_new_tokens=6, pad_token_id=PAD)
     assert gen.compiled_counts() == {"prefill": 1, "decode": 1}
-    gen.generate(b_ids, b_mask, pixels[::-1].copy(), max_new_tokens=6, pad_token_id=PAD)
-    gen.generate(a_ids, a_mask, pixels, max_new_tokens=6, pad_token_id=PAD, temperature=0.7, top_p=0.9, seed=5)
+    gen.generate_arrays(b_ids, b_mask, pixels[::-1].copy(), max_new_tokens=6, pad_token_id=PAD)
+    gen.generate_arrays(a_ids, a_mask, pixels, max_new_tokens=6, pad_token_id=PAD, temperature=0.7, top_p=0.9, seed=5)
     assert gen.compiled_counts() == {"prefill": 1, "decode": 1}
-    gen.generate(a_ids, a_mask, pixels, max_new_tokens=7, pad_token_id=PAD)  # a new static length compiles once
+    gen.generate_arrays(a_ids, a_mask, pixels, max_new_tokens=7, pad_token_id=PAD)  # a new static length compiles once
     assert gen.compiled_counts() == {"prefill": 2, "decode": 2}
 
 

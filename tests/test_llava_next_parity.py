@@ -120,7 +120,7 @@ def test_greedy_tokens_equal_transformers_generate(ckpt, image):
 
     b = ckpt.batches[image]
     pad = ckpt.processor.pad_token_id
-    ours = AutoregressiveGenerator(ckpt.model).generate(b.input_ids, b.attention_mask, b.image_inputs,
+    ours = AutoregressiveGenerator(ckpt.model).generate_arrays(b.input_ids, b.attention_mask, b.image_inputs,
                                                         max_new_tokens=NEW, pad_token_id=pad)
     with torch.no_grad():
         ref = ckpt.hf.generate(**_hf_inputs(b), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
@@ -136,7 +136,7 @@ def test_fastv_kept_indices_equal_eager_attention(ckpt):
     layer = 2
     gen = AutoregressiveGenerator(ckpt.model, FastV(keep=KEEP, layer=layer))
     for image, b in ckpt.batches.items():  # one generator, two layouts (two N_v): each validated and compiled
-        out = gen.generate(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=2, pad_token_id=0)
+        out = gen.generate_arrays(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=2, pad_token_id=0)
         ckpt.hf.set_attn_implementation("eager")
         try:
             with torch.no_grad():
@@ -229,7 +229,7 @@ def test_batch_of_two_layouts_greedy_equals_transformers(ckpt):
     assert b.image_inputs["image_size"] == (IMAGES["wide"], IMAGES["tall"])
     pad = ckpt.processor.pad_token_id
     gen = AutoregressiveGenerator(ckpt.model)
-    ours = gen.generate(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=NEW, pad_token_id=pad)
+    ours = gen.generate_arrays(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=NEW, pad_token_id=pad)
     with torch.no_grad():
         ref = ckpt.hf.generate(
             input_ids=torch.from_numpy(b.input_ids.astype(np.int64)),
@@ -243,7 +243,7 @@ def test_batch_of_two_layouts_greedy_equals_transformers(ckpt):
         np.testing.assert_array_equal(ours.kept[row][: n_v], np.arange(n_v))
         assert np.all(ours.kept[row][n_v:] == -1)
     # another batch of the same two layouts reuses the compiled programs
-    gen.generate(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=NEW, pad_token_id=pad, seed=1)
+    gen.generate_arrays(b.input_ids, b.attention_mask, b.image_inputs, max_new_tokens=NEW, pad_token_id=pad, seed=1)
     assert gen.compiled_counts() == {"prefill": 1, "decode": 1}
 
 
@@ -268,7 +268,7 @@ def test_batch_of_two_layouts_equals_the_single_runs(ckpt, spec):
     if "tau" in options:  # ToDRE stage 2: a threshold between the two rows' ratios, so the batch is mixed
         probe = AutoregressiveGenerator(ckpt.model, runtime.build_methods(spec, "llava_next", mixed.num_visual_tokens,
                                                                           layers, tau=1.0))
-        st = probe.generate(mixed.input_ids, mixed.attention_mask, mixed.image_inputs, max_new_tokens=1,
+        st = probe.generate_arrays(mixed.input_ids, mixed.attention_mask, mixed.image_inputs, max_new_tokens=1,
                             pad_token_id=0).stages["todre-relevance"]
         worst = np.maximum(st["alpha_t2v"], st["alpha_v2t"])
         options["tau"] = float(worst.mean())
@@ -277,7 +277,7 @@ def test_batch_of_two_layouts_equals_the_single_runs(ckpt, spec):
     def run(batch, rows=None):
         gen = AutoregressiveGenerator(ckpt.model, runtime.build_methods(spec, "llava_next", batch.num_visual_tokens,
                                                                         layers, **options))
-        return gen.generate(batch.input_ids, batch.attention_mask, batch.image_inputs, max_new_tokens=NEW,
+        return gen.generate_arrays(batch.input_ids, batch.attention_mask, batch.image_inputs, max_new_tokens=NEW,
                             pad_token_id=0)
 
     out = run(mixed)

@@ -209,7 +209,7 @@ def test_converted_checkpoint_loads_keeps_names_and_generates_as_before(converte
     assert names and all(n is not None for n in names.values())
     assert names["lm_head.kernel"] == ("embed", "vocab")
     ids, pixels = llava_inputs(c.cfg, batch=2, text_len=10)
-    out = AutoregressiveGenerator(c.model).generate(ids, np.ones_like(ids), pixels, max_new_tokens=8, pad_token_id=3)
+    out = AutoregressiveGenerator(c.model).generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=8, pad_token_id=3)
     np.testing.assert_array_equal(np.asarray(out.tokens), GREEDY_BEFORE)
     # pure-dict round trip (what checkpoint.load does) keeps values and names
     state = nnx.state(c.model, nnx.Param)

@@ -227,7 +227,7 @@ def test_llava_generation_equals_unpruned_model_on_the_shortened_prompt(llava, m
     lengths = [rows.shape[1], rows.shape[1] - 3]  # row 1 three text tokens shorter (left-padded further)
     ids, mask = left_pad(rows, lengths, 32)
     gen = AutoregressiveGenerator(c.model, method)
-    out = gen.generate(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     assert out.kept.shape == (2, method.keep) and not np.array_equal(out.kept[0], out.kept[1])
     # the selection is made on the projector outputs
     feats = np.asarray(c.model.image_features(jnp.asarray(pixels)))
@@ -246,7 +246,7 @@ def test_llava_generation_equals_unpruned_model_on_the_shortened_prompt(llava, m
     np.testing.assert_array_equal(pre.kept, out.kept)
     # another prompt of the same bucket (other lengths, other images): no recompilation
     ids2, mask2 = left_pad(rows, [rows.shape[1] - 1, rows.shape[1] - 2], 32)
-    gen.generate(ids2, mask2, pixels[::-1].copy(), max_new_tokens=NEW, pad_token_id=PAD, seed=1)
+    gen.generate_arrays(ids2, mask2, pixels[::-1].copy(), max_new_tokens=NEW, pad_token_id=PAD, seed=1)
     assert gen.compiled_counts() == {"prefill": 1, "decode": 1}
 
 
@@ -338,7 +338,7 @@ def test_llada_v_sampling_equals_unpruned_loop_on_the_shortened_prompt(llada, me
     inputs = {"pixel_values": pixels, "image_size": IMAGE_HW}
     gen = DiffusionGenerator(model, cfg, method)
     assert method.cls_probe(model.cfg) is None  # SigLIP: no class token, ToDRE's pivot falls back to "norm"
-    out = gen.generate(ids, mask, inputs)
+    out = gen.generate_arrays(ids, mask, inputs)
     assert out.kept.shape == (2, method.keep) and not np.array_equal(out.kept[0], out.kept[1])
     # selection over the packed anyres sequence (newline tokens included), on the projector outputs
     visual = model.image_features(jnp.asarray(pixels), image_size=IMAGE_HW)
@@ -369,7 +369,7 @@ def test_llada_v_sampling_equals_unpruned_loop_on_the_shortened_prompt(llada, me
                         {"pixel_values": jnp.asarray(pixels)}, static=(("image_size", IMAGE_HW),))
     assert prompt.h.shape[1] == ids.shape[1] - n_v + method.keep
     ids2, mask2, pixels2 = llada_prompts(model, [(3, 3), (7, 1)], seed=2)
-    gen.generate(ids2, mask2, {"pixel_values": pixels2, "image_size": IMAGE_HW})
+    gen.generate_arrays(ids2, mask2, {"pixel_values": pixels2, "image_size": IMAGE_HW})
     assert gen.compiled_counts() == {"encode": 1, "first_step": 1, "denoise": 1}
 
 

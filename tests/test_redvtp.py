@@ -64,7 +64,7 @@ def test_kept_indices_match_full_attention_reference(case, image_processor, keep
     n_v = model.num_visual_tokens(SIZE)
     cfg = DiffusionConfig(gen_length=GEN, block_length=GEN, steps=STEPS, mask_id=case.config["mask_token_id"])
     gen = DiffusionGenerator(model, cfg, RedVTP(keep=keep))
-    out = gen.generate(ids, mask, {"pixel_values": pix, "image_size": SIZE})
+    out = gen.generate_arrays(ids, mask, {"pixel_values": pix, "image_size": SIZE})
     with torch.no_grad():
         visual = case.ref.image_features(torch.from_numpy(pix), [SIZE, SIZE], 4)
     scores, is_img = reference_scores(case.ref, ids, mask, visual, cfg.mask_id, GEN // STEPS)
@@ -83,15 +83,15 @@ def test_pruned_sampling_shortens_the_sequence_and_keep_all_changes_nothing(case
     n_v = model.num_visual_tokens(SIZE)
     cfg = DiffusionConfig(gen_length=GEN, block_length=GEN // 2, steps=STEPS, mask_id=case.config["mask_token_id"])
     inputs = {"pixel_values": pix, "image_size": SIZE}
-    base = DiffusionGenerator(model, cfg).generate(ids, mask, inputs)
+    base = DiffusionGenerator(model, cfg).generate_arrays(ids, mask, inputs)
     # keeping every token with original positions must reproduce the unpruned run exactly
-    same = DiffusionGenerator(model, cfg, RedVTP(keep=n_v, reindex=False)).generate(ids, mask, inputs)
+    same = DiffusionGenerator(model, cfg, RedVTP(keep=n_v, reindex=False)).generate_arrays(ids, mask, inputs)
     np.testing.assert_array_equal(same.tokens, base.tokens)
     np.testing.assert_array_equal(same.kept[0], np.arange(n_v))
     # a real prune runs the later steps on a shorter sequence: the compiled denoise loop sees fewer tokens
     keep = max(1, n_v // 4)
     gen = DiffusionGenerator(model, cfg, RedVTP(keep=keep))
-    out = gen.generate(ids, mask, inputs)
+    out = gen.generate_arrays(ids, mask, inputs)
     assert out.tokens.shape == base.tokens.shape and (out.tokens != cfg.mask_id).all()
     prompt = gen.encode(gen.state, jnp.asarray(ids, jnp.int32), jnp.asarray(mask), {"pixel_values": jnp.asarray(pix)},
                         static=(("image_size", SIZE),))
@@ -118,7 +118,7 @@ def test_llada_fastv_scores_one_middle_layer(case, image_processor):
     cfg = DiffusionConfig(gen_length=GEN, block_length=GEN, steps=STEPS, mask_id=case.config["mask_token_id"])
     method = make_method("llada-fastv", keep=9, layer=2)
     assert method.probe_layers(2) == (1,) and make_method("llada-fastv", keep=3).probe_layers(8) == (3,)
-    out = DiffusionGenerator(model, cfg, method).generate(ids, mask, {"pixel_values": pix, "image_size": SIZE})
+    out = DiffusionGenerator(model, cfg, method).generate_arrays(ids, mask, {"pixel_values": pix, "image_size": SIZE})
     with torch.no_grad():
         visual = case.ref.image_features(torch.from_numpy(pix), [SIZE, SIZE], 4)
     # reference: the same computation restricted to layer index 1's attention

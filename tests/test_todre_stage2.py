@@ -105,7 +105,7 @@ def test_ratios_match_eager_attention(llava):
     ids, pixels = llava_inputs(c.cfg, batch=2, text_len=10, seed=4)
     lengths = [ids.shape[1], ids.shape[1] - 4]  # row 1 shorter and left-padded in a bucket of 48
     our_ids, our_mask = left_pad(ids, lengths, 48)
-    out = AutoregressiveGenerator(c.model, ToDRERelevance(tau=0.0)).generate(
+    out = AutoregressiveGenerator(c.model, ToDRERelevance(tau=0.0)).generate_arrays(
         our_ids, our_mask, pixels, max_new_tokens=1, pad_token_id=PAD)
     st = out.stages["todre-relevance"]
     for b in range(2):
@@ -122,11 +122,11 @@ def test_always_fires_equals_reference_without_visual_from_layer_ell(llava):
     c = llava
     ids, pixels = llava_inputs(c.cfg, batch=1, text_len=10, seed=2)
     gen = AutoregressiveGenerator(c.model, ToDRERelevance(tau=1.0))
-    out = gen.generate(ids, np.ones_like(ids), pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=NEW, pad_token_id=PAD)
     assert out.stage2_dropped.tolist() == [True]
     ref = _eager_reference(c, ids, pixels, set(), ELL, NEW)
     np.testing.assert_array_equal(out.tokens[0], ref)
-    unpruned = AutoregressiveGenerator(c.model).generate(ids, np.ones_like(ids), pixels, max_new_tokens=NEW,
+    unpruned = AutoregressiveGenerator(c.model).generate_arrays(ids, np.ones_like(ids), pixels, max_new_tokens=NEW,
                                                          pad_token_id=PAD)
     assert not np.array_equal(unpruned.tokens[0], ref), "dropping changed nothing; the test would prove little"
 
@@ -135,9 +135,9 @@ def test_never_fires_equals_unpruned(llava):
     c = llava
     ids, pixels = llava_inputs(c.cfg, batch=2, text_len=10, seed=5)
     mask = np.ones_like(ids)
-    out = AutoregressiveGenerator(c.model, ToDRERelevance(tau=0.0)).generate(
+    out = AutoregressiveGenerator(c.model, ToDRERelevance(tau=0.0)).generate_arrays(
         ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
-    ref = AutoregressiveGenerator(c.model).generate(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    ref = AutoregressiveGenerator(c.model).generate_arrays(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     assert out.stage2_dropped.tolist() == [False, False]
     np.testing.assert_array_equal(out.tokens, ref.tokens)
 
@@ -147,26 +147,26 @@ def test_mixed_batch_rows_equal_single_sample_runs_and_compile_counts(llava):
     ids, pixels = llava_inputs(c.cfg, batch=2, text_len=10, seed=6)
     lengths = [ids.shape[1], ids.shape[1] - 3]
     b_ids, b_mask = left_pad(ids, lengths, 48)
-    probe = AutoregressiveGenerator(c.model, ToDRERelevance(tau=0.0)).generate(
+    probe = AutoregressiveGenerator(c.model, ToDRERelevance(tau=0.0)).generate_arrays(
         b_ids, b_mask, pixels, max_new_tokens=1, pad_token_id=PAD)
     alpha = probe.stages["todre-relevance"]["alpha_t2v"]
     assert abs(alpha[0] - alpha[1]) > 1e-4, alpha  # τ = their mean is far from float noise (~1e-6)
     tau = float(alpha.mean())  # exactly one row fires
     gen = AutoregressiveGenerator(c.model, ToDRERelevance(tau=tau))
-    out = gen.generate(b_ids, b_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    out = gen.generate_arrays(b_ids, b_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     assert out.stage2_dropped.tolist() == [bool(alpha[0] < tau), bool(alpha[1] < tau)]
     assert out.stage2_dropped.sum() == 1
     for b in range(2):
         s_ids, s_mask = left_pad(ids[b:b + 1], lengths[b:b + 1], 48)
-        single = gen.generate(s_ids, s_mask, pixels[b:b + 1], max_new_tokens=NEW, pad_token_id=PAD)
+        single = gen.generate_arrays(s_ids, s_mask, pixels[b:b + 1], max_new_tokens=NEW, pad_token_id=PAD)
         assert single.stage2_dropped[0] == out.stage2_dropped[b]
         np.testing.assert_array_equal(out.tokens[b], single.tokens[0])
     # batch 2: one head, one (masked, full-length) tail so far; batch 1 compiled its own.
     gen2 = AutoregressiveGenerator(c.model, ToDRERelevance(tau=tau))
-    gen2.generate(b_ids, b_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    gen2.generate_arrays(b_ids, b_mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     both = left_pad(ids, [lengths[0] - 2, lengths[1] - 1], 48)  # other prompts, same bucket
-    gen2.generate(*both, pixels[::-1].copy(), max_new_tokens=NEW, pad_token_id=PAD)
-    gen2.generate(b_ids, b_mask, np.stack([pixels[int(alpha[1] < tau)]] * 2), max_new_tokens=NEW, pad_token_id=PAD)
+    gen2.generate_arrays(*both, pixels[::-1].copy(), max_new_tokens=NEW, pad_token_id=PAD)
+    gen2.generate_arrays(b_ids, b_mask, np.stack([pixels[int(alpha[1] < tau)]] * 2), max_new_tokens=NEW, pad_token_id=PAD)
     counts = gen2.compiled_counts()
     assert counts["prefill_head"] == 1 and counts["prefill_tail"] <= 2 and counts["decode"] <= 2, counts
     assert counts["prefill"] == 0
@@ -177,16 +177,16 @@ def test_stage1_plus_stage2(llava):
     ids, pixels = llava_inputs(c.cfg, batch=1, text_len=10, seed=7)
     mask = np.ones_like(ids)
     stage1 = ToDRE(keep=5, pivot="norm")
-    out = AutoregressiveGenerator(c.model, (stage1, ToDRERelevance(tau=1.0))).generate(
+    out = AutoregressiveGenerator(c.model, (stage1, ToDRERelevance(tau=1.0))).generate_arrays(
         ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
-    only1 = AutoregressiveGenerator(c.model, stage1).generate(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
+    only1 = AutoregressiveGenerator(c.model, stage1).generate_arrays(ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     np.testing.assert_array_equal(out.stages["todre"], only1.kept)
     assert out.stage2_dropped.tolist() == [True]
     vis = np.flatnonzero(ids[0] == c.cfg.image_token_id)
     pre_dropped = set(np.delete(vis, out.stages["todre"][0]).tolist())
     ref = _eager_reference(c, ids, pixels, pre_dropped, ELL, NEW)
     np.testing.assert_array_equal(out.tokens[0], ref)
-    never = AutoregressiveGenerator(c.model, (stage1, ToDRERelevance(tau=0.0))).generate(
+    never = AutoregressiveGenerator(c.model, (stage1, ToDRERelevance(tau=0.0))).generate_arrays(
         ids, mask, pixels, max_new_tokens=NEW, pad_token_id=PAD)
     np.testing.assert_array_equal(never.tokens, only1.tokens)
     with pytest.raises(ValueError, match="per stage"):

@@ -170,11 +170,11 @@ def test_llada_v_mixed_batch_equals_single_runs(llada, spec):
         method = None if spec == "none" else runtime.build_methods(spec, "llada_v", n_v, layers, keep_ratio=None)
         return DiffusionGenerator(c.model, dcfg, method)
 
-    out = generator(c.mixed.num_visual_tokens).generate(c.mixed.input_ids, c.mixed.attention_mask,
+    out = generator(c.mixed.num_visual_tokens).generate_arrays(c.mixed.input_ids, c.mixed.attention_mask,
                                                       c.mixed.image_inputs)
     for b, single in enumerate(c.singles):
         ref_batch, row = (c.same[b], b) if spec == "random" else (single, 0)
-        ref = generator(single.num_visual_tokens).generate(ref_batch.input_ids, ref_batch.attention_mask,
+        ref = generator(single.num_visual_tokens).generate_arrays(ref_batch.input_ids, ref_batch.attention_mask,
                                                            ref_batch.image_inputs)
         np.testing.assert_array_equal(out.tokens[b], ref.tokens[row], err_msg=f"{spec} row {b}")
         own = out.kept[b][out.kept[b] >= 0]

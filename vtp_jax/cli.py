@@ -187,7 +187,7 @@ def _prepare_diffusion(args, image, cfg) -> dict:
 
 def _generate(args, model, cfg, prep) -> dict:
     """Builds the family's generator (:func:`vtp_jax.generation.make_generator`), runs ``--warmup`` + ``--runs``
-    calls of the shared ``run(batch, settings)`` and returns the JSON object (diffusion adds its settings)."""
+    calls of the shared ``generate(batch, settings)`` and returns the JSON object (diffusion adds its settings)."""
     from vtp_jax.generation import SamplerSettings, make_generator
 
     processor, batch, dcfg = prep["processor"], prep["batch"], prep.get("dcfg")
@@ -197,7 +197,7 @@ def _generate(args, model, cfg, prep) -> dict:
         max_new_tokens=args.max_new_tokens or 1, eos_token_ids=eos_token_ids(cfg, processor),
         pad_token_id=processor.pad_token_id,
     )
-    runs, first_call_s = _timed_runs(lambda: gen.run(batch, settings), args)
+    runs, first_call_s = _timed_runs(lambda: gen.generate(batch, settings), args)
     result = _result(args, cfg, processor, batch, runs, first_call_s)
     if dcfg is not None:
         result["diffusion"] = jsonable({  # finite by validation; jsonable anyway, so --json can never fail on NaN

@@ -106,7 +106,7 @@ class JaxRunner:
         """One timed generation → ``{"prefill_s", "decode_s"}`` (seconds) and ``"tokens_per_s"`` (decode tokens per
         second, batch summed); with ToDRE stage 2 also ``"stage2_dropped"`` (per row) and its ratios ``"alpha_t2v"``,
         ``"alpha_v2t"``. Raises RuntimeError unless every row decoded exactly ``max_new_tokens``."""
-        out = self.gen.generate(
+        out = self.gen.generate_arrays(
             self.inputs["input_ids"], self.inputs["attention_mask"], self.images,
             max_new_tokens=self.n, eos_token_ids=(), pad_token_id=self.pad_id, temperature=0.0,
         )
@@ -255,7 +255,7 @@ class JaxDiffusionRunner:
     def run(self) -> dict:
         """One timed generation → ``{"latency_s", "encode_s", "denoise_s"}`` (seconds) and ``"tokens_per_s"``
         (gen_length / latency). Raises RuntimeError for an output of the wrong shape."""
-        out = self.gen.generate(self.inputs["input_ids"], self.inputs["attention_mask"], self.image_inputs,
+        out = self.gen.generate_arrays(self.inputs["input_ids"], self.inputs["attention_mask"], self.image_inputs,
                                 temperature=0.0)
         if out.tokens.shape != (1, self.dcfg.gen_length):
             raise RuntimeError(f"jax run returned shape {out.tokens.shape}, expected (1, {self.dcfg.gen_length})")

@@ -2,9 +2,9 @@
 
 * :class:`~vtp_jax.generation.autoregressive.AutoregressiveGenerator` (prefill + KV-cache decode; LLaVA) and
   :class:`~vtp_jax.generation.diffusion.DiffusionGenerator` (LLaDA's masked-diffusion loop; LLaDA-V).
-* Both have ``run(batch, settings) -> GenerationOutput`` (:mod:`vtp_jax.generation.output`): ``batch`` is a
+* Both have ``generate(batch, settings) -> GenerationOutput`` (:mod:`vtp_jax.generation.output`): ``batch`` is a
   :class:`vtp_jax.processing.Batch` (``input_ids``, ``attention_mask``, ``image_inputs``), ``settings`` a
-  :class:`SamplerSettings`. Their array-level ``generate(...)`` methods stay for callers that build arrays
+  :class:`SamplerSettings`. Their array-level ``generate_arrays(...)`` methods serve callers that build arrays
   themselves (tests, benchmarks).
 * :func:`make_generator` builds the generator of a model's family (its ``Family.kind``).
 """

@@ -428,7 +428,7 @@ class AutoregressiveGenerator:
         return DecodeResult(c.out, c.caches, c.kept_log, c.rate_log)
 
     # ---- host API ------------------------------------------------------------------------------------------
-    def generate(
+    def generate_arrays(
         self,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
@@ -532,11 +532,11 @@ class AutoregressiveGenerator:
                                          "layer": self._dy_layer}
         return out
 
-    def run(self, batch, settings) -> GenerationOutput:
+    def generate(self, batch, settings) -> GenerationOutput:
         """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs`` — passed through
         whole; a :class:`vtp_jax.processing.Batch`) and :class:`vtp_jax.generation.SamplerSettings` →
-        :meth:`generate`."""
-        return self.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
+        :meth:`generate_arrays`."""
+        return self.generate_arrays(batch.input_ids, batch.attention_mask, batch.image_inputs,
                              max_new_tokens=settings.max_new_tokens, eos_token_ids=tuple(settings.eos_token_ids),
                              pad_token_id=settings.pad_token_id, temperature=settings.temperature,
                              top_p=settings.top_p, seed=settings.seed)

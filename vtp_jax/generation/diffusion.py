@@ -333,7 +333,7 @@ class DiffusionGenerator:
         return jax.lax.fori_loop(1, cfg.steps, body, _DenoiseCarry(x_gen, counts, key)).x_gen
 
     # ---- host API ------------------------------------------------------------------------------------------
-    def generate(
+    def generate_arrays(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, image_inputs: dict, *, temperature: float = 0.0,
         seed: int = 0,
     ) -> GenerationOutput:
@@ -411,11 +411,11 @@ class DiffusionGenerator:
         return (plan, None if pre_keep is None else int(pre_keep.max()),
                 None if later_keep is None else int(later_keep.max()))
 
-    def run(self, batch, settings) -> GenerationOutput:
+    def generate(self, batch, settings) -> GenerationOutput:
         """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs``; a
         :class:`vtp_jax.processing.Batch`) and :class:`vtp_jax.generation.SamplerSettings` (``temperature``,
-        ``seed``; lengths come from this generator's DiffusionConfig) → :meth:`generate`."""
-        return self.generate(batch.input_ids, batch.attention_mask, batch.image_inputs,
+        ``seed``; lengths come from this generator's DiffusionConfig) → :meth:`generate_arrays`."""
+        return self.generate_arrays(batch.input_ids, batch.attention_mask, batch.image_inputs,
                              temperature=settings.temperature, seed=settings.seed)
 
     def compiled_counts(self) -> dict[str, int]:

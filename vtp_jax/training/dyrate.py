@@ -156,7 +156,7 @@ class Collector:
         for s in tqdm(range(0, len(items), batch), desc="dyrate data", disable=not progress, leave=False):
             chunk = items[s:s + batch]
             enc = self.processor([im for im, _ in chunk], [q for _, q in chunk])
-            out = self.generator.generate(enc.input_ids, enc.attention_mask, enc.image_inputs,
+            out = self.generator.generate_arrays(enc.input_ids, enc.attention_mask, enc.image_inputs,
                                           max_new_tokens=r, eos_token_ids=eos, pad_token_id=pad)
             resp = np.full((len(chunk), r), pad, np.int32)
             valid = np.zeros((len(chunk), r), bool)

@@ -43,7 +43,7 @@ def _diffusion_generator(model, processor, settings: dict, method):
 def _autoregressive_answers(generator, processor, enc, settings: dict):
     from vtp_jax.runtime import eos_token_ids
 
-    return generator.generate(
+    return generator.generate_arrays(
         enc.input_ids, enc.attention_mask, enc.image_inputs["pixel_values"],
         max_new_tokens=settings["max_new_tokens"], eos_token_ids=eos_token_ids(generator.cfg, processor),
         pad_token_id=processor.pad_token_id, temperature=settings["temperature"],
@@ -51,7 +51,7 @@ def _autoregressive_answers(generator, processor, enc, settings: dict):
 
 
 def _diffusion_answers(generator, processor, enc, settings: dict):
-    return generator.generate(enc.input_ids, enc.attention_mask, enc.image_inputs,
+    return generator.generate_arrays(enc.input_ids, enc.attention_mask, enc.image_inputs,
                               temperature=settings["temperature"])
 
 
