@@ -168,13 +168,14 @@ def check_positions(cfg, prompt_tokens: int, new_tokens: int, what: str) -> None
 
 def diffusion_config(
     cfg, processor, *, gen_length: int, block_length: int | None, steps: int, remasking: str, cfg_scale: float,
-    source: str = "the checkpoint", warn=None,
+    source: str = "the checkpoint", warn=None, early_stop: bool = True,
 ):
     """LLaDA-V sampler settings: the checkpoint's mask id, suppressed ids (EOS, BOS, header tokens — LLaDA-V
     forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. ``block_length`` None means one
     block of ``gen_length``; any given value, 0 included, is validated as it is. Raises InputError (no usable
     mask id) or DiffusionError (lengths < 1 or that do not divide, bad remasking, a cfg that is negative or not
-    finite). ``warn`` (a ``str -> None`` callable, e.g. a front end's stderr printer) hears of legal but suspect
+    finite). ``early_stop``: the official stop rule (:class:`vtp_jax.generation.diffusion.DiffusionConfig`;
+    ``--no-early-stop`` turns it off). ``warn`` (a ``str -> None`` callable, e.g. a front end's stderr printer) hears of legal but suspect
     settings: more denoising steps than generated tokens (the steps beyond one token per step unmask nothing and
     only cost time)."""
     from vtp_jax.generation.diffusion import DiffusionConfig
@@ -194,6 +195,7 @@ def diffusion_config(
     dcfg = DiffusionConfig(
         gen_length=gen_length, block_length=gen_length if block_length is None else block_length, steps=steps, remasking=remasking,
         cfg=cfg_scale, mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
+        early_stop=early_stop,
     )
     dcfg.validate()
     if warn is not None and dcfg.steps > dcfg.gen_length:
@@ -229,6 +231,9 @@ def add_sampler_arguments(p) -> None:
                    help="which predictions to keep at each step (default low_confidence)")
     d.add_argument("--cfg", type=argtypes.GUIDANCE, default=None,
                    help="classifier-free guidance scale, ≥ 0 (default 0 = off)")
+    d.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="fill every response slot (LLaDA's plain loop) instead of the official LLaDA-V stop rule "
+                        "(nothing after an unmasked <|eot_id|> is unmasked; a finished row ends the loop)")
     p.add_argument("--temperature", type=argtypes.TEMPERATURE, default=0.0, help="≥ 0; 0 = greedy (default)")
 
 

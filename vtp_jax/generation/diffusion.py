@@ -61,6 +61,12 @@ class DiffusionConfig:
     steps (divisible by the number of blocks); remasking: "low_confidence" | "random"; cfg: guidance scale
     (0 = off); mask_id: the [MASK] token id; suppress_ids: token ids never predicted at masked positions
     (LLaDA-V forbids 126081, 126080, 126346, 126347); stop_ids: EOS / EOT ids where the answer is cut.
+    early_stop: with ``stop_ids``, the official stopping rule of LLaDA-V's ``generate_with_embeds`` (ML-GSAI/LLaDA-V,
+    ``train/llava/model/language_model/llada/modeling_llada.py``, called with ``stopping_criteria=[conv.sep]`` by
+    its demo and lmms-eval model): once a stop id is unmasked at position s, no position ≥ s is unmasked again
+    (``x0_p[:, stop_position:] = -inf``), and a row is finished as soon as nothing before s is still masked (the
+    official loop leaves the block and skips the remaining blocks), so the loop runs fewer steps. False: LLaDA's
+    plain ``generate`` (every slot filled; the answer cut at the first stop id afterwards).
     """
 
     gen_length: int = 32
@@ -71,6 +77,7 @@ class DiffusionConfig:
     mask_id: int = 126336
     suppress_ids: tuple[int, ...] = ()
     stop_ids: tuple[int, ...] = ()
+    early_stop: bool = True
 
     def validate(self) -> None:
         """Raises DiffusionError with the offending values (lengths and steps whole numbers ≥ 1 that divide, a
@@ -124,14 +131,36 @@ def gumbel_argmax(logits: jax.Array, uniform: jax.Array, temperature: float) -> 
     return jnp.argmax(logits / temperature + g, axis=-1).astype(jnp.int32)
 
 
+def first_stop(x_gen: jax.Array, cfg: DiffusionConfig) -> jax.Array:
+    """Position of each row's first unmasked stop id, int32 [B] (G = ``x_gen.shape[1]`` without one, or when the
+    stop rule is off: ``cfg.early_stop`` False or no ``cfg.stop_ids``)."""
+    b, g = x_gen.shape
+    if not (cfg.early_stop and cfg.stop_ids):
+        return jnp.full((b,), g, jnp.int32)
+    hit = jnp.isin(x_gen, jnp.asarray(cfg.stop_ids, jnp.int32))
+    return jnp.min(jnp.where(hit, jnp.arange(g, dtype=jnp.int32)[None], g), axis=1).astype(jnp.int32)
+
+
+def rows_done(x_gen: jax.Array, stop: jax.Array, cfg: DiffusionConfig) -> jax.Array:
+    """bool [B]: rows that have unmasked a stop id and hold no masked position before it (the official loop's
+    "no pre-stop masks left": the row is finished)."""
+    g = x_gen.shape[1]
+    before = jnp.arange(g)[None] < stop[:, None]
+    return (stop < g) & ~jnp.any((x_gen == cfg.mask_id) & before, axis=1)
+
+
 def unmask_step(
     x_gen: jax.Array, logits: jax.Array, step: jax.Array, n_transfer: jax.Array, key: jax.Array,
-    cfg: DiffusionConfig, temperature: float,
+    cfg: DiffusionConfig, temperature: float, stop: jax.Array | None = None,
 ) -> jax.Array:
     """One LLaDA update of the response tokens.
 
     x_gen int32 [B, G] (mask_id where masked); logits float32 [B, G, V] (response positions only); step: global
-    step index (selects the block); n_transfer int32 [B]: how many to unmask now. Returns the new x_gen.
+    step index (selects the block); n_transfer int32 [B]: how many to unmask now; stop int32 [B] or None: each
+    row's first stop position (:func:`first_stop`): positions ≥ it are never unmasked (the official stop rule;
+    where fewer positions than ``n_transfer`` remain before it, fewer are unmasked — the official loop's
+    ``topk`` would then also fill masked slots after the stop, which are cut from the answer). Returns the new
+    x_gen.
     """
     b, g = x_gen.shape
     k_noise, k_conf = jax.random.split(key)
@@ -147,6 +176,8 @@ def unmask_step(
     block_end = (step // cfg.steps_per_block + 1) * cfg.block_length
     masked = x_gen == cfg.mask_id
     eligible = masked & (jnp.arange(g)[None, :] < block_end)
+    if stop is not None:
+        eligible = eligible & (jnp.arange(g)[None, :] < stop[:, None])
     conf = jnp.where(eligible, conf, -jnp.inf)
     order = jnp.argsort(-conf, axis=1, stable=True)
     rank = jnp.zeros_like(order).at[jnp.arange(b)[:, None], order].set(jnp.arange(g)[None, :])
@@ -168,12 +199,15 @@ class _Prompt(NamedTuple):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class _DenoiseCarry:
-    """The denoising loop's carry: x_gen int32 [B, G] (response tokens, MASK where still masked), counts int32
-    [B, steps_per_block] (tokens to unmask per step of the current block), key (PRNG key)."""
+    """The denoising loop's carry: step int32 [] (global step index), x_gen int32 [B, G] (response tokens, MASK
+    where still masked), counts int32 [B, steps_per_block] (tokens to unmask per step of the current block), key
+    (PRNG key), stop int32 [B] (first stop position, G without one: :func:`first_stop`)."""
 
+    step: jax.Array
     x_gen: jax.Array
     counts: jax.Array
     key: jax.Array
+    stop: jax.Array
 
 
 class DiffusionGenerator:
@@ -276,7 +310,8 @@ class DiffusionGenerator:
     def _first_step(self, state, prompt: _Prompt, key, rows=None, *, temperature, num_visual, all_valid=False,
                     later_bucket=None):
         """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
-        ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, prompt, kept)."""
+        ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, stop, prompt, kept);
+        stop int32 [B]: each row's first stop position after this step (:func:`first_stop`)."""
         model = nnx.merge(self.graphdef, state)
         cfg, method = self.cfg, self._during
         b, p = prompt.key_valid.shape
@@ -292,11 +327,12 @@ class DiffusionGenerator:
             )
         key, sub = jax.random.split(key)
         new_x = unmask_step(x_gen, logits, jnp.int32(0), counts[:, 0], sub, cfg, temperature)
+        stop = first_stop(new_x, cfg)
         if method is None:
-            return new_x, counts, key, prompt, prompt.kept
+            return new_x, counts, key, stop, prompt, prompt.kept
         still_masked = (x_gen == cfg.mask_id) & (new_x == cfg.mask_id)  # R: masked before and after this step
         token_scores = method.token_scores(probe[:, :, :p], still_masked)
-        return (new_x, counts, key) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
+        return (new_x, counts, key, stop) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
 
     def _compact(self, prompt: _Prompt, token_scores, n_v: int, rows=None, bucket=None):
         method = self._during
@@ -316,21 +352,27 @@ class DiffusionGenerator:
         h_uncond = jnp.broadcast_to(prompt.h_uncond[:, :1], seq.h.shape)
         return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask, kept), kept
 
-    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, *, temperature, all_valid=False):
-        """Steps 1 .. steps−1 of all blocks in one ``fori_loop``; ``counts`` are recomputed at each block start."""
-        model = nnx.merge(self.graphdef, state)
+    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, stop, *, temperature, all_valid=False):
+        """Steps 1 .. steps−1 of all blocks in one ``while_loop``; ``counts`` are recomputed at each block start.
+        The loop ends early once every row is finished (:func:`rows_done`; never without the stop rule).
+        Returns (x_gen int32 [B, G], steps int32 []: denoising steps run, step 0 included)."""
         cfg = self.cfg
 
-        def body(step, c: _DenoiseCarry) -> _DenoiseCarry:
-            x_gen, counts, key = c.x_gen, c.counts, c.key
+        def cond(c: _DenoiseCarry):
+            return (c.step < cfg.steps) & ~jnp.all(rows_done(c.x_gen, c.stop, cfg))
+
+        def body(c: _DenoiseCarry) -> _DenoiseCarry:
+            step, x_gen, counts, key = c.step, c.x_gen, c.counts, c.key
             model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
             j = step % cfg.steps_per_block
             counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
             logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
             key, sub = jax.random.split(key)
-            return _DenoiseCarry(unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature), counts, key)
+            x_gen = unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature, c.stop)
+            return _DenoiseCarry(step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, cfg)))
 
-        return jax.lax.fori_loop(1, cfg.steps, body, _DenoiseCarry(x_gen, counts, key)).x_gen
+        out = jax.lax.while_loop(cond, body, _DenoiseCarry(jnp.int32(1), x_gen, counts, key, stop))
+        return out.x_gen, out.step
 
     # ---- host API ------------------------------------------------------------------------------------------
     def generate_arrays(
@@ -375,10 +417,11 @@ class DiffusionGenerator:
         t1 = time.perf_counter()
         kept_pre = prompt.kept  # the pre-LLM stage's selection (read back after the timed part)
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in every step
-        x_gen, counts, key, prompt, kept = self.first_step(
+        x_gen, counts, key, stop, prompt, kept = self.first_step(
             self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw, **step_kw
         )
-        x_gen = self.denoise(self.state, prompt, x_gen, counts, key, temperature=temperature, **mask_kw)
+        x_gen, steps_run = self.denoise(self.state, prompt, x_gen, counts, key, stop, temperature=temperature,
+                                        **mask_kw)
         tokens = np.asarray(jax.block_until_ready(x_gen))
         t2 = time.perf_counter()
         if kept is None:
@@ -391,7 +434,7 @@ class DiffusionGenerator:
         if self._during is not None:
             stages[self._during.name] = kept
         return GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=MASKED_DIFFUSION,
-                                decode_s=t2 - t1, encode_s=t1 - t0, stages=stages)
+                                decode_s=t2 - t1, encode_s=t1 - t0, stages=stages, steps=int(steps_run))
 
     def row_plan(self, counts: np.ndarray) -> tuple[RowCounts, int | None, int | None]:
         """Per-row keep counts of a batch whose rows hold ``counts`` int [B] visual tokens (not all equal):

@@ -27,7 +27,8 @@ class GenerationOutput:
 
     Attributes:
       tokens: int32 [B, N] generated ids (N = ``max_new_tokens`` autoregressive, ``gen_length`` diffusion); after a
-        row's first stop id the autoregressive generator pads, the diffusion one keeps what it unmasked.
+        row's first stop id the autoregressive generator pads; the diffusion one leaves the mask id there under the
+        stop rule (``DiffusionConfig.early_stop``), else keeps what it unmasked.
       kept: int32 [B, K] visual-token indices (into the N_v visual tokens, ascending) the decoder kept: all N_v
         without pruning; with ToDRE stage 2 the set before it (see ``stage2_dropped``).
       num_new_tokens: per row, the answer's length: tokens up to and including the first stop id
@@ -43,6 +44,8 @@ class GenerationOutput:
         dict for ``todre-relevance`` (``{"dropped", "alpha_t2v", "alpha_v2t", "layer", "tau"}``) and ``dyrate``
         (``{"kept_per_token", "rate_per_token", "rates", "layer"}``).
       stage2_dropped: bool [B] when ToDRE stage 2 ran (rows that kept no visual token from layer ℓ on), else None.
+      steps: diffusion: denoising steps the loop ran (fewer than ``DiffusionConfig.steps`` when every row stopped
+        early under the stop rule); None autoregressive.
       kept_per_token / rate_per_token: DyRate only (else None): int32 [B, N] — visual tokens in the KV cache when
         token i was generated (token 0 by prefill: all of them) and the rate index chosen after it.
     """
@@ -58,6 +61,7 @@ class GenerationOutput:
     stage2_dropped: np.ndarray | None = None
     kept_per_token: np.ndarray | None = None
     rate_per_token: np.ndarray | None = None
+    steps: int | None = None
 
     def __post_init__(self):
         if self.kind not in GENERATOR_KINDS:
