@@ -315,7 +315,7 @@ class Evaluator:
         self.family = self.cfg.family
         self.kind = family_record(self.family).kind  # the generator kind decides the sampler and its outputs
         runtime.family_flags(args, self.family)
-        self.processor = load_processor(args.model, self.cfg)
+        self.processor = load_processor(args.model, self.cfg, prompt_format=getattr(args, "prompt_format", None))
         self.num_layers = self.cfg.text.num_hidden_layers
         self.dcfg = self._diffusion_config() if self.kind == MASKED_DIFFUSION else None
         self._generators: dict[Any, Any] = {}

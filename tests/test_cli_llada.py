@@ -233,3 +233,45 @@ def test_combined_stages_run_on_llada_v(model_dir, image, n_v, capsys):
     assert len(pre) == max(1, int(n_v * 0.098)) and len(set(pre)) == len(pre) and all(0 <= i < n_v for i in pre)
     assert len(during) == max(1, int(len(pre) * 0.5))
     assert set(during) <= set(pre) and r["kept_visual_indices"] == sorted(during)
+
+
+def _official_prompt_ids(tokenizer, question: str, image_token_id: int) -> list[int]:
+    """LLaDA-V's own path, step by step: ``conv_llava_llada.get_prompt()`` (system turn, user turn
+    ``<image>\\n{question}``, ``apply_chat_template(add_generation_prompt=True)``), then LLaVA's
+    ``tokenizer_image_token`` (chunks at ``<image>``, each ``tokenizer(chunk).input_ids``, an empty chunk → [BOS];
+    ``insert_separator`` with ``[IMAGE] * (offset + 1)``; ``x[offset:]`` of every element, offset 1 after a
+    leading BOS)."""
+    from vtp_jax.processing import LLADA_V_SYSTEM_PROMPT
+
+    messages = [{"role": "system", "content": LLADA_V_SYSTEM_PROMPT}, {"role": "user", "content": "<image>\n" + question}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    chunks = [tokenizer(c).input_ids if c else [tokenizer.bos_token_id] for c in prompt.split("<image>")]
+    offset = 1 if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
+    ids = [chunks[0][0]] if offset else []
+    separated = [e for pair in zip(chunks, [[image_token_id] * (offset + 1)] * len(chunks)) for e in pair][:-1]
+    for x in separated:
+        ids.extend(x[offset:])
+    return ids
+
+
+def test_official_prompt_format_equals_llada_v_code(model_dir, cfg, n_v):
+    from vtp_jax.processing import InputError, LladaVProcessor, load_processor
+
+    assert load_processor(model_dir, cfg).prompt_format == "plain"  # the toy checkpoint's config.json says so
+    proc = load_processor(model_dir, cfg, prompt_format="official")
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 255, IMAGE_HW + (3,), dtype=np.uint8))
+    question = "What is in the picture?"
+    row = proc([image], [question]).prompt_ids[0]
+    ref = _official_prompt_ids(proc.tokenizer, question, cfg.image_token_id)
+    at = ref.index(cfg.image_token_id)
+    assert ref.count(cfg.image_token_id) == 1
+    assert row == ref[:at] + [cfg.image_token_id] * n_v + ref[at + 1:]  # the one placeholder expanded to N_v
+    plain = load_processor(model_dir, cfg).encode_prompt(load_processor(model_dir, cfg).build_prompt(question), n_v)
+    assert len(row) > len(plain) + 10  # the system turn is there
+    assert proc.tokenizer.decode(ref[:at]).count("helpful language and vision assistant") == 1
+    # the toy tokenizer adds no BOS itself: the code drops the first token after <image> (the "\n"), and so do we
+    after = proc.tokenizer(proc.build_prompt(question).split("<image>")[1]).input_ids
+    assert row[at + n_v:] == after[1:]
+    with pytest.raises(InputError, match="prompt format must be one of"):
+        LladaVProcessor(model_dir, cfg, prompt_format="chat")

@@ -17,6 +17,8 @@ newline (with and without the anyres_max downsample), and full logits (MHA and G
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import types
@@ -249,6 +251,13 @@ def test_config_of_a_real_llada_v_config_json():
     llada_style.update(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288,
                        embedding_size=126464, vocab_size=126464, mask_token_id=126336)
     assert config_from_hf(llada_style).text == cfg.text
+    # the real file stores the pinpoints expanded, [[384, 384], [384, 768], …], and a BOS id (128000) that is not the
+    # tokenizer's (126080, ``<|startoftext|>``); neither changes the model (the BOS id is never read from config.json)
+    expanded = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
+    real = config_from_hf({**d, "image_grid_pinpoints": expanded, "bos_token_id": 128000})
+    assert set(real.image_grid_pinpoints) == set(cfg.image_grid_pinpoints)
+    assert (real.vision, real.mask_token_id) == (cfg.vision, cfg.mask_token_id)
+    assert real.text == dataclasses.replace(cfg.text, bos_token_id=128000)  # recorded as given, read by nothing
     for bad in ({"mm_projector_type": "linear"}, {"image_aspect_ratio": "pad"}, {"mm_patch_merge_type": "flat"},
                 {"mm_hidden_size": 1024}, {"mm_vision_tower": "openai/clip-vit-large-patch14-336"}):
         with pytest.raises(ConfigError):

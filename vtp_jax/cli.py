@@ -169,7 +169,7 @@ def _prepare_diffusion(args, image, cfg) -> dict:
     memory estimate."""
     from vtp_jax.processing import load_processor
 
-    processor = load_processor(args.model, cfg)
+    processor = load_processor(args.model, cfg, prompt_format=args.prompt_format)
     dcfg = diffusion_config(
         cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
         remasking=args.remasking, cfg_scale=args.cfg, source=args.model, early_stop=args.early_stop,

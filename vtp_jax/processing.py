@@ -413,19 +413,56 @@ _LLADA_FALLBACK_TEMPLATE = (
 )
 
 
+# LLaDA-V's conversation template ``conv_llava_llada`` (ML-GSAI/LLaDA-V, train/llava/conversation.py): its system
+# turn, rendered through the tokenizer's chat template before the user turn.
+LLADA_V_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+PROMPT_FORMATS = ("official", "plain")
+PROMPT_FORMAT_KEY = "vtp_prompt_format"  # config.json key naming a checkpoint's own prompt format
+
+
+def checkpoint_prompt_format(model_dir: str) -> str:
+    """The prompt format a LLaDA-V checkpoint directory declares in config.json (``"vtp_prompt_format"``; the
+    testbeds trained here say ``"plain"``), else ``"official"``. Raises InputError for an unknown value."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh).get(PROMPT_FORMAT_KEY, "official")
+    except (OSError, ValueError, AttributeError):
+        return "official"
+    if value not in PROMPT_FORMATS:
+        raise InputError(f"{path}: {PROMPT_FORMAT_KEY} must be one of {', '.join(PROMPT_FORMATS)}, got {value!r}")
+    return value
+
+
 class LladaVProcessor(BaseProcessor):
     """LLaDA-V: tokenizer and anyres image processor loaded separately; ``<image>`` expanded to N_v placeholders.
+
+    Two prompt formats (``prompt_format``):
+
+    - ``"official"`` — what LLaDA-V's own demo and lmms-eval model feed the model: the ``conv_llava_llada``
+      system turn (:data:`LLADA_V_SYSTEM_PROMPT`), the user turn ``"<image>\n{question}"``, the assistant header,
+      rendered by the tokenizer's chat template, then LLaVA's ``tokenizer_image_token`` (``llava/mm_utils.py``):
+      the text is split at ``<image>``, every chunk is tokenized with the tokenizer's own special-token rule, and
+      when the first chunk starts with BOS, one BOS is kept and the first token of every chunk is dropped — for a
+      tokenizer that adds no BOS of its own, that is the first token after ``<image>``. Reproduced as the code
+      does it.
+    - ``"plain"`` — the format the testbeds here were trained with: the user turn alone, each side of ``<image>``
+      tokenized without special tokens (nothing dropped).
 
     Args:
       model_dir: a converted (or LLaDA-V) directory with tokenizer files (chat template included) and an image
         processor config (``LlavaOnevisionImageProcessor``: anyres tiles, ``image_sizes``).
       cfg: the :class:`vtp_jax.config.LladaVConfig` (tiling parameters → the layout and N_v of each image;
         ``image_token_id``).
+      prompt_format: ``"official"``, ``"plain"`` or None (the checkpoint's: :func:`checkpoint_prompt_format`).
 
-    Raises InputError if the tokenizer or image processor cannot be loaded.
+    Raises InputError if the tokenizer or image processor cannot be loaded, or for an unknown prompt format.
     """
 
-    def __init__(self, model_dir: str, cfg):
+    def __init__(self, model_dir: str, cfg, *, prompt_format: str | None = None):
         from transformers import AutoImageProcessor, AutoTokenizer
 
         def both():
@@ -435,6 +472,9 @@ class LladaVProcessor(BaseProcessor):
         self.tokenizer, self.image_processor = load_hf_files(model_dir, both)
         self.cfg = cfg
         self.image_token_id = int(cfg.image_token_id)
+        if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
+            raise InputError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+        self.prompt_format = prompt_format or checkpoint_prompt_format(model_dir)
 
     def layout(self, image_size):
         """The :class:`vtp_jax.modeling.anyres.AnyresLayout` of an image of (height, width) ``image_size``."""
@@ -443,16 +483,20 @@ class LladaVProcessor(BaseProcessor):
         return layout_for_config(self.cfg, tuple(int(v) for v in image_size))
 
     def build_prompt(self, question: str) -> str:
-        """The chat-template prompt of one user turn ``"<image>\\n{question}"`` plus the assistant header."""
+        """The chat-template prompt: the system turn (official format only), the user turn
+        ``"<image>\\n{question}"``, the assistant header."""
         content = f"{IMAGE_TOKEN}\n{question}"
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": content}]
+            if self.prompt_format == "official":
+                messages.insert(0, {"role": "system", "content": LLADA_V_SYSTEM_PROMPT})
             return _render_template(lambda: self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                                tokenize=False))
         return _LLADA_FALLBACK_TEMPLATE.format(content=content)
 
     def encode_prompt(self, prompt: str, num_visual_tokens: int) -> list[int]:
-        """Prompt text with exactly one ``<image>`` → ids with ``num_visual_tokens`` copies of ``image_token_id``.
+        """Prompt text with exactly one ``<image>`` → ids with ``num_visual_tokens`` copies of ``image_token_id``
+        (tokenized as :attr:`prompt_format` says; see the class doc).
 
         Raises InputError when the text holds no or several ``<image>`` markers (e.g. one typed in the question).
         """
@@ -462,7 +506,13 @@ class LladaVProcessor(BaseProcessor):
                 f"the prompt must hold exactly one {IMAGE_TOKEN} marker, found {len(parts) - 1} "
                 f"(do not type {IMAGE_TOKEN} in the question)"
             )
-        head, tail = (self.tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in parts)
+        if self.prompt_format == "official":  # LLaVA's tokenizer_image_token, one image
+            bos = self.tokenizer.bos_token_id
+            head, tail = (list(self.tokenizer(p)["input_ids"]) if p else [bos] for p in parts)
+            if head and bos is not None and head[0] == bos:
+                tail = tail[1:]  # the code keeps chunk 0's BOS and drops the first token of every later chunk
+        else:
+            head, tail = (self.tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in parts)
         return [int(i) for i in head] + [self.image_token_id] * num_visual_tokens + [int(i) for i in tail]
 
     def __call__(self, images: list[Image.Image], questions: list[str], *, bucket: int = 64) -> Batch:
@@ -501,11 +551,13 @@ class LladaVProcessor(BaseProcessor):
         return Batch(input_ids, mask, pixel_values, rows, image_inputs, max(lay.num_tokens for lay in layouts))
 
 
-def load_processor(model_dir: str, cfg) -> BaseProcessor:
+def load_processor(model_dir: str, cfg, *, prompt_format: str | None = None) -> BaseProcessor:
     """The processor of ``cfg.family`` (``Family.processor``: "llava" → :class:`Processor`, "llada_v" →
-    :class:`LladaVProcessor`).
+    :class:`LladaVProcessor`). ``prompt_format``: LLaDA-V's prompt format (:class:`LladaVProcessor`; None = the
+    checkpoint's).
 
-    Raises InputError for an unknown family or unloadable processor files.
+    Raises InputError for an unknown family, unloadable processor files, or a prompt format for a family that has
+    none.
     """
     from vtp_jax import families
 
@@ -513,4 +565,9 @@ def load_processor(model_dir: str, cfg) -> BaseProcessor:
         family = families.get(cfg.family)
     except families.UnknownFamilyError as e:
         raise InputError(str(e)) from None
-    return family.processor(model_dir, cfg)
+    if prompt_format is None:
+        return family.processor(model_dir, cfg)
+    if prompt_format not in family.prompt_formats:
+        raise InputError(f"prompt format {prompt_format!r} does not apply to {family.name} checkpoints (formats: "
+                         f"{', '.join(family.prompt_formats) or 'none'})")
+    return family.processor(model_dir, cfg, prompt_format=prompt_format)

@@ -231,6 +231,9 @@ def add_sampler_arguments(p) -> None:
                    help="which predictions to keep at each step (default low_confidence)")
     d.add_argument("--cfg", type=argtypes.GUIDANCE, default=None,
                    help="classifier-free guidance scale, ≥ 0 (default 0 = off)")
+    d.add_argument("--prompt-format", choices=["official", "plain"], default=None,
+                   help="official: LLaDA-V's conv_llava_llada system turn + tokenizer_image_token; plain: the user "
+                        "turn alone (the testbeds here); default: the checkpoint's vtp_prompt_format, else official")
     d.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="fill every response slot (LLaDA's plain loop) instead of the official LLaDA-V stop rule "
                         "(nothing after an unmasked <|eot_id|> is unmasked; a finished row ends the loop)")

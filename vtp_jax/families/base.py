@@ -46,6 +46,8 @@ class Family:
       processor_fields: cfg → (transformers processor class name, {field: value} its ``processor_config.json``
         needs, derived from config.json); vtp-convert fills missing fields from it (older and third-party
         checkpoints ship only a ``preprocessor_config.json``). None: the family's processor needs no such file.
+      prompt_formats: the prompt formats its processor takes (``processor(..., prompt_format=…)``; LLaDA-V's
+        "official" / "plain"); empty: one fixed format.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Family:
     tensor_names: Callable[[], tuple[Callable, Callable]]
     description: str = ""
     processor_fields: Callable[[Any], tuple[str, dict]] | None = None
+    prompt_formats: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in GENERATOR_KINDS:

@@ -166,6 +166,9 @@ def tiny_llada_v_config(*, image_size: int = 32, patch_size: int = 8, vision_hid
             "layer_norm_eps": 1e-6,
         },
         "torch_dtype": "float32",
+        # the toy tokenizer's prompts: the user turn alone (vtp_jax.processing.LladaVProcessor "plain"); the
+        # official system turn would cost ~100 toy tokens per prompt
+        "vtp_prompt_format": "plain",
     }
     if mask_token_id is not None:
         cfg["mask_token_id"] = mask_token_id

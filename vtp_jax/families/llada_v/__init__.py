@@ -23,10 +23,10 @@ def _model_class():
     return LladaV
 
 
-def _processor(model_dir: str, cfg):
+def _processor(model_dir: str, cfg, **options):
     from vtp_jax.processing import LladaVProcessor
 
-    return LladaVProcessor(model_dir, cfg)
+    return LladaVProcessor(model_dir, cfg, **options)
 
 
 def _tensor_names():
@@ -46,4 +46,5 @@ FAMILY = register(Family(
     processor=_processor,
     tensor_names=_tensor_names,
     description="LLaDA-V: SigLIP tower with anyres tiles, MLP projector, LLaDA decoder (masked diffusion)",
+    prompt_formats=("official", "plain"),
 ))
