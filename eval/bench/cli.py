@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLaDA-V, setting 32/16: pruning methods to time, comma-separated (default: every one "
                         f"registered for LLaDA-V: {', '.join(family_methods('llada_v'))}; \"\" = none); the 2/2 "
                         "setting always times none, redvtp-50 and redvtp-25")
+    p.add_argument("--diffusion-cache", default="none", metavar="MODE1,...",
+                   help="LLaDA-V: approximate KV cache modes to time besides the exact loop (prefix, dual; e.g. "
+                        "'prefix,dual'): every jax variant again with the cache, named '<variant> [prefix]'")
     p.add_argument("--keeps", default=DEFAULT_KEEPS, metavar="P1,P2,...",
                    help="percentages of the visual tokens kept, each a variant of every method that takes a keep "
                         f"count, both families (default {DEFAULT_KEEPS})")

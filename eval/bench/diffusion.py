@@ -7,6 +7,8 @@ units and the FLOP model).
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import os
 import tempfile
@@ -163,6 +165,12 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
         + ", ".join(f"{g}/{st} (block {bl})" for g, st, bl in LLADA_V_SETTINGS)
         + f"; {args.warmup} warm-up + {args.runs} timed runs per variant")
 
+    cache_modes = [m.strip() for m in str(getattr(args, "diffusion_cache", "none") or "none").split(",")
+                   if m.strip() and m.strip() != "none"]
+    for mode in cache_modes:
+        if mode not in ("prefix", "dual"):
+            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} (prefix, dual)")
+    report["settings"]["diffusion_cache"] = cache_modes
     # Runners per setting: torch first when present.
     runners: dict[str, dict[str, Any]] = {}
     dcfgs = {}
@@ -176,6 +184,12 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
             runners[sname]["torch"] = TorchDiffusionRunner(ref, dcfg, inputs)
         for name, _, _ in specs_by_setting[sname]:
             runners[sname][name] = JaxDiffusionRunner(model, dcfg, method_objs[name], inputs)
+        for mode in cache_modes:  # the same variants under approximate caching (Fast-dLLM)
+            for name, _, _ in specs_by_setting[sname]:
+                cname = f"{name} [{mode}]"
+                method_objs[cname], spec_of[cname], keeps[cname] = method_objs[name], spec_of[name], keeps[name]
+                runners[sname][cname] = JaxDiffusionRunner(model, dataclasses.replace(dcfg, cache=mode),
+                                                           method_objs[name], inputs)
 
     for sname, variants in runners.items():
         for name, runner in variants.items():
@@ -226,6 +240,8 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
             rows[name] = llada_row(runs, name=name, obj=method_objs.get(name), method=method, pct=pct,
                                    keep=keeps.get(name), compile_s=getattr(variants[name], "compile_s", None), cfg=cfg,
                                    prompt_len=prompt_len, n_v=n_v, n_tiles=n_tiles, gen_length=g, steps=st)
+            if name.endswith("]"):  # cached: the analytic FLOP model counts the exact loop only
+                rows[name]["flops"] = None
         add_llada_ratios(rows)
         torch_row = rows.get("torch")
         agree = greedy_agreement(variants["torch"].last_tokens, variants["jax none"].last_tokens) if torch_row else None
@@ -312,7 +328,7 @@ def format_llada_v(report: dict) -> str:
              cpu_share_line(env)]
     if busy_during_runs(env):
         lines.append(RUNS_BUSY_WARNING)
-    cols = [("setting", 8, "<"), ("variant", 22, "<"), ("method", 13, "<"), ("keep %", 7, ">"), ("kept", 6, ">"),
+    cols = [("setting", 8, "<"), ("variant", 30, "<"), ("method", 13, "<"), ("keep %", 7, ">"), ("kept", 6, ">"),
             ("seq", 6, ">"), ("latency ms", 12, ">"), ("best ms", 9, ">"), ("tokens/s", 10, ">"), ("gain", 8, ">"),
             ("×torch", 8, ">"), ("GFLOP", 9, ">"), ("FLOP ×", 8, ">"), ("encode ms", 10, ">"),
             ("split ms", 15, ">"), ("compile s", 10, ">")]
@@ -328,7 +344,8 @@ def format_llada_v(report: dict) -> str:
                           r["visual_tokens_kept"], r["seq_len_after_pruning"], f"{r['latency_ms']:.1f}",
                           f"{r['latency_ms_min']:.1f}", f"{r['tokens_per_s']:.2f}",
                           fmt_gain(r["throughput_gain_vs_jax_none"]), fmt(r["x_torch"], ".2f", "×"),
-                          f"{r['flops'] / 1e9:.3f}", fmt(r["flop_ratio_vs_jax_none"], ".2f", "×"),
+                          fmt(None if r["flops"] is None else r["flops"] / 1e9, ".3f"),
+                          fmt(r["flop_ratio_vs_jax_none"], ".2f", "×"),
                           fmt(r["encode_ms"], ".1f"), split_s, fmt(r["compile_s"], ".1f")])
     lines += [""] + text_table(cols, table)
     for sname, sec in report["sections"].items():

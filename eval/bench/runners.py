@@ -286,11 +286,11 @@ class JaxDiffusionRunner:
                             arrays, static=static)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
-        x_gen, counts, key, stop, prompt, _ = gen.first_step(gen.state, prompt, jax.random.key(0), temperature=0.0,
-                                                             num_visual=self.num_left)
+        x_gen, counts, key, stop, caches, prompt, _ = gen.first_step(gen.state, prompt, jax.random.key(0),
+                                                                     temperature=0.0, num_visual=self.num_left)
         jax.block_until_ready(x_gen)
         t2 = time.perf_counter()
-        jax.block_until_ready(gen.denoise(gen.state, prompt, x_gen, counts, key, stop, temperature=0.0))
+        jax.block_until_ready(gen.denoise(gen.state, prompt, x_gen, counts, key, stop, caches, temperature=0.0))
         t3 = time.perf_counter()
         return {"encode_s": t1 - t0, "first_step_s": t2 - t1, "later_steps_s": t3 - t2}
 

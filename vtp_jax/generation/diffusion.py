@@ -49,6 +49,9 @@ from vtp_jax.pruning.core import compact, select_topk, visual_scores, visual_val
 from vtp_jax.pruning.stages import AfterFirstStep, PreLLMSelection
 
 
+CACHE_MODES = ("none", "prefix", "dual")
+
+
 class DiffusionError(ValueError):
     """Invalid sampler settings (lengths that do not divide, missing mask id…)."""
 
@@ -67,6 +70,14 @@ class DiffusionConfig:
     (``x0_p[:, stop_position:] = -inf``), and a row is finished as soon as nothing before s is still masked (the
     official loop leaves the block and skips the remaining blocks), so the loop runs fewer steps. False: LLaDA's
     plain ``generate`` (every slot filled; the answer cut at the first stop id afterwards).
+    cache: approximate KV caching (Fast-dLLM, arXiv 2505.22618 §3.2; NVlabs/Fast-dLLM ``generate_with_prefix_cache``
+    / ``generate_with_dual_cache``). "none": every step runs the whole sequence. "prefix": the first step of each
+    block runs the whole sequence and keeps every layer's keys / values; the block's later steps run the response
+    rows only and attend to the cached keys of everything before the block (the prompt and the earlier blocks)
+    and to fresh keys from the block on. (Fast-dLLM runs only the block and what follows it; here the whole
+    response is computed — one static shape for every block — and the rows before the block are attended to from
+    the cache, as there.) "dual": the later steps run the block's rows only, attending to cached keys before *and*
+    after the block. Not with classifier-free guidance (``cfg > 0``).
     """
 
     gen_length: int = 32
@@ -78,6 +89,7 @@ class DiffusionConfig:
     suppress_ids: tuple[int, ...] = ()
     stop_ids: tuple[int, ...] = ()
     early_stop: bool = True
+    cache: str = "none"
 
     def validate(self) -> None:
         """Raises DiffusionError with the offending values (lengths and steps whole numbers ≥ 1 that divide, a
@@ -103,6 +115,11 @@ class DiffusionConfig:
             raise DiffusionError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise DiffusionError(f"cfg must be a finite number ≥ 0, got {self.cfg}")
+        if self.cache not in CACHE_MODES:
+            raise DiffusionError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        if self.cache != "none" and self.cfg > 0:
+            raise DiffusionError(f"cache {self.cache!r} does not combine with classifier-free guidance (cfg "
+                                 f"{self.cfg}); use --cache none")
 
     @property
     def num_blocks(self) -> int:
@@ -201,13 +218,15 @@ class _Prompt(NamedTuple):
 class _DenoiseCarry:
     """The denoising loop's carry: step int32 [] (global step index), x_gen int32 [B, G] (response tokens, MASK
     where still masked), counts int32 [B, steps_per_block] (tokens to unmask per step of the current block), key
-    (PRNG key), stop int32 [B] (first stop position, G without one: :func:`first_stop`)."""
+    (PRNG key), stop int32 [B] (first stop position, G without one: :func:`first_stop`), caches (one
+    :class:`LayerCache` per layer from the block's first step under approximate caching, else None)."""
 
     step: jax.Array
     x_gen: jax.Array
     counts: jax.Array
     key: jax.Array
     stop: jax.Array
+    caches: list | None = None
 
 
 class DiffusionGenerator:
@@ -277,13 +296,20 @@ class DiffusionGenerator:
             h, positions, key_valid = seq
         return _Prompt(h, jnp.broadcast_to(mask_emb, h.shape), positions, key_valid, visual_mask, kept)
 
-    def _forward(self, model, prompt: _Prompt, x_gen, *, probe: Probe | None = None, all_valid=False):
+    @staticmethod
+    def _response_positions(prompt: _Prompt, g: int) -> jax.Array:
+        """int32 [B, G]: the response follows the prompt's last position."""
+        return (jnp.max(prompt.positions, axis=1, keepdims=True) + 1 + jnp.arange(g)[None, :]).astype(jnp.int32)
+
+    def _forward(self, model, prompt: _Prompt, x_gen, *, probe: Probe | None = None, all_valid=False,
+                 caches: bool = False):
         """Logits of the response positions float32 [B, G, V], and the decoder's probe float32 [B, R, T] (or None
-        without ``probe``: rows int [B, R] of the conditional batch, tiled for the unconditional one)."""
+        without ``probe``: rows int [B, R] of the conditional batch, tiled for the unconditional one). With
+        ``caches``, a third value: every layer's :class:`LayerCache` of the whole sequence (approximate caching)."""
         cfg = self.cfg
         b, g = x_gen.shape
         gen_emb = model.language_model.embed_tokens(x_gen).astype(prompt.h.dtype)
-        gen_pos = (jnp.max(prompt.positions, axis=1, keepdims=True) + 1 + jnp.arange(g)[None, :]).astype(jnp.int32)
+        gen_pos = self._response_positions(prompt, g)
         positions = jnp.concatenate([prompt.positions, gen_pos], axis=1)
         key_valid = jnp.concatenate([prompt.key_valid, jnp.ones((b, g), bool)], axis=1)
         h = jnp.concatenate([prompt.h, gen_emb], axis=1)
@@ -292,13 +318,37 @@ class DiffusionGenerator:
             positions, key_valid = jnp.tile(positions, (2, 1)), jnp.tile(key_valid, (2, 1))
             if probe is not None:
                 probe = Probe(jnp.tile(probe.rows, (2, 1)), probe.layers)
-        out = model.language_model(SequenceState(h, positions, key_valid), DecoderPlan(probe=probe, all_valid=all_valid))
+        plan = DecoderPlan(probe=probe, all_valid=all_valid, cache_extra=0 if caches else None)
+        out = model.language_model(SequenceState(h, positions, key_valid), plan)
         logits = model.logits(out.h[:, -g:])
         probe = None if out.probe is None else out.probe[:b]
         if cfg.cfg > 0:
             cond, un = logits[:b], logits[b:]
             logits = un + (cfg.cfg + 1.0) * (cond - un)
+        if caches:
+            return logits, probe, out.caches
         return logits, probe
+
+    def _window_logits(self, model, prompt: _Prompt, x_gen, caches, block_start):
+        """A later step of a block under approximate caching: logits float32 [B, G, V] of the response (dual
+        cache: the block's rows computed, the others zero — never read, only the block is unmasked).
+        ``block_start``: int32 scalar, the block's first response slot."""
+        cfg = self.cfg
+        b, g = x_gen.shape
+        p = prompt.h.shape[1]
+        positions = self._response_positions(prompt, g)
+        lm = model.language_model
+        if cfg.cache == "prefix":  # every response row; cached keys before the block
+            h = lm.embed_tokens(x_gen).astype(prompt.h.dtype)
+            out = lm.window_step(h, positions, caches, jnp.int32(p), p + block_start)
+            return model.logits(out)
+        ids = jax.lax.dynamic_slice(x_gen, (0, block_start), (b, cfg.block_length))
+        pos = jax.lax.dynamic_slice(positions, (0, block_start), (b, cfg.block_length))
+        h = lm.embed_tokens(ids).astype(prompt.h.dtype)
+        out = lm.window_step(h, pos, caches, p + block_start, p + block_start)
+        logits = model.logits(out)
+        return jax.lax.dynamic_update_slice(jnp.zeros((b, g, logits.shape[-1]), logits.dtype), logits,
+                                            (0, block_start, 0))
 
     def _block_counts(self, x_gen, step):
         """Tokens to unmask per step of the block that ``step`` opens: int32 [B, steps_per_block]."""
@@ -310,14 +360,19 @@ class DiffusionGenerator:
     def _first_step(self, state, prompt: _Prompt, key, rows=None, *, temperature, num_visual, all_valid=False,
                     later_bucket=None):
         """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
-        ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, stop, prompt, kept);
-        stop int32 [B]: each row's first stop position after this step (:func:`first_stop`)."""
+        ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, stop, caches, prompt,
+        kept); stop int32 [B]: each row's first stop position after this step (:func:`first_stop`); caches: this
+        step's keys / values per layer under approximate caching without a during-generation method (with one, the
+        sequence is compacted after this step and the denoising loop rebuilds them at step 1), else None."""
         model = nnx.merge(self.graphdef, state)
         cfg, method = self.cfg, self._during
         b, p = prompt.key_valid.shape
         x_gen = jnp.full((b, cfg.gen_length), cfg.mask_id, jnp.int32)
         counts = self._block_counts(x_gen, 0)
-        if method is None:
+        caches = None
+        if method is None and cfg.cache != "none":
+            logits, _, caches = self._forward(model, prompt, x_gen, all_valid=all_valid, caches=True)
+        elif method is None:
             logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
         else:
             response = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
@@ -329,10 +384,10 @@ class DiffusionGenerator:
         new_x = unmask_step(x_gen, logits, jnp.int32(0), counts[:, 0], sub, cfg, temperature)
         stop = first_stop(new_x, cfg)
         if method is None:
-            return new_x, counts, key, stop, prompt, prompt.kept
+            return new_x, counts, key, stop, caches, prompt, prompt.kept
         still_masked = (x_gen == cfg.mask_id) & (new_x == cfg.mask_id)  # R: masked before and after this step
         token_scores = method.token_scores(probe[:, :, :p], still_masked)
-        return (new_x, counts, key, stop) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
+        return (new_x, counts, key, stop, None) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
 
     def _compact(self, prompt: _Prompt, token_scores, n_v: int, rows=None, bucket=None):
         method = self._during
@@ -352,11 +407,21 @@ class DiffusionGenerator:
         h_uncond = jnp.broadcast_to(prompt.h_uncond[:, :1], seq.h.shape)
         return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask, kept), kept
 
-    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, stop, *, temperature, all_valid=False):
+    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, stop, caches=None, *, temperature,
+                 all_valid=False):
         """Steps 1 .. steps−1 of all blocks in one ``while_loop``; ``counts`` are recomputed at each block start.
         The loop ends early once every row is finished (:func:`rows_done`; never without the stop rule).
+        Approximate caching (``cfg.cache``): the first step of each block runs the whole sequence and refreshes
+        ``caches``; the others run :meth:`_window_logits` (a ``lax.cond`` in the one compiled loop). ``caches``
+        None (a during-generation method compacted the prompt at step 0): rebuilt at step 1 too.
         Returns (x_gen int32 [B, G], steps int32 []: denoising steps run, step 0 included)."""
         cfg = self.cfg
+        cached = cfg.cache != "none"
+        refresh_at_1 = cached and caches is None
+        if refresh_at_1:  # placeholders of the right structure, replaced at step 1
+            model0 = nnx.merge(self.graphdef, state)
+            shapes = jax.eval_shape(lambda: self._forward(model0, prompt, x_gen, caches=True)[2])
+            caches = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def cond(c: _DenoiseCarry):
             return (c.step < cfg.steps) & ~jnp.all(rows_done(c.x_gen, c.stop, cfg))
@@ -366,12 +431,28 @@ class DiffusionGenerator:
             model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
             j = step % cfg.steps_per_block
             counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
-            logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
+            new_caches = c.caches
+            if not cached:
+                logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
+            else:
+                refresh = (j == 0) | (step == 1) if refresh_at_1 else j == 0
+
+                def full(_):
+                    logits, _, fresh = self._forward(model, prompt, x_gen, all_valid=all_valid, caches=True)
+                    return logits, fresh
+
+                def window(_):
+                    block_start = (step // cfg.steps_per_block) * cfg.block_length
+                    return self._window_logits(model, prompt, x_gen, c.caches, block_start), c.caches
+
+                logits, new_caches = jax.lax.cond(refresh, full, window, None)
             key, sub = jax.random.split(key)
             x_gen = unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature, c.stop)
-            return _DenoiseCarry(step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, cfg)))
+            return _DenoiseCarry(step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, cfg)),
+                                 new_caches)
 
-        out = jax.lax.while_loop(cond, body, _DenoiseCarry(jnp.int32(1), x_gen, counts, key, stop))
+        out = jax.lax.while_loop(cond, body, _DenoiseCarry(jnp.int32(1), x_gen, counts, key, stop,
+                                                           caches if cached else None))
         return out.x_gen, out.step
 
     # ---- host API ------------------------------------------------------------------------------------------
@@ -417,11 +498,11 @@ class DiffusionGenerator:
         t1 = time.perf_counter()
         kept_pre = prompt.kept  # the pre-LLM stage's selection (read back after the timed part)
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in every step
-        x_gen, counts, key, stop, prompt, kept = self.first_step(
+        x_gen, counts, key, stop, caches, prompt, kept = self.first_step(
             self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw, **step_kw
         )
-        x_gen, steps_run = self.denoise(self.state, prompt, x_gen, counts, key, stop, temperature=temperature,
-                                        **mask_kw)
+        x_gen, steps_run = self.denoise(self.state, prompt, x_gen, counts, key, stop, caches,
+                                        temperature=temperature, **mask_kw)
         tokens = np.asarray(jax.block_until_ready(x_gen))
         t2 = time.perf_counter()
         if kept is None:

@@ -112,6 +112,23 @@ def cached_attention(
     return out
 
 
+def window_keys(cache: LayerCache, k: jax.Array, v: jax.Array, start, fresh_from) -> LayerCache:
+    """The keys a window of W rows at sequence slots [start, start + W) attends to: the cache, with the window's
+    slots ≥ ``fresh_from`` replaced by this step's k, v [B, W, K, D] (slots before it keep their cached values —
+    Fast-dLLM's prefix cache computes them but attends to the cached ones). ``start`` / ``fresh_from``: int32
+    scalars (traced). Returns a LayerCache of the cache's shape (not stored: the caller's cache is unchanged)."""
+    b, w = k.shape[:2]
+    slots = start + jnp.arange(w)
+    fresh = (slots >= fresh_from)[None, :, None, None]
+    idx = (0, start, 0, 0)
+    old_k = jax.lax.dynamic_slice(cache.k, idx, k.shape)
+    old_v = jax.lax.dynamic_slice(cache.v, idx, v.shape)
+    new_k = jnp.where(fresh, k.astype(cache.k.dtype), old_k)
+    new_v = jnp.where(fresh, v.astype(cache.v.dtype), old_v)
+    return cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_k, idx),
+                          v=jax.lax.dynamic_update_slice(cache.v, new_v, idx))
+
+
 class Attention(nnx.Module):
     """Self-attention with projections ``q_proj, k_proj, v_proj, o_proj`` (CLIP/SigLIP's ``out_proj`` maps to
     ``o_proj`` in the converter). RoPE is applied when ``cos``/``sin`` are given (decoders), not otherwise (ViTs).
@@ -154,6 +171,7 @@ class Attention(nnx.Module):
         cache: LayerCache | None = None,
         probe_rows: jax.Array | None = None,
         is_causal: bool = False,
+        window: tuple | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | LayerCache, jax.Array | None]:
         """x [B, T, hidden] → (out [B, T, hidden], new keys/values or updated cache, probe probabilities).
 
@@ -164,6 +182,9 @@ class Attention(nnx.Module):
         ``probe_rows`` asks for the step's own rows → float32 [B, H, T, S] over the cache slots.
         ``is_causal`` (with ``mask=None``): causal attention without an explicit mask, which lets
         ``jax.nn.dot_product_attention`` take the cuDNN kernel on GPU (an explicit boolean mask forces XLA's).
+        ``window`` (start, fresh_from), with a full-sequence ``cache`` (masked diffusion): x holds the T rows at
+        slots [start, start + T); they attend to :func:`window_keys` (bidirectional, every valid slot); returns
+        those keys as the second value, the cache itself unchanged.
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -172,6 +193,9 @@ class Attention(nnx.Module):
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scale = self.head_dim**-0.5
+        if window is not None:  # approximate KV caching (masked diffusion): the window over the cached keys
+            keys = window_keys(cache, k, v, *window)
+            return self.o_proj(cached_attention(q, keys, scale).reshape(b, t, -1)), keys, None
         if cache is not None:
             cache = cache.append(k, v)
             if probe_rows is not None:  # decode: the probe is the step's own query row(s)

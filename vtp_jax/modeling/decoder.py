@@ -56,11 +56,11 @@ class DecoderBlock(nnx.Module):
         self.post_attention_layernorm = rms_norm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, axis=EMBED)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, h, *, cos, sin, mask=None, cache=None, probe_rows=None, is_causal=False):
+    def __call__(self, h, *, cos, sin, mask=None, cache=None, probe_rows=None, is_causal=False, window=None):
         """h [B, T, D] → (h, new kv or cache, probe probabilities or None); see :class:`Attention`."""
         a, kv, probs = self.self_attn(
             self.input_layernorm(h), mask=mask, cos=cos, sin=sin, cache=cache, probe_rows=probe_rows,
-            is_causal=is_causal,
+            is_causal=is_causal, window=window,
         )
         h = h + a
         h = h + self.mlp(self.post_attention_layernorm(h))
@@ -226,6 +226,17 @@ class Decoder(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = attention_mask(state.key_valid, self.cfg.causal)
         return attention_rows(q, k, rows, mask, attn.head_dim**-0.5).mean(axis=1)
+
+    def window_step(self, h: jax.Array, positions: jax.Array, caches: list, start, fresh_from) -> jax.Array:
+        """One approximate-cache denoising step (Fast-dLLM, arXiv 2505.22618 §3; NVlabs/Fast-dLLM): the W rows of
+        h [B, W, D] at sequence slots [start, start + W) (positions int32 [B, W]) run through every layer, each
+        attending to that layer's full-sequence cache (:class:`LayerCache`, from the block's first step) with the
+        window's slots ≥ ``fresh_from`` replaced by their fresh keys / values (:func:`vtp_jax.modeling.attention.
+        window_keys`). The caches are not changed. Returns the normed h [B, W, D]."""
+        cos, sin = self.angles(positions, h.dtype)
+        for layer, cache in zip(self.layers, caches):
+            h, _, _ = layer(h, cos=cos, sin=sin, cache=cache, window=(start, fresh_from))
+        return self.norm(h)
 
     def decode_step(
         self, h: jax.Array, positions: jax.Array, caches: list, *, probe_layer: int | None = None
