@@ -324,3 +324,22 @@ def test_bad_methods_and_keeps_exit_2(argv, message, capsys):
     captured = capsys.readouterr()
     assert "vtp-bench: error:" in captured.err and message in captured.err
     assert "RANDOM WEIGHTS" not in captured.out  # nothing ran
+
+
+def test_bench_llada_v_cache_variants(tmp_path, capsys):
+    """--diffusion-cache: every jax variant again under approximate caching, named '<variant> [mode]', timed like
+    the others, without an analytic FLOP figure (the model counts the exact loop); a bad mode exits 2."""
+    path = tmp_path / "bench.json"
+    rc = bench.main(["--family", "llada_v", "--preset", "micro", "--runs", "1", "--json", str(path), "--quiet",
+                     "--llada-methods", "", "--no-torch", "--diffusion-cache", "dual"])
+    assert rc == 0
+    report = json.loads(path.read_text())["llada_v"]
+    assert report["settings"]["diffusion_cache"] == ["dual"]
+    rows = report["sections"]["32/16"]["rows"]
+    assert set(rows) == {"jax none", "jax none [dual]"}
+    assert rows["jax none [dual]"]["flops"] is None and rows["jax none [dual]"]["tokens_per_s"] > 0
+    assert rows["jax none"]["flops"] > 0
+    assert "jax none [dual]" in capsys.readouterr().out
+    assert bench.main(["--family", "llada_v", "--preset", "micro", "--diffusion-cache", "full", "--quiet",
+                       "--no-torch"]) == 2
+    assert "unknown mode 'full'" in capsys.readouterr().err

@@ -97,6 +97,9 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     the JSON-able report: ``{"random_weights": true, "note", "families": [...], "llava": {...}, "llada_v": {...}}``
     (a section is absent when not run; each has its wall time ``section_wall_s``, seconds)."""
     if args.preset in FULL_SIZE_PRESETS:
+        if str(getattr(args, "diffusion_cache", "none") or "none") != "none":
+            raise BenchError("--diffusion-cache is not implemented for the full-size presets yet (the LLaDA-V "
+                             "section of the small presets has it)")
         return run_full_size_bench(args, log)
     if getattr(args, "layers", None) is not None or getattr(args, "llada_image", None) is not None:
         raise BenchError("--layers / --llada-image apply only to the full-size presets "

@@ -61,6 +61,11 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
     """Runs the LLaDA-V section and returns its JSON-able report (see :mod:`eval.bench` for the units: ms, tokens/s,
     FLOPs, seconds). ``family`` (a masked-diffusion family) picks the pruning methods and builds them; the model is
     the random-weight LLaDA-V testbed (:mod:`vtp_jax.testbed.torch_llada_v` / :mod:`vtp_jax.testbed.hf_llada_v`)."""
+    cache_modes = [m.strip() for m in str(getattr(args, "diffusion_cache", "none") or "none").split(",")
+                   if m.strip() and m.strip() != "none"]
+    for mode in cache_modes:  # checked before any work
+        if mode not in ("prefix", "dual"):
+            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} (prefix, dual)")
     from convert import convert
     from vtp_jax.checkpoint import load
     from vtp_jax.generation.diffusion import DiffusionConfig
@@ -165,11 +170,6 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
         + ", ".join(f"{g}/{st} (block {bl})" for g, st, bl in LLADA_V_SETTINGS)
         + f"; {args.warmup} warm-up + {args.runs} timed runs per variant")
 
-    cache_modes = [m.strip() for m in str(getattr(args, "diffusion_cache", "none") or "none").split(",")
-                   if m.strip() and m.strip() != "none"]
-    for mode in cache_modes:
-        if mode not in ("prefix", "dual"):
-            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} (prefix, dual)")
     report["settings"]["diffusion_cache"] = cache_modes
     # Runners per setting: torch first when present.
     runners: dict[str, dict[str, Any]] = {}
