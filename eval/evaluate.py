@@ -340,6 +340,7 @@ class Evaluator:
         return diffusion_config(
             self.cfg, self.processor, gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
             remasking=a.remasking, cfg_scale=a.cfg, source=a.model, early_stop=a.early_stop, cache=a.cache,
+            threshold=a.threshold,
             warn=lambda m: print(f"vtp-eval: warning: {m}", file=sys.stderr),
         )
 
@@ -351,7 +352,8 @@ class Evaluator:
         if self.kind == MASKED_DIFFUSION:
             d = self.dcfg
             return {**common, "gen_length": d.gen_length, "block_length": d.block_length, "steps": d.steps,
-                    "remasking": d.remasking, "cfg": d.cfg, "early_stop": d.early_stop, "cache": d.cache}
+                    "remasking": d.remasking, "cfg": d.cfg, "early_stop": d.early_stop, "cache": d.cache,
+                    "threshold": d.threshold}
         return {**common, "max_new_tokens": a.max_new_tokens, "top_p": a.top_p}
 
     def _process(self, rows: list[int]):

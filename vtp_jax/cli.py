@@ -173,6 +173,7 @@ def _prepare_diffusion(args, image, cfg) -> dict:
     dcfg = diffusion_config(
         cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
         remasking=args.remasking, cfg_scale=args.cfg, source=args.model, early_stop=args.early_stop, cache=args.cache,
+        threshold=args.threshold,
         warn=lambda m: print(f"vtp-generate: warning: {m}", file=sys.stderr),
     )
     batch = processor([image], [args.prompt])
@@ -204,7 +205,8 @@ def _generate(args, model, cfg, prep) -> dict:
             "gen_length": dcfg.gen_length, "block_length": dcfg.block_length, "steps": dcfg.steps,
             "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
             "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
-            "early_stop": dcfg.early_stop, "cache": dcfg.cache, "steps_run": runs[-1].steps,
+            "early_stop": dcfg.early_stop, "cache": dcfg.cache, "threshold": dcfg.threshold,
+            "steps_run": runs[-1].steps,
             "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
         })
     return result

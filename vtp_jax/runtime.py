@@ -169,13 +169,15 @@ def check_positions(cfg, prompt_tokens: int, new_tokens: int, what: str) -> None
 def diffusion_config(
     cfg, processor, *, gen_length: int, block_length: int | None, steps: int, remasking: str, cfg_scale: float,
     source: str = "the checkpoint", warn=None, early_stop: bool = True, cache: str = "none",
+    threshold: float | None = None,
 ):
     """LLaDA-V sampler settings: the checkpoint's mask id, suppressed ids (EOS, BOS, header tokens — LLaDA-V
     forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. ``block_length`` None means one
     block of ``gen_length``; any given value, 0 included, is validated as it is. Raises InputError (no usable
     mask id) or DiffusionError (lengths < 1 or that do not divide, bad remasking, a cfg that is negative or not
     finite). ``early_stop``: the official stop rule (:class:`vtp_jax.generation.diffusion.DiffusionConfig`;
-    ``--no-early-stop`` turns it off); ``cache``: approximate KV caching, "none" | "prefix" | "dual" (``--cache``).
+    ``--no-early-stop`` turns it off); ``cache``: approximate KV caching, "none" | "prefix" | "dual" (``--cache``);
+    ``threshold``: parallel decoding, None or τ in (0, 1] (``--threshold``).
     ``warn`` (a ``str -> None`` callable, e.g. a front end's stderr printer) hears of legal but suspect
     settings: more denoising steps than generated tokens (the steps beyond one token per step unmask nothing and
     only cost time)."""
@@ -196,7 +198,7 @@ def diffusion_config(
     dcfg = DiffusionConfig(
         gen_length=gen_length, block_length=gen_length if block_length is None else block_length, steps=steps, remasking=remasking,
         cfg=cfg_scale, mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
-        early_stop=early_stop, cache=cache,
+        early_stop=early_stop, cache=cache, threshold=threshold,
     )
     dcfg.validate()
     if warn is not None and dcfg.steps > dcfg.gen_length:
@@ -232,9 +234,13 @@ def add_sampler_arguments(p) -> None:
                    help="which predictions to keep at each step (default low_confidence)")
     d.add_argument("--cfg", type=argtypes.GUIDANCE, default=None,
                    help="classifier-free guidance scale, ≥ 0 (default 0 = off)")
-    d.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+    d.add_argument("--cache", choices=["none", "prefix", "dual"], default=None,
                    help="approximate KV caching (Fast-dLLM): prefix = cached keys before the current block, dual = "
                         "before and after it, refreshed at each block start (default none: exact)")
+    d.add_argument("--threshold", type=argtypes.PROBABILITY, default=None,
+                   help="parallel decoding (Fast-dLLM): unmask every masked position of the block whose confidence "
+                        "is ≥ τ (at least the most confident one per step); a block runs until complete, so --steps "
+                        "is unused (default: LLaDA's fixed schedule)")
     d.add_argument("--prompt-format", choices=["official", "plain"], default=None,
                    help="official: LLaDA-V's conv_llava_llada system turn + tokenizer_image_token; plain: the user "
                         "turn alone (the testbeds here); default: the checkpoint's vtp_prompt_format, else official")

@@ -400,7 +400,6 @@ class AutoregressiveGenerator:
         probe_layer = self._dy_layer if dy is not None else None
         kept_log = rate_log = None
         if dy is not None:
-            n_v = dy.slots.shape[1]
             kept_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy.counts[:, 0])  # rate 0: N_v[b]
             rate_log = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(dy.rate)
 

@@ -78,6 +78,11 @@ class DiffusionConfig:
     response is computed — one static shape for every block — and the rows before the block are attended to from
     the cache, as there.) "dual": the later steps run the block's rows only, attending to cached keys before *and*
     after the block. Not with classifier-free guidance (``cfg > 0``).
+    threshold: parallel decoding (Fast-dLLM §3.3, its ``get_transfer_index(..., threshold)``): None — LLaDA's
+    schedule, ``steps / num_blocks`` steps per block unmasking a fixed count each; τ in (0, 1] — every step unmasks
+    the current block's most confident masked position and every other one whose confidence is ≥ τ, and a block
+    runs until it is complete (the batch moves on when every row's block is), so the number of steps depends on
+    the data (at most ``gen_length``; ``steps`` is then unused). Reported as ``GenerationOutput.steps``.
     """
 
     gen_length: int = 32
@@ -90,6 +95,7 @@ class DiffusionConfig:
     stop_ids: tuple[int, ...] = ()
     early_stop: bool = True
     cache: str = "none"
+    threshold: float | None = None
 
     def validate(self) -> None:
         """Raises DiffusionError with the offending values (lengths and steps whole numbers ≥ 1 that divide, a
@@ -115,6 +121,10 @@ class DiffusionConfig:
             raise DiffusionError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise DiffusionError(f"cfg must be a finite number ≥ 0, got {self.cfg}")
+        if self.threshold is not None and (isinstance(self.threshold, bool)
+                                           or not isinstance(self.threshold, numbers.Real)
+                                           or not 0.0 < float(self.threshold) <= 1.0):
+            raise DiffusionError(f"threshold must be a number in (0, 1], got {self.threshold!r}")
         if self.cache not in CACHE_MODES:
             raise DiffusionError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
         if self.cache != "none" and self.cfg > 0:
@@ -166,9 +176,19 @@ def rows_done(x_gen: jax.Array, stop: jax.Array, cfg: DiffusionConfig) -> jax.Ar
     return (stop < g) & ~jnp.any((x_gen == cfg.mask_id) & before, axis=1)
 
 
+def current_block(x_gen: jax.Array, stop: jax.Array, cfg: DiffusionConfig) -> jax.Array:
+    """Parallel decoding: the block the batch works on, int32 []: the first block holding a masked position
+    before some row's stop (``cfg.num_blocks`` when none is left)."""
+    g = x_gen.shape[1]
+    idx = jnp.arange(g)[None]
+    left = (x_gen == cfg.mask_id) & (idx < stop[:, None])
+    blocks = jnp.where(left, idx // cfg.block_length, cfg.num_blocks)
+    return jnp.min(blocks).astype(jnp.int32)
+
+
 def unmask_step(
     x_gen: jax.Array, logits: jax.Array, step: jax.Array, n_transfer: jax.Array, key: jax.Array,
-    cfg: DiffusionConfig, temperature: float, stop: jax.Array | None = None,
+    cfg: DiffusionConfig, temperature: float, stop: jax.Array | None = None, block: jax.Array | None = None,
 ) -> jax.Array:
     """One LLaDA update of the response tokens.
 
@@ -176,8 +196,10 @@ def unmask_step(
     step index (selects the block); n_transfer int32 [B]: how many to unmask now; stop int32 [B] or None: each
     row's first stop position (:func:`first_stop`): positions ≥ it are never unmasked (the official stop rule;
     where fewer positions than ``n_transfer`` remain before it, fewer are unmasked — the official loop's
-    ``topk`` would then also fill masked slots after the stop, which are cut from the answer). Returns the new
-    x_gen.
+    ``topk`` would then also fill masked slots after the stop, which are cut from the answer). ``block`` (int32
+    [], parallel decoding with ``cfg.threshold``): the current block, instead of ``step``'s; ``n_transfer`` is
+    then unused — the most confident eligible position and every one with confidence ≥ τ are unmasked. Returns
+    the new x_gen.
     """
     b, g = x_gen.shape
     k_noise, k_conf = jax.random.split(key)
@@ -190,7 +212,7 @@ def unmask_step(
         conf = jnp.take_along_axis(p, x0[:, :, None], axis=-1)[:, :, 0]
     else:
         conf = jax.random.uniform(k_conf, (b, g), jnp.float32)
-    block_end = (step // cfg.steps_per_block + 1) * cfg.block_length
+    block_end = ((step // cfg.steps_per_block if block is None else block) + 1) * cfg.block_length
     masked = x_gen == cfg.mask_id
     eligible = masked & (jnp.arange(g)[None, :] < block_end)
     if stop is not None:
@@ -198,7 +220,10 @@ def unmask_step(
     conf = jnp.where(eligible, conf, -jnp.inf)
     order = jnp.argsort(-conf, axis=1, stable=True)
     rank = jnp.zeros_like(order).at[jnp.arange(b)[:, None], order].set(jnp.arange(g)[None, :])
-    transfer = (rank < n_transfer[:, None]) & eligible
+    if cfg.threshold is None:
+        transfer = (rank < n_transfer[:, None]) & eligible
+    else:
+        transfer = ((rank == 0) | (conf >= cfg.threshold)) & eligible
     return jnp.where(transfer, x0, x_gen)
 
 
@@ -227,6 +252,7 @@ class _DenoiseCarry:
     key: jax.Array
     stop: jax.Array
     caches: list | None = None
+    block: jax.Array | None = None  # parallel decoding: the block of the previous step, int32 []
 
 
 class DiffusionGenerator:
@@ -423,36 +449,45 @@ class DiffusionGenerator:
             shapes = jax.eval_shape(lambda: self._forward(model0, prompt, x_gen, caches=True)[2])
             caches = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+        parallel = cfg.threshold is not None
+
         def cond(c: _DenoiseCarry):
+            if parallel:  # at least one token per step and row: gen_length steps suffice
+                return (c.step < cfg.gen_length) & (current_block(c.x_gen, c.stop, cfg) < cfg.num_blocks)
             return (c.step < cfg.steps) & ~jnp.all(rows_done(c.x_gen, c.stop, cfg))
 
         def body(c: _DenoiseCarry) -> _DenoiseCarry:
             step, x_gen, counts, key = c.step, c.x_gen, c.counts, c.key
             model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
             j = step % cfg.steps_per_block
-            counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
+            if parallel:
+                block = current_block(x_gen, c.stop, cfg)
+                opens = block != c.block  # the batch moved to a new block: refresh the cache
+            else:
+                block, opens = None, j == 0
+                counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
             new_caches = c.caches
             if not cached:
                 logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
             else:
-                refresh = (j == 0) | (step == 1) if refresh_at_1 else j == 0
+                refresh = opens | (step == 1) if refresh_at_1 else opens
 
                 def full(_):
                     logits, _, fresh = self._forward(model, prompt, x_gen, all_valid=all_valid, caches=True)
                     return logits, fresh
 
                 def window(_):
-                    block_start = (step // cfg.steps_per_block) * cfg.block_length
-                    return self._window_logits(model, prompt, x_gen, c.caches, block_start), c.caches
+                    index = step // cfg.steps_per_block if block is None else block
+                    return self._window_logits(model, prompt, x_gen, c.caches, index * cfg.block_length), c.caches
 
                 logits, new_caches = jax.lax.cond(refresh, full, window, None)
             key, sub = jax.random.split(key)
-            x_gen = unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature, c.stop)
+            x_gen = unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature, c.stop, block)
             return _DenoiseCarry(step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, cfg)),
-                                 new_caches)
+                                 new_caches, c.block if block is None else block)
 
         out = jax.lax.while_loop(cond, body, _DenoiseCarry(jnp.int32(1), x_gen, counts, key, stop,
-                                                           caches if cached else None))
+                                                           caches if cached else None, jnp.int32(0)))
         return out.x_gen, out.step
 
     # ---- host API ------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vtp_jax.pruning.stages import PreLLMSelection
-from vtp_jax.pruning.core import PruningError, argbest, chosen_mask, fill_selection
+from vtp_jax.pruning.core import argbest, chosen_mask, fill_selection
 from vtp_jax.pruning.registry import register
 
 HIGHEST = jax.lax.Precision.HIGHEST
