@@ -20,6 +20,15 @@ TINY = LlavaConfig(
 )
 
 
+def reference_counts(block_masked: np.ndarray, steps_per_block: int) -> np.ndarray:
+    """LLaDA's ``get_num_transfer_tokens`` in NumPy: masked positions per row int [B] → tokens to unmask at each
+    step of the block, int64 [B, steps_per_block] (``m // steps``, one more for the first ``m % steps``)."""
+    counts = np.zeros((len(block_masked), steps_per_block), np.int64) + (block_masked // steps_per_block)[:, None]
+    for j in range(len(block_masked)):
+        counts[j, : block_masked[j] % steps_per_block] += 1
+    return counts
+
+
 def make_model():
     """The tiny bidirectional Llava-shaped model of the sampler tests, weights scaled up so that choices are not
     near ties."""

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.diffusion_case import MASK, make_model, prompts
+from tests.diffusion_case import MASK, make_model, prompts, reference_counts
 from vtp_jax.generation.diffusion import DiffusionConfig, DiffusionError, DiffusionGenerator, num_transfer_tokens
 
 
@@ -37,10 +37,7 @@ def reference_generate(model, ids, mask, pixels, cfg: DiffusionConfig, temperatu
     step = 0
     for blk in range(cfg.num_blocks):
         s, e = p + blk * cfg.block_length, p + (blk + 1) * cfg.block_length
-        block_masked = (x[:, s:e] == cfg.mask_id).sum(1)
-        counts = np.zeros((b, spb), np.int64) + (block_masked // spb)[:, None]
-        for j in range(b):
-            counts[j, : block_masked[j] % spb] += 1
+        counts = reference_counts((x[:, s:e] == cfg.mask_id).sum(1), spb)
         for i in range(spb):
             masked = x == cfg.mask_id
             logits = np.asarray(forward(jnp.asarray(x), jnp.asarray(pixels), jnp.asarray(full_mask)), np.float64)
@@ -147,10 +144,7 @@ def reference_generate_with_stop(model, ids, mask, pixels, cfg: DiffusionConfig,
         s, e = p + blk * cfg.block_length, p + (blk + 1) * cfg.block_length
         if all(stop[r] <= blk * cfg.block_length for r in range(b)):
             break
-        block_masked = (x[:, s:e] == cfg.mask_id).sum(1)
-        counts = np.zeros((b, spb), np.int64) + (block_masked // spb)[:, None]
-        for j in range(b):
-            counts[j, : block_masked[j] % spb] += 1
+        counts = reference_counts((x[:, s:e] == cfg.mask_id).sum(1), spb)
         for i in range(spb):
             masked = x == cfg.mask_id
             active = [not (stop[r] < g and not masked[r, p:p + stop[r]].any()) and masked[r, s:e].any()

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.diffusion_case import MASK, make_model, prompts
+from tests.diffusion_case import MASK, make_model, prompts, reference_counts
 from vtp_jax.generation.diffusion import DiffusionConfig, DiffusionError, DiffusionGenerator
 
 
@@ -85,10 +85,7 @@ def reference_fast_dllm(model, ids, mask, pixels, cfg: DiffusionConfig, mode: st
     for blk in range(cfg.num_blocks):
         s, e = p + blk * blk_len, p + (blk + 1) * blk_len
         fresh_from = s
-        block_masked = (x[:, s:e] == cfg.mask_id).sum(1)
-        counts = np.zeros((b, spb), np.int64) + (block_masked // spb)[:, None]
-        for j in range(b):
-            counts[j, : block_masked[j] % spb] += 1
+        counts = reference_counts((x[:, s:e] == cfg.mask_id).sum(1), spb)
         i = 0
         while (i < spb) if threshold is None else (x[:, s:e] == cfg.mask_id).any():
             passes += 1

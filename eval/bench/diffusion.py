@@ -63,9 +63,11 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
     the random-weight LLaDA-V testbed (:mod:`vtp_jax.testbed.torch_llada_v` / :mod:`vtp_jax.testbed.hf_llada_v`)."""
     cache_modes = [m.strip() for m in str(getattr(args, "diffusion_cache", "none") or "none").split(",")
                    if m.strip() and m.strip() != "none"]
+    from vtp_jax.generation.diffusion import CACHE_MODES
+
     for mode in cache_modes:  # checked before any work
-        if mode not in ("prefix", "dual"):
-            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} (prefix, dual)")
+        if mode not in CACHE_MODES:
+            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} ({', '.join(CACHE_MODES[1:])})")
     from convert import convert
     from vtp_jax.checkpoint import load
     from vtp_jax.generation.diffusion import DiffusionConfig

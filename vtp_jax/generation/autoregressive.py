@@ -42,7 +42,9 @@ from vtp_jax.generation.sampling import check_sampler_settings, sample_token
 from vtp_jax.modeling.decoder import Compaction, DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
-from vtp_jax.generation.visual_spans import RowCounts, bucketed, pad_visual_spans, static_value, unpad_kept
+from vtp_jax.generation.visual_spans import (
+    RowCounts, bucket, pad_visual_spans, stage_keeps, static_value, unpad_kept, with_bucket,
+)
 from vtp_jax.pruning.core import compact, select_topk, visual_positions, visual_scores, visual_valid
 from vtp_jax.pruning import dyrate as dyrate_lib
 from vtp_jax.pruning.stages import AllOrNothingGate, DecodePruning, InLLMCompaction, PreLLMSelection
@@ -216,30 +218,15 @@ class AutoregressiveGenerator:
         in-LLM keep bucket), None where the stage is absent). Validates every method against every row. Raises
         PruningError."""
         num_layers = self.cfg.text.num_hidden_layers
-        counts = np.asarray(counts, np.int64)
-        reach = counts  # visual tokens reaching the decoder, per row
-        pre_keep = later_keep = dy_counts = None
-        buckets = [None, None]
-        if self._pre is not None:
-            pre_keep = self._pre.row_keeps(counts)
-            bucketed(self._pre, pre_keep).validate(int(counts.max()), num_layers)
-            buckets[0], reach = int(pre_keep.max()), pre_keep
-        if self._in_llm is not None:
-            later_keep = self._in_llm.row_keeps(reach)
-            bucketed(self._in_llm, later_keep).validate(int(reach.max()), num_layers)
-            buckets[1] = int(later_keep.max())
+        pre_keep, later_keep, reach = stage_keeps(self._pre, self._in_llm, counts, num_layers)
+        dy_counts = None
         if self._relevance is not None:
             self._relevance.validate(int(reach.max()), num_layers)
         if self._dyrate is not None:
             self._dyrate.validate(int(reach.min()), num_layers, self.cfg.text.num_attention_heads)
             dy_counts = np.stack([dyrate_lib.keep_counts(int(n), self._predictor.num_rates) for n in reach])
-        as_array = lambda a: None if a is None else jnp.asarray(a, jnp.int32)
-        plan = RowCounts(as_array(counts), as_array(pre_keep), as_array(later_keep), as_array(dy_counts))
-        return plan, tuple(buckets)
-
-    def _stage(self, method, bucket):
-        """The method as traced: with its keep set to the batch's static bucket when rows differ."""
-        return method if bucket is None else dataclasses.replace(method, keep=bucket)
+        plan = RowCounts.of(counts, pre_keep, later_keep, dy_counts)
+        return plan, (bucket(pre_keep), bucket(later_keep))
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
     def _front(self, model, input_ids, attention_mask, images, image_static=(), rows=None, buckets=None):
@@ -260,7 +247,7 @@ class AutoregressiveGenerator:
         kept = jnp.broadcast_to(jnp.arange(n_v, dtype=jnp.int32), (h.shape[0], n_v))
         pre = self._pre
         if pre is not None:  # pre-LLM: the decoder only ever sees the kept visual tokens
-            pre = self._stage(pre, None if buckets is None else buckets[0])
+            pre = with_bucket(pre, None if buckets is None else buckets[0])
             if rows is None:
                 kept = pre.select(visual, cls_attn)
             else:
@@ -278,7 +265,7 @@ class AutoregressiveGenerator:
         kept_pre = kept
         method = self._in_llm
         if method is not None:
-            method = self._stage(method, None if buckets is None else buckets[1])
+            method = with_bucket(method, None if buckets is None else buckets[1])
         if method is None and self._dyrate is not None:
             b, t = seq.key_valid.shape
             last = jnp.full((b, 1), t - 1, jnp.int32)  # left padding: the last prompt token is at T − 1

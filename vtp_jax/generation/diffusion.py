@@ -44,7 +44,9 @@ from vtp_jax.generation.sampling import check_sampler_settings
 from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
-from vtp_jax.generation.visual_spans import RowCounts, bucketed, pad_visual_spans, static_value, unpad_kept
+from vtp_jax.generation.visual_spans import (
+    RowCounts, bucket, pad_visual_spans, stage_keeps, static_value, unpad_kept, with_bucket,
+)
 from vtp_jax.pruning.core import compact, select_topk, visual_scores, visual_valid
 from vtp_jax.pruning.stages import AfterFirstStep, PreLLMSelection
 
@@ -314,7 +316,7 @@ class DiffusionGenerator:
             if rows is None:
                 kept = pre.select(visual, cls_attn)
             else:
-                pre = dataclasses.replace(pre, keep=pre_bucket)
+                pre = with_bucket(pre, pre_bucket)
                 valid = jnp.arange(visual.shape[1])[None] < rows.counts[:, None]
                 kept = pre.select(visual, cls_attn, valid=valid, row_keep=rows.pre_keep)
             seq, visual_mask = compact(SequenceState(h, positions, key_valid), visual_mask, kept, visual.shape[1],
@@ -415,14 +417,14 @@ class DiffusionGenerator:
         token_scores = method.token_scores(probe[:, :, :p], still_masked)
         return (new_x, counts, key, stop, None) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
 
-    def _compact(self, prompt: _Prompt, token_scores, n_v: int, rows=None, bucket=None):
+    def _compact(self, prompt: _Prompt, token_scores, n_v: int, rows=None, keep_bucket=None):
         method = self._during
         scores = visual_scores(token_scores, prompt.visual_mask, n_v)
         if rows is None:
             kept = select_topk(scores, method.keep)
         else:
-            method = dataclasses.replace(method, keep=bucket)
-            kept = select_topk(scores, bucket, visual_valid(prompt.key_valid, prompt.visual_mask, n_v),
+            method = with_bucket(method, keep_bucket)
+            kept = select_topk(scores, keep_bucket, visual_valid(prompt.key_valid, prompt.visual_mask, n_v),
                                rows.later_keep)
         seq, vmask = compact(
             SequenceState(prompt.h, prompt.positions, prompt.key_valid), prompt.visual_mask, kept, n_v,
@@ -556,19 +558,8 @@ class DiffusionGenerator:
         """Per-row keep counts of a batch whose rows hold ``counts`` int [B] visual tokens (not all equal):
         (:class:`vtp_jax.generation.visual_spans.RowCounts`, the pre-LLM keep bucket, the after-first-step keep
         bucket; None where the stage is absent). Validates every method against every row. Raises PruningError."""
-        counts = np.asarray(counts, np.int64)
-        reach, pre_keep, later_keep = counts, None, None
-        if self._pre is not None:
-            pre_keep = self._pre.row_keeps(counts)
-            bucketed(self._pre, pre_keep).validate(int(counts.max()), self.num_layers)
-            reach = pre_keep
-        if self._during is not None:
-            later_keep = self._during.row_keeps(reach)
-            bucketed(self._during, later_keep).validate(int(reach.max()), self.num_layers)
-        as_array = lambda a: None if a is None else jnp.asarray(a, jnp.int32)
-        plan = RowCounts(as_array(counts), as_array(pre_keep), as_array(later_keep))
-        return (plan, None if pre_keep is None else int(pre_keep.max()),
-                None if later_keep is None else int(later_keep.max()))
+        pre_keep, later_keep, _ = stage_keeps(self._pre, self._during, counts, self.num_layers)
+        return RowCounts.of(counts, pre_keep, later_keep), bucket(pre_keep), bucket(later_keep)
 
     def generate(self, batch, settings) -> GenerationOutput:
         """The shared interface: ``batch`` (``input_ids``, ``attention_mask``, ``image_inputs``; a

@@ -43,6 +43,12 @@ class RowCounts:
     later_keep: jax.Array | None = None
     dyrate_counts: jax.Array | None = None
 
+    @staticmethod
+    def of(counts, pre_keep=None, later_keep=None, dyrate_counts=None) -> "RowCounts":
+        """The pytree from host arrays (NumPy int; None where a stage is absent), as int32."""
+        as_array = lambda a: None if a is None else jax.numpy.asarray(a, jax.numpy.int32)
+        return RowCounts(as_array(counts), as_array(pre_keep), as_array(later_keep), as_array(dyrate_counts))
+
 
 def visual_counts(input_ids: np.ndarray, image_token_id: int) -> np.ndarray:
     """Image placeholders per row: input_ids int [B, T] → int64 [B]."""
@@ -98,9 +104,32 @@ def static_value(value):
     return value
 
 
-def bucketed(method, keeps: np.ndarray):
-    """The method with its static keep set to the bucket ``max(keeps)`` (a frozen dataclass copy)."""
-    return dataclasses.replace(method, keep=int(np.max(keeps)))
+def with_bucket(method, bucket: int | None):
+    """The method as traced: a frozen-dataclass copy with its static keep set to ``bucket`` (the batch's keep
+    bucket); unchanged when ``bucket`` is None (every row holds the same N_v)."""
+    return method if bucket is None else dataclasses.replace(method, keep=int(bucket))
+
+
+def bucket(keeps: np.ndarray | None) -> int | None:
+    """The static keep bucket of per-row keep counts: their maximum (None for an absent stage)."""
+    return None if keeps is None else int(np.max(keeps))
+
+
+def stage_keeps(pre, later, counts: np.ndarray, num_layers: int):
+    """Per-row keep counts of a pre-LLM method ``pre`` and of the method ``later`` that sees what ``pre`` keeps
+    (in-LLM or after the first denoising step); either may be None. Each is validated (with its keep set to the
+    bucket) against the largest row it sees. Returns (pre_keep int32 [B] | None, later_keep int32 [B] | None,
+    reach int64 [B]: the visual tokens reaching the decoder per row). Raises PruningError."""
+    reach = np.asarray(counts, np.int64)
+    pre_keep = later_keep = None
+    if pre is not None:
+        pre_keep = pre.row_keeps(reach)
+        with_bucket(pre, bucket(pre_keep)).validate(int(reach.max()), num_layers)
+        reach = pre_keep.astype(np.int64)
+    if later is not None:
+        later_keep = later.row_keeps(reach)
+        with_bucket(later, bucket(later_keep)).validate(int(reach.max()), num_layers)
+    return pre_keep, later_keep, reach
 
 
 def unpad_kept(kept: np.ndarray, limit: np.ndarray) -> np.ndarray:

@@ -378,29 +378,28 @@ def build_tokenizer(vocab_size: int, specials: dict[int, str], **special_roles):
     return out
 
 
+def _llava_tokenizer(config: dict):
+    """The LLaVA-1.5 / LLaVA-NeXT presets' tokenizer (Llama special ids, ``<image>``, ``<pad>``)."""
+    return build_tokenizer(
+        config["text_config"]["vocab_size"],
+        {LLAVA_UNK_ID: "<unk>", LLAVA_BOS_ID: "<s>", LLAVA_EOS_ID: "</s>", LLAVA_IMAGE_TOKEN_ID: "<image>",
+         LLAVA_PAD_ID: "<pad>"},
+        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens=["<image>"])
+
+
 def _save_tokenizer_and_processor(config: dict, out_dir: str) -> None:
     if config["model_type"] == "llava_next":
         import transformers
 
         from vtp_jax.testbed.hf_llava_next import save_processor as save_next
 
-        tok = build_tokenizer(
-            config["text_config"]["vocab_size"],
-            {LLAVA_UNK_ID: "<unk>", LLAVA_BOS_ID: "<s>", LLAVA_EOS_ID: "</s>", LLAVA_IMAGE_TOKEN_ID: "<image>",
-             LLAVA_PAD_ID: "<pad>"},
-            unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens=["<image>"])
-        save_next(out_dir, transformers.LlavaNextConfig.from_dict(config), tokenizer=tok)
+        save_next(out_dir, transformers.LlavaNextConfig.from_dict(config), tokenizer=_llava_tokenizer(config))
     elif config["model_type"] == "llava":
         import transformers
 
         from vtp_jax.testbed.hf_llava import save_processor
 
-        tok = build_tokenizer(
-            config["text_config"]["vocab_size"],
-            {LLAVA_UNK_ID: "<unk>", LLAVA_BOS_ID: "<s>", LLAVA_EOS_ID: "</s>", LLAVA_IMAGE_TOKEN_ID: "<image>",
-             LLAVA_PAD_ID: "<pad>"},
-            unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens=["<image>"])
-        save_processor(out_dir, tok, transformers.LlavaConfig.from_dict(config))
+        save_processor(out_dir, _llava_tokenizer(config), transformers.LlavaConfig.from_dict(config))
     else:
         from vtp_jax.testbed.hf_llada_v import LLADA_V_CHAT_TEMPLATE, save_processor
 
