@@ -340,7 +340,7 @@ class Evaluator:
         return diffusion_config(
             self.cfg, self.processor, gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
             remasking=a.remasking, cfg_scale=a.cfg, source=a.model, early_stop=a.early_stop, cache=a.cache,
-            threshold=a.threshold,
+            threshold=a.threshold, pruned_cache=a.pruned_cache,
             warn=lambda m: print(f"vtp-eval: warning: {m}", file=sys.stderr),
         )
 
@@ -353,7 +353,7 @@ class Evaluator:
             d = self.dcfg
             return {**common, "gen_length": d.gen_length, "block_length": d.block_length, "steps": d.steps,
                     "remasking": d.remasking, "cfg": d.cfg, "early_stop": d.early_stop, "cache": d.cache,
-                    "threshold": d.threshold}
+                    "threshold": d.threshold, "pruned_cache": d.pruned_cache}
         return {**common, "max_new_tokens": a.max_new_tokens, "top_p": a.top_p}
 
     def _process(self, rows: list[int]):
@@ -544,7 +544,7 @@ class Evaluator:
 # single run and sweep
 # ---------------------------------------------------------------------------------------------------------------
 
-METHOD_OPTIONS = ("layer", "criterion", "reindex", "tau", "pivot", "cls_layer", "predictor")  # flags → options
+METHOD_OPTIONS = ("layer", "criterion", "reindex", "tau", "pivot", "cls_layer", "predictor", "score_step")  # flags → options
 
 
 def _spec_classes(spec: str) -> list:

@@ -95,7 +95,8 @@ def test_pruned_sampling_shortens_the_sequence_and_keep_all_changes_nothing(case
     assert out.tokens.shape == base.tokens.shape and (out.tokens != cfg.mask_id).all()
     prompt = gen.encode(gen.state, jnp.asarray(ids, jnp.int32), jnp.asarray(mask), {"pixel_values": jnp.asarray(pix)},
                         static=(("image_size", SIZE),))
-    *_, short, kept = gen.first_step(gen.state, prompt, jax.random.key(0), temperature=0.0, num_visual=n_v)
+    carry = gen.initial_carry(ids.shape[0], jax.random.key(0))
+    _, short, kept = gen.prune_steps(prompt, carry, temperature=0.0, num_visual=n_v)
     assert short.h.shape[1] == ids.shape[1] - n_v + keep  # later steps really run on fewer tokens
     np.testing.assert_array_equal(kept, out.kept)
     assert gen.compiled_counts() == {"encode": 1, "first_step": 1, "denoise": 1}

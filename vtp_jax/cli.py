@@ -173,7 +173,7 @@ def _prepare_diffusion(args, image, cfg) -> dict:
     dcfg = diffusion_config(
         cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
         remasking=args.remasking, cfg_scale=args.cfg, source=args.model, early_stop=args.early_stop, cache=args.cache,
-        threshold=args.threshold,
+        threshold=args.threshold, pruned_cache=args.pruned_cache,
         warn=lambda m: print(f"vtp-generate: warning: {m}", file=sys.stderr),
     )
     batch = processor([image], [args.prompt])
@@ -206,7 +206,7 @@ def _generate(args, model, cfg, prep) -> dict:
             "remasking": dcfg.remasking, "cfg": dcfg.cfg, "mask_id": dcfg.mask_id,
             "suppress_ids": list(dcfg.suppress_ids), "stop_ids": list(dcfg.stop_ids),
             "early_stop": dcfg.early_stop, "cache": dcfg.cache, "threshold": dcfg.threshold,
-            "steps_run": runs[-1].steps,
+            "pruned_cache": dcfg.pruned_cache, "steps_run": runs[-1].steps,
             "image_size": list(batch.image_inputs["image_size"]), "grid": list(batch.image_inputs["grid"]),
         })
     return result
@@ -226,7 +226,7 @@ def _method(args, family: str, num_visual: int, num_layers: int):
     return build_methods(
         args.method, family, num_visual, num_layers, keep=args.keep, keep_ratio=args.keep_ratio,
         layer=args.layer, criterion=args.criterion, reindex=args.reindex, pivot=args.pivot, cls_layer=args.cls_layer,
-        seed=args.seed if seeded else None, tau=args.tau,
+        seed=args.seed if seeded else None, tau=args.tau, score_step=args.score_step,
         predictor=default_predictor(args.method, args.predictor, args.model),
     )
 

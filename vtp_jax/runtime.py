@@ -169,7 +169,7 @@ def check_positions(cfg, prompt_tokens: int, new_tokens: int, what: str) -> None
 def diffusion_config(
     cfg, processor, *, gen_length: int, block_length: int | None, steps: int, remasking: str, cfg_scale: float,
     source: str = "the checkpoint", warn=None, early_stop: bool = True, cache: str = "none",
-    threshold: float | None = None,
+    threshold: float | None = None, pruned_cache: str | None = None,
 ):
     """LLaDA-V sampler settings: the checkpoint's mask id, suppressed ids (EOS, BOS, header tokens — LLaDA-V
     forbids them at masked positions) and stop ids (EOS, EOT) from the tokenizer. ``block_length`` None means one
@@ -177,7 +177,8 @@ def diffusion_config(
     mask id) or DiffusionError (lengths < 1 or that do not divide, bad remasking, a cfg that is negative or not
     finite). ``early_stop``: the official stop rule (:class:`vtp_jax.generation.diffusion.DiffusionConfig`;
     ``--no-early-stop`` turns it off); ``cache``: approximate KV caching, "none" | "prefix" | "dual" (``--cache``);
-    ``threshold``: parallel decoding, None or τ in (0, 1] (``--threshold``).
+    ``threshold``: parallel decoding, None or τ in (0, 1] (``--threshold``); ``pruned_cache``: "compact" (None) |
+    "rebuild", the cache after RedVTP's compaction (``--pruned-cache``).
     ``warn`` (a ``str -> None`` callable, e.g. a front end's stderr printer) hears of legal but suspect
     settings: more denoising steps than generated tokens (the steps beyond one token per step unmask nothing and
     only cost time)."""
@@ -198,7 +199,7 @@ def diffusion_config(
     dcfg = DiffusionConfig(
         gen_length=gen_length, block_length=gen_length if block_length is None else block_length, steps=steps, remasking=remasking,
         cfg=cfg_scale, mask_id=mask_id, suppress_ids=suppress, stop_ids=tuple(i for i in stops if i != mask_id),
-        early_stop=early_stop, cache=cache, threshold=threshold,
+        early_stop=early_stop, cache=cache, threshold=threshold, pruned_cache=pruned_cache or "compact",
     )
     dcfg.validate()
     if warn is not None and dcfg.steps > dcfg.gen_length:
@@ -241,6 +242,13 @@ def add_sampler_arguments(p) -> None:
                    help="parallel decoding (Fast-dLLM): unmask every masked position of the block whose confidence "
                         "is ≥ τ (at least the most confident one per step); a block runs until complete, so --steps "
                         "is unused (default: LLaDA's fixed schedule)")
+    d.add_argument("--pruned-cache", choices=["compact", "rebuild"], default=None,
+                   help="with --cache and redvtp / llada-fastv: compact = the pruned visual tokens leave the cache "
+                        "(keys re-rotated to their new positions), rebuild = one full pass over the pruned sequence "
+                        "caches it anew (default compact)")
+    d.add_argument("--score-step", type=argtypes.NON_NEGATIVE, default=None, metavar="S",
+                   help="redvtp / llada-fastv: the denoising step (0-based, over all blocks) whose attention scores "
+                        "the visual tokens (default 0, the official)")
     d.add_argument("--prompt-format", choices=["official", "plain"], default=None,
                    help="official: LLaDA-V's conv_llava_llada system turn + tokenizer_image_token; plain: the user "
                         "turn alone (the testbeds here); default: the checkpoint's vtp_prompt_format, else official")
@@ -313,7 +321,7 @@ def check_flag_values(args: argparse.Namespace) -> None:
              "top_p": argtypes.TOP_P, "gen_length": argtypes.POSITIVE, "steps": argtypes.POSITIVE,
              "block_length": argtypes.POSITIVE, "cfg": argtypes.GUIDANCE, "temperature": argtypes.TEMPERATURE,
              "max_image_pixels": argtypes.POSITIVE, "task_seed": argtypes.SEED, "limit": argtypes.POSITIVE,
-             "batch_size": argtypes.POSITIVE}
+             "batch_size": argtypes.POSITIVE, "score_step": argtypes.NON_NEGATIVE}
     for name, rule in rules.items():
         value = getattr(args, name, None)
         if value is not None:

@@ -274,7 +274,8 @@ class JaxDiffusionRunner:
 
     def breakdown(self) -> dict:
         """One generation through the generator's three jitted functions, synchronised after each: seconds of the
-        encode (vision + merge), the first denoising step (with RedVTP: scoring and compaction) and the other steps."""
+        encode (vision + merge), the steps up to the scoring one (step 0; with RedVTP: scoring and compaction) and the
+        other steps."""
         import jax
         import jax.numpy as jnp
 
@@ -286,11 +287,13 @@ class JaxDiffusionRunner:
                             arrays, static=static)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
-        x_gen, counts, key, stop, caches, prompt, _ = gen.first_step(gen.state, prompt, jax.random.key(0),
-                                                                     temperature=0.0, num_visual=self.num_left)
-        jax.block_until_ready(x_gen)
+        carry, prompt, _ = gen.prune_steps(prompt, gen.initial_carry(1, jax.random.key(0)), temperature=0.0,
+                                           num_visual=self.num_left)
+        jax.block_until_ready(carry.x_gen)
         t2 = time.perf_counter()
-        jax.block_until_ready(gen.denoise(gen.state, prompt, x_gen, counts, key, stop, caches, temperature=0.0))
+        until = jnp.int32(self.dcfg.steps if self.dcfg.threshold is None else self.dcfg.gen_length)
+        jax.block_until_ready(gen.denoise(gen.state, prompt, carry, until, temperature=0.0,
+                                          refresh_first=gen.rebuilds_cache).x_gen)
         t3 = time.perf_counter()
         return {"encode_s": t1 - t0, "first_step_s": t2 - t1, "later_steps_s": t3 - t2}
 

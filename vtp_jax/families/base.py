@@ -18,7 +18,8 @@ GENERATOR_KINDS = (AUTOREGRESSIVE, MASKED_DIFFUSION)
 SAMPLER_DEFAULTS = {
     AUTOREGRESSIVE: {"max_new_tokens": 32, "top_p": 1.0},
     MASKED_DIFFUSION: {"gen_length": 32, "steps": 16, "block_length": None, "remasking": "low_confidence",
-                       "cfg": 0.0, "cache": "none", "threshold": None, "prompt_format": None},
+                       "cfg": 0.0, "cache": "none", "threshold": None, "pruned_cache": "compact",
+                       "prompt_format": None},
 }
 
 

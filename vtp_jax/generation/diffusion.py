@@ -14,8 +14,10 @@ guidance ``un + (cfg + 1)(cond − un)``; LLaDA's ``generate.py`` (ML-GSAI/LLaDA
   - Selection of the ``k`` positions uses a stable rank (ties → lower position), like ``torch.topk`` on distinct
     values.
 
-Shapes are static: all steps of all blocks run in one ``lax.fori_loop``. With RedVTP the first step runs at full
-length in its own jitted function; the remaining steps run in the loop on the compacted sequence. A pre-LLM method
+Shapes are static: the steps of all blocks run in one ``lax.while_loop`` (it ends early under the official stop rule
+or when nothing is masked). With RedVTP the scoring step (step 0 unless ``score_step``) runs at full length in its
+own jitted function and compacts the prompt (and, under approximate caching, the cache); the later steps run in the
+loop on the compacted sequence. A pre-LLM method
 runs in ``encode``: it picks ``keep`` visual tokens from the projector outputs and the prompt is compacted there
 (``P − N_v + keep`` tokens), so every denoising step of every block sees the shorter prompt; kept tokens keep their
 original positions unless the method's ``reindex`` (the response then starts right after the last kept position).
@@ -42,16 +44,18 @@ from vtp_jax.families.base import MASKED_DIFFUSION
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings
 from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
-from vtp_jax.modeling.attention import mask_free_kwargs
+from vtp_jax.modeling.attention import LayerCache, mask_free_kwargs
+from vtp_jax.modeling.rope import apply_rope
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.generation.visual_spans import (
     RowCounts, bucket, pad_visual_spans, stage_keeps, static_value, unpad_kept, with_bucket,
 )
-from vtp_jax.pruning.core import compact, select_topk, visual_scores, visual_valid
+from vtp_jax.pruning.core import compact, compaction_order, select_topk, visual_scores, visual_valid
 from vtp_jax.pruning.stages import AfterFirstStep, PreLLMSelection
 
 
 CACHE_MODES = ("none", "prefix", "dual")
+PRUNED_CACHE_MODES = ("compact", "rebuild")
 
 
 class DiffusionError(ValueError):
@@ -85,6 +89,13 @@ class DiffusionConfig:
     the current block's most confident masked position and every other one whose confidence is ≥ τ, and a block
     runs until it is complete (the batch moves on when every row's block is), so the number of steps depends on
     the data (at most ``gen_length``; ``steps`` is then unused). Reported as ``GenerationOutput.steps``.
+    pruned_cache: with a cache mode and a during-generation method (RedVTP, LLaDA-FastV), what happens to the cache
+    when the scoring step prunes visual tokens. "compact": the pruned tokens leave the cache (every layer's keys /
+    values gathered, the keys re-rotated to their new positions), so the next step already runs on the cache of
+    the shorter sequence — those keys were computed with every visual token present, one more approximation of
+    the same kind as Fast-dLLM's. "rebuild": the next step runs the compacted sequence at full length and caches
+    it anew (one full pass more per generation). No public code combines the two methods; "compact" is the
+    default here (measured in the README).
     """
 
     gen_length: int = 32
@@ -98,6 +109,7 @@ class DiffusionConfig:
     early_stop: bool = True
     cache: str = "none"
     threshold: float | None = None
+    pruned_cache: str = "compact"
 
     def validate(self) -> None:
         """Raises DiffusionError with the offending values (lengths and steps whole numbers ≥ 1 that divide, a
@@ -129,6 +141,9 @@ class DiffusionConfig:
             raise DiffusionError(f"threshold must be a number in (0, 1], got {self.threshold!r}")
         if self.cache not in CACHE_MODES:
             raise DiffusionError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        if self.pruned_cache not in PRUNED_CACHE_MODES:
+            raise DiffusionError(f"pruned_cache must be one of {', '.join(PRUNED_CACHE_MODES)}, got "
+                                 f"{self.pruned_cache!r}")
         if self.cache != "none" and self.cfg > 0:
             raise DiffusionError(f"cache {self.cache!r} does not combine with classifier-free guidance (cfg "
                                  f"{self.cfg}); use --cache none")
@@ -243,18 +258,19 @@ class _Prompt(NamedTuple):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class _DenoiseCarry:
-    """The denoising loop's carry: step int32 [] (global step index), x_gen int32 [B, G] (response tokens, MASK
-    where still masked), counts int32 [B, steps_per_block] (tokens to unmask per step of the current block), key
-    (PRNG key), stop int32 [B] (first stop position, G without one: :func:`first_stop`), caches (one
-    :class:`LayerCache` per layer from the block's first step under approximate caching, else None)."""
+    """The denoising loop's state between steps: step int32 [] (global index of the next step), x_gen int32 [B, G]
+    (response tokens, MASK where still masked), counts int32 [B, steps_per_block] (tokens to unmask per step of the
+    current block), key (PRNG key), stop int32 [B] (first stop position, G without one: :func:`first_stop`),
+    caches (one :class:`LayerCache` per layer from the last full-length step under approximate caching, else
+    None), block int32 [] (parallel decoding: the block of the previous step)."""
 
     step: jax.Array
     x_gen: jax.Array
     counts: jax.Array
     key: jax.Array
     stop: jax.Array
-    caches: list | None = None
-    block: jax.Array | None = None  # parallel decoding: the block of the previous step, int32 []
+    caches: list | None
+    block: jax.Array
 
 
 class DiffusionGenerator:
@@ -270,8 +286,8 @@ class DiffusionGenerator:
         DiffusionError for another stage or two methods of one stage, PruningError for bad options.
 
     Three jitted functions, each compiled once per shape: ``encode`` (vision tower, projector, merge),
-    ``first_step`` (step 0 at full length, plus scoring and compaction when pruning) and ``denoise`` (the other
-    steps of every block in one ``fori_loop``).
+    ``first_step`` (a step at full length: step 0, and a during-generation method's scoring step with its
+    compaction) and ``denoise`` (the other steps of every block in one ``while_loop``, up to a traced bound).
     """
 
     def __init__(self, model, cfg: DiffusionConfig, method=None):
@@ -288,15 +304,22 @@ class DiffusionGenerator:
         # during-generation method needs only this constructor to accept both.
         self._pre = next((m for m in methods if isinstance(m, PreLLMSelection)), None)
         self._during = next((m for m in methods if isinstance(m, AfterFirstStep)), None)
+        if self._during is not None:
+            limit = cfg.gen_length if cfg.threshold is not None else cfg.steps
+            if not 0 <= self._during.score_step < limit:
+                what = "the most steps a threshold run takes (gen_length)" if cfg.threshold is not None else "steps"
+                raise DiffusionError(f"{self._during.name}: score_step {self._during.score_step} must be below "
+                                     f"{limit}, {what}")
         self._cls_layer = None if self._pre is None else self._pre.cls_probe(model.cfg)
         self.num_layers = model.cfg.text.num_hidden_layers
         self.image_token_id = model.cfg.image_token_id
         self.graphdef, self.state = nnx.split(model)
         opts = compiler_options(low_precision_weights(self.state))  # CPU bf16: no f32 copy of every weight
         self.encode = jax.jit(self._encode, static_argnames=("static", "pre_bucket"), compiler_options=opts)
-        self.first_step = jax.jit(self._first_step, static_argnames=("temperature", "num_visual", "all_valid",
-                                                                     "later_bucket"), compiler_options=opts)
-        self.denoise = jax.jit(self._denoise, static_argnames=("temperature", "all_valid"), compiler_options=opts)
+        self.first_step = jax.jit(self._full_step, static_argnames=("temperature", "num_visual", "all_valid",
+                                                                    "later_bucket", "score"), compiler_options=opts)
+        self.denoise = jax.jit(self._denoise, static_argnames=("temperature", "all_valid", "refresh_first"),
+                               compiler_options=opts)
 
     # ---- jitted bodies -------------------------------------------------------------------------------------
     def _encode(self, state, input_ids, attention_mask, arrays, rows=None, *, static, pre_bucket=None):
@@ -385,39 +408,63 @@ class DiffusionGenerator:
         masked = jnp.sum((x_gen == cfg.mask_id) & in_block[None, :], axis=1)
         return num_transfer_tokens(masked, cfg.steps_per_block)
 
-    def _first_step(self, state, prompt: _Prompt, key, rows=None, *, temperature, num_visual, all_valid=False,
-                    later_bucket=None):
-        """Step 0 at full length. With a method: score visual tokens from this step's attention, keep the top
-        ``keep`` and compact the prompt for every later step. Returns (x_gen, counts, key, stop, caches, prompt,
-        kept); stop int32 [B]: each row's first stop position after this step (:func:`first_stop`); caches: this
-        step's keys / values per layer under approximate caching without a during-generation method (with one, the
-        sequence is compacted after this step and the denoising loop rebuilds them at step 1), else None."""
+    def _schedule(self, c: _DenoiseCarry):
+        """The step's place in the schedule: (block int32 [] or None, opens bool [], counts int32 [B, S], j).
+        Parallel decoding: the current block (:func:`current_block`), which opens when it differs from the previous
+        step's. LLaDA's schedule: the block of ``c.step``; at its first step (j = 0) the per-step counts of the
+        block are computed."""
+        cfg = self.cfg
+        j = c.step % cfg.steps_per_block
+        if cfg.threshold is not None:
+            block = current_block(c.x_gen, c.stop, cfg)
+            return block, block != c.block, c.counts, j
+        return None, j == 0, jnp.where(j == 0, self._block_counts(c.x_gen, c.step), c.counts), j
+
+    def _advance(self, c: _DenoiseCarry, logits, block, counts, j, caches, *, temperature) -> _DenoiseCarry:
+        """Unmasks with the step's logits float32 [B, G, V] and moves the carry to the next step."""
+        key, sub = jax.random.split(c.key)
+        x_gen = unmask_step(c.x_gen, logits, c.step, counts[:, j], sub, self.cfg, temperature, c.stop, block)
+        return _DenoiseCarry(c.step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, self.cfg)),
+                             caches, c.block if block is None else block)
+
+    def initial_carry(self, batch: int, key: jax.Array) -> _DenoiseCarry:
+        """Step 0's carry: every response slot masked, no stop found, no cache."""
+        cfg = self.cfg
+        x_gen = jnp.full((batch, cfg.gen_length), cfg.mask_id, jnp.int32)
+        return _DenoiseCarry(jnp.int32(0), x_gen, self._block_counts(x_gen, jnp.int32(0)), key,
+                             jnp.full((batch,), cfg.gen_length, jnp.int32), None, jnp.int32(0))
+
+    def _full_step(self, state, prompt: _Prompt, c: _DenoiseCarry, rows=None, *, temperature, num_visual,
+                   all_valid=False, later_bucket=None, score=False):
+        """One denoising step at full length (step ``c.step``; the first step, and the scoring step of a
+        during-generation method). Under approximate caching its keys / values become the cache. With ``score``:
+        the visual tokens are scored from this step's attention (rows R: response positions masked before and
+        after the step), the top ``keep`` stay and the prompt is compacted for every later step; the cache is
+        compacted with it (``cfg.pruned_cache``). Returns (carry of the next step, prompt, kept)."""
         model = nnx.merge(self.graphdef, state)
-        cfg, method = self.cfg, self._during
+        cfg, method = self.cfg, (self._during if score else None)
         b, p = prompt.key_valid.shape
-        x_gen = jnp.full((b, cfg.gen_length), cfg.mask_id, jnp.int32)
-        counts = self._block_counts(x_gen, 0)
-        caches = None
-        if method is None and cfg.cache != "none":
-            logits, _, caches = self._forward(model, prompt, x_gen, all_valid=all_valid, caches=True)
-        elif method is None:
-            logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
-        else:
-            response = jnp.broadcast_to(p + jnp.arange(cfg.gen_length, dtype=jnp.int32), (b, cfg.gen_length))
-            logits, probe = self._forward(
-                model, prompt, x_gen, probe=Probe(response, tuple(method.probe_layers(self.num_layers))),
-                all_valid=all_valid,
-            )
-        key, sub = jax.random.split(key)
-        new_x = unmask_step(x_gen, logits, jnp.int32(0), counts[:, 0], sub, cfg, temperature)
-        stop = first_stop(new_x, cfg)
+        g = cfg.gen_length
+        cached = cfg.cache != "none"
+        block, _, counts, j = self._schedule(c)
+        probe = None
+        if method is not None:
+            response = jnp.broadcast_to(p + jnp.arange(g, dtype=jnp.int32), (b, g))
+            probe = Probe(response, tuple(method.probe_layers(self.num_layers)))
+        logits, probe_out, *fresh = self._forward(model, prompt, c.x_gen, probe=probe, all_valid=all_valid,
+                                                  caches=cached)
+        out = self._advance(c, logits, block, counts, j, fresh[0] if cached else None, temperature=temperature)
         if method is None:
-            return new_x, counts, key, stop, caches, prompt, prompt.kept
-        still_masked = (x_gen == cfg.mask_id) & (new_x == cfg.mask_id)  # R: masked before and after this step
-        token_scores = method.token_scores(probe[:, :, :p], still_masked)
-        return (new_x, counts, key, stop, None) + self._compact(prompt, token_scores, num_visual, rows, later_bucket)
+            return out, prompt, prompt.kept
+        still_masked = (c.x_gen == cfg.mask_id) & (out.x_gen == cfg.mask_id)
+        token_scores = method.token_scores(probe_out[:, :, :p], still_masked)
+        new_prompt, kept, order = self._compact(prompt, token_scores, num_visual, rows, later_bucket)
+        caches = None if not cached else self._compact_caches(model, out.caches, prompt, new_prompt, order)
+        return dataclasses.replace(out, caches=caches), new_prompt, kept
 
     def _compact(self, prompt: _Prompt, token_scores, n_v: int, rows=None, keep_bucket=None):
+        """Keeps the top visual tokens by ``token_scores`` float32 [B, P]; returns (compacted prompt, kept int32
+        [B, keep] into the original visual tokens, the prompt slots that stay int32 [B, P'])."""
         method = self._during
         scores = visual_scores(token_scores, prompt.visual_mask, n_v)
         if rows is None:
@@ -426,6 +473,7 @@ class DiffusionGenerator:
             method = with_bucket(method, keep_bucket)
             kept = select_topk(scores, keep_bucket, visual_valid(prompt.key_valid, prompt.visual_mask, n_v),
                                rows.later_keep)
+        order = compaction_order(prompt.visual_mask, kept, n_v)
         seq, vmask = compact(
             SequenceState(prompt.h, prompt.positions, prompt.key_valid), prompt.visual_mask, kept, n_v,
             reindex=method.reindex,
@@ -433,64 +481,69 @@ class DiffusionGenerator:
         if prompt.kept is not None:  # indices into the original visual tokens
             kept = jnp.take_along_axis(prompt.kept, kept, axis=1)
         h_uncond = jnp.broadcast_to(prompt.h_uncond[:, :1], seq.h.shape)
-        return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask, kept), kept
+        return _Prompt(seq.h, h_uncond, seq.positions, seq.key_valid, vmask, kept), kept, order
 
-    def _denoise(self, state, prompt: _Prompt, x_gen, counts, key, stop, caches=None, *, temperature,
-                 all_valid=False):
-        """Steps 1 .. steps−1 of all blocks in one ``while_loop``; ``counts`` are recomputed at each block start.
-        The loop ends early once every row is finished (:func:`rows_done`; never without the stop rule).
-        Approximate caching (``cfg.cache``): the first step of each block runs the whole sequence and refreshes
-        ``caches``; the others run :meth:`_window_logits` (a ``lax.cond`` in the one compiled loop). ``caches``
-        None (a during-generation method compacted the prompt at step 0): rebuilt at step 1 too.
-        Returns (x_gen int32 [B, G], steps int32 []: denoising steps run, step 0 included)."""
+    def _compact_caches(self, model, caches: list, old: _Prompt, new: _Prompt, order) -> list:
+        """The scoring step's caches (slots of ``old`` prompt + response) with the pruned visual tokens removed:
+        every layer's keys / values gathered along the sequence (``order`` int32 [B, P'] for the prompt, then the
+        response) and the keys re-rotated to their new positions. RoPE rotations compose (R(a)·R(b) = R(a + b) per
+        frequency pair), so a cached key at old position p becomes the key at p' by a rotation by p' − p: exact
+        for re-indexed positions too (without re-indexing the rotation is by 0, the identity)."""
+        g = self.cfg.gen_length
+        b, p_old = old.positions.shape
+        slots = jnp.concatenate([order, jnp.broadcast_to(p_old + jnp.arange(g, dtype=jnp.int32), (b, g))], axis=1)
+        old_pos = jnp.concatenate([old.positions, self._response_positions(old, g)], axis=1)
+        new_pos = jnp.concatenate([new.positions, self._response_positions(new, g)], axis=1)
+        cos, sin = model.language_model.angles(new_pos - jnp.take_along_axis(old_pos, slots, axis=1), jnp.float32)
+        out = []
+        for cache in caches:
+            take = lambda x: jnp.take_along_axis(x, slots.reshape(slots.shape + (1,) * (x.ndim - 2)), axis=1)
+            k = apply_rope(take(cache.k).astype(jnp.float32), cos, sin).astype(cache.k.dtype)
+            out.append(LayerCache(k, take(cache.v), take(cache.valid), jnp.int32(slots.shape[1])))
+        return out
+
+    def _denoise(self, state, prompt: _Prompt, carry: _DenoiseCarry, until, *, temperature, all_valid=False,
+                 refresh_first=False):
+        """The steps from ``carry.step`` up to ``until`` (int32 [], traced: one compilation for any bound) in one
+        ``while_loop``; the loop ends early once every row is finished (:func:`rows_done`; never without the stop
+        rule) or nothing is masked any more (the official loop would run the remaining steps, which change
+        nothing). Approximate caching (``cfg.cache``): the first step of each block runs the whole sequence and
+        refreshes ``carry.caches``; the others run :meth:`_window_logits` (a ``lax.cond`` in the one compiled
+        loop). ``refresh_first`` (static): the loop's first step refreshes too (``pruned_cache="rebuild"`` after a
+        during-generation method compacted the prompt). Returns the carry after the last step run
+        (``carry.step`` = denoising steps run so far, step 0 included)."""
         cfg = self.cfg
         cached = cfg.cache != "none"
-        refresh_at_1 = cached and caches is None
-        if refresh_at_1:  # placeholders of the right structure, replaced at step 1
-            model0 = nnx.merge(self.graphdef, state)
-            shapes = jax.eval_shape(lambda: self._forward(model0, prompt, x_gen, caches=True)[2])
-            caches = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
         parallel = cfg.threshold is not None
+        start = carry.step
+        until = jnp.minimum(until, cfg.gen_length if parallel else cfg.steps)
 
         def cond(c: _DenoiseCarry):
+            left = (c.step < until) & jnp.any(c.x_gen == cfg.mask_id)
             if parallel:  # at least one token per step and row: gen_length steps suffice
-                return (c.step < cfg.gen_length) & (current_block(c.x_gen, c.stop, cfg) < cfg.num_blocks)
-            return (c.step < cfg.steps) & ~jnp.all(rows_done(c.x_gen, c.stop, cfg))
+                return left & (current_block(c.x_gen, c.stop, cfg) < cfg.num_blocks)
+            return left & ~jnp.all(rows_done(c.x_gen, c.stop, cfg))
 
         def body(c: _DenoiseCarry) -> _DenoiseCarry:
-            step, x_gen, counts, key = c.step, c.x_gen, c.counts, c.key
-            model = nnx.merge(self.graphdef, loop_invariant_weights(state, step))  # converts stay in the loop
-            j = step % cfg.steps_per_block
-            if parallel:
-                block = current_block(x_gen, c.stop, cfg)
-                opens = block != c.block  # the batch moved to a new block: refresh the cache
-            else:
-                block, opens = None, j == 0
-                counts = jnp.where(j == 0, self._block_counts(x_gen, step), counts)
-            new_caches = c.caches
+            model = nnx.merge(self.graphdef, loop_invariant_weights(state, c.step))  # converts stay in the loop
+            block, opens, counts, j = self._schedule(c)
             if not cached:
-                logits, _ = self._forward(model, prompt, x_gen, all_valid=all_valid)
-            else:
-                refresh = opens | (step == 1) if refresh_at_1 else opens
+                logits, _ = self._forward(model, prompt, c.x_gen, all_valid=all_valid)
+                return self._advance(c, logits, block, counts, j, None, temperature=temperature)
+            refresh = opens | (c.step == start) if refresh_first else opens
 
-                def full(_):
-                    logits, _, fresh = self._forward(model, prompt, x_gen, all_valid=all_valid, caches=True)
-                    return logits, fresh
+            def full(_):
+                logits, _, fresh = self._forward(model, prompt, c.x_gen, all_valid=all_valid, caches=True)
+                return logits, fresh
 
-                def window(_):
-                    index = step // cfg.steps_per_block if block is None else block
-                    return self._window_logits(model, prompt, x_gen, c.caches, index * cfg.block_length), c.caches
+            def window(_):
+                index = c.step // cfg.steps_per_block if block is None else block
+                return self._window_logits(model, prompt, c.x_gen, c.caches, index * cfg.block_length), c.caches
 
-                logits, new_caches = jax.lax.cond(refresh, full, window, None)
-            key, sub = jax.random.split(key)
-            x_gen = unmask_step(x_gen, logits, step, counts[:, j], sub, cfg, temperature, c.stop, block)
-            return _DenoiseCarry(step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, cfg)),
-                                 new_caches, c.block if block is None else block)
+            logits, caches = jax.lax.cond(refresh, full, window, None)
+            return self._advance(c, logits, block, counts, j, caches, temperature=temperature)
 
-        out = jax.lax.while_loop(cond, body, _DenoiseCarry(jnp.int32(1), x_gen, counts, key, stop,
-                                                           caches if cached else None, jnp.int32(0)))
-        return out.x_gen, out.step
+        return jax.lax.while_loop(cond, body, carry)
 
     # ---- host API ------------------------------------------------------------------------------------------
     def generate_arrays(
@@ -535,12 +588,14 @@ class DiffusionGenerator:
         t1 = time.perf_counter()
         kept_pre = prompt.kept  # the pre-LLM stage's selection (read back after the timed part)
         mask_kw = mask_free_kwargs(attention_mask)  # GPU, no padding: cuDNN attention in every step
-        x_gen, counts, key, stop, caches, prompt, kept = self.first_step(
-            self.state, prompt, key, temperature=temperature, num_visual=n_left, **mask_kw, **step_kw
-        )
-        x_gen, steps_run = self.denoise(self.state, prompt, x_gen, counts, key, stop, caches,
-                                        temperature=temperature, **mask_kw)
-        tokens = np.asarray(jax.block_until_ready(x_gen))
+        carry = self.initial_carry(int(input_ids.shape[0]), key)
+        carry, prompt, kept = self.prune_steps(prompt, carry, temperature=temperature, num_visual=n_left,
+                                               step_kw=step_kw, **mask_kw)
+        carry = self.denoise(self.state, prompt, carry, jnp.int32(self.cfg.steps if self.cfg.threshold is None
+                                                                  else self.cfg.gen_length),
+                             temperature=temperature, refresh_first=self.rebuilds_cache, **mask_kw)
+        tokens = np.asarray(jax.block_until_ready(carry.x_gen))
+        steps_run = carry.step
         t2 = time.perf_counter()
         if kept is None:
             kept = np.broadcast_to(np.arange(n_v), (tokens.shape[0], n_v))
@@ -553,6 +608,34 @@ class DiffusionGenerator:
             stages[self._during.name] = kept
         return GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=MASKED_DIFFUSION,
                                 decode_s=t2 - t1, encode_s=t1 - t0, stages=stages, steps=int(steps_run))
+
+    def prune_steps(self, prompt: _Prompt, carry: _DenoiseCarry, *, temperature: float, num_visual: int,
+                    step_kw: dict | None = None, all_valid: bool = False):
+        """The steps up to and including the scoring step, from ``carry`` (step 0): step 0 at full length; with a
+        during-generation method whose ``score_step`` s > 0, steps 1 … s − 1 in the denoising loop on the whole
+        prompt and step s at full length, scoring and compacting. Returns (carry of the next step, the prompt the
+        later steps see, kept visual indices int32 [B, keep] or None)."""
+        kw = dict(temperature=temperature, num_visual=num_visual, all_valid=all_valid, **(step_kw or {}))
+        if self._during is None:
+            return self.first_step(self.state, prompt, carry, score=False, **kw)
+        s = self._during.score_step
+        if s > 0:
+            carry, _, _ = self.first_step(self.state, prompt, carry, score=False, **kw)
+            carry = self.denoise(self.state, prompt, carry, jnp.int32(s), temperature=temperature,
+                                 all_valid=all_valid)
+            if int(carry.step) < s:  # the loop ended before the scoring step (nothing left to unmask): no pruning
+                return carry, prompt, prompt.kept
+        pruned, short, kept = self.first_step(self.state, prompt, carry, score=True, **kw)
+        if not bool(jnp.any(pruned.x_gen == self.cfg.mask_id)):
+            # nothing is masked after the scoring step: the answer is complete and the official code skips pruning
+            # (reported as no pruning; the compacted prompt is kept only so that the loop's shapes stay as usual)
+            return pruned, short, prompt.kept
+        return pruned, short, kept
+
+    @property
+    def rebuilds_cache(self) -> bool:
+        """Whether the loop after a during-generation method's compaction rebuilds the cache at its first step."""
+        return self._during is not None and self.cfg.cache != "none" and self.cfg.pruned_cache == "rebuild"
 
     def row_plan(self, counts: np.ndarray) -> tuple[RowCounts, int | None, int | None]:
         """Per-row keep counts of a batch whose rows hold ``counts`` int [B] visual tokens (not all equal):

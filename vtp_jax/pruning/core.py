@@ -127,6 +127,18 @@ def visual_scores(token_scores: jax.Array, visual_mask: jax.Array, num_visual: i
     return jnp.take_along_axis(token_scores, visual_positions(visual_mask, num_visual), axis=1)
 
 
+def compaction_order(visual_mask: jax.Array, kept: jax.Array, num_visual: int) -> jax.Array:
+    """The slots that stay when only the visual tokens ``kept`` (int32 [B, keep], ascending indices into the visual
+    tokens) are kept: int32 [B, T − N_v + keep], ascending slot indices into the sequence of ``visual_mask`` bool
+    [B, T] (every non-visual slot, padding included, and the kept visual ones). The one gather order of
+    :func:`compact` and of the masked-diffusion sampler's cache compaction."""
+    b, t = visual_mask.shape
+    keep = kept.shape[1]
+    kept_pos = jnp.take_along_axis(visual_positions(visual_mask, num_visual), kept, axis=1)
+    keep_mask = (~visual_mask).at[jnp.arange(b)[:, None], kept_pos].set(True)
+    return jnp.argsort(~keep_mask, axis=1, stable=True)[:, : t - num_visual + keep].astype(jnp.int32)
+
+
 def compact(
     state: SequenceState, visual_mask: jax.Array, kept: jax.Array, num_visual: int, *, reindex: bool = False
 ) -> tuple[SequenceState, jax.Array]:
@@ -141,13 +153,7 @@ def compact(
         (FastV's behaviour).
     Returns: (state of length T − N_v + keep, visual_mask of that length).
     """
-    b, t = visual_mask.shape
-    keep, n_v = kept.shape[1], num_visual
-    vis_pos = visual_positions(visual_mask, n_v)
-    kept_pos = jnp.take_along_axis(vis_pos, kept, axis=1)
-    keep_mask = (~visual_mask).at[jnp.arange(b)[:, None], kept_pos].set(True)
-    new_len = t - n_v + keep
-    order = jnp.argsort(~keep_mask, axis=1, stable=True)[:, :new_len]
+    order = compaction_order(visual_mask, kept, num_visual)
     take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
     h, positions, key_valid, vmask = take(state.h), take(state.positions), take(state.key_valid), take(visual_mask)
     if reindex:

@@ -24,16 +24,24 @@ from vtp_jax.pruning.registry import register
 @register
 @dataclasses.dataclass(frozen=True)
 class RedVTP(AfterFirstStep):
-    """keep: visual tokens kept (static; the paper's keep ratio 0.5 → ``max(1, int(N_v · 0.5))``)."""
+    """keep: visual tokens kept (static; the paper's keep ratio 0.5 → ``max(1, int(N_v · 0.5))``). reindex:
+    renumber positions after pruning (the reference code's behaviour). score_step: the global denoising step
+    (0-based) whose attention scores the visual tokens; the official code hard-codes 0 (the first step of the first
+    block). At s > 0 the steps before it run on every visual token, and step s runs at full length (also under
+    approximate caching), so its rows R are the response positions masked before and after step s."""
 
     keep: int
     reindex: bool = True
+    score_step: int = 0
 
     name = "redvtp"
 
     def validate(self, num_visual: int, num_layers: int) -> None:
-        """Raises PruningError unless 1 ≤ keep ≤ N_v."""
+        """Raises PruningError unless 1 ≤ keep ≤ N_v and score_step is a whole number ≥ 0."""
         self.check_keep(num_visual)
+        s = self.score_step
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise PruningError(f"{self.name}: score_step must be a whole number ≥ 0, got {s!r}")
 
     def probe_layers(self, num_layers: int) -> tuple[int, ...]:
         """Every layer's attention is averaged."""
