@@ -59,6 +59,7 @@ Units in the JSON: ``*_s`` seconds, ``*_ms`` milliseconds, ``*_bytes`` bytes, ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -72,7 +73,10 @@ from typing import Any, Callable
 import numpy as np
 
 from eval.bench.autoregressive import PRESETS, add_llava_ratios, llava_row
-from eval.bench.diffusion import LLADA_V_SETTINGS, add_llada_ratios, llada_row, setting_name
+from eval.bench.diffusion import (
+    LLADA_V_SETTINGS, add_llada_ratios, fast_dllm_targets, format_fast_dllm_targets, llada_row,
+    parse_cache_variants, parse_llada_settings, setting_name,
+)
 from eval.bench.errors import BenchError
 from eval.bench.flops import anyres_vision_flops, vision_flops
 from eval.bench.methods import (
@@ -135,17 +139,18 @@ def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = BANDWIDTH_RE
             "runs_gb_per_s": multi, "bytes": int(nbytes)}
 
 
-def roofline(config: dict, bandwidth_gb_s: float) -> dict:
+def roofline(config: dict, bandwidth_gb_s: float, settings=LLADA_V_SETTINGS) -> dict:
     """Weight-read bound at batch 1: ``weight_bytes`` (bf16 decoder layers + final norm + LM head, bytes),
     ``steps_per_s`` = bandwidth / weight_bytes; LLaVA ``decode_tokens_per_s`` = steps_per_s; LLaDA-V
-    ``tokens_per_s`` per setting = steps_per_s · gen_length / steps."""
+    ``tokens_per_s`` per setting (gen_length, steps, block_length) = steps_per_s · gen_length / steps (the exact
+    loop: one weight read per denoising step)."""
     weight_bytes = fs.decoder_weight_bytes(config, 2)
     steps = bandwidth_gb_s * 1e9 / weight_bytes
     out: dict[str, Any] = {"weight_bytes": weight_bytes, "bandwidth_gb_per_s": bandwidth_gb_s, "steps_per_s": steps}
     if families.for_model_type(config["model_type"]).autoregressive:
         out["decode_tokens_per_s"] = steps
     else:
-        out["tokens_per_s"] = {setting_name(g, st, bl): steps * g / st for g, st, bl in LLADA_V_SETTINGS}
+        out["tokens_per_s"] = {setting_name(g, st, bl): steps * g / st for g, st, bl in settings}
     return out
 
 
@@ -281,8 +286,12 @@ def validate(args: argparse.Namespace) -> dict:
         skipped["fastv"] = why
     image = getattr(args, "llada_image", None)
     image = list(DEFAULT_IMAGE[family]) if image is None and family in DEFAULT_IMAGE else list(parse_image(image))
+    settings = parse_llada_settings(getattr(args, "llada_settings", None))
+    variants = [list(v) for v in parse_cache_variants(getattr(args, "diffusion_cache", None))]
+    if family != "llada_v" and (getattr(args, "llada_settings", None) is not None or variants):
+        raise BenchError(f"--llada-settings / --diffusion-cache apply to the llada-v-8b preset, not {args.preset}")
     return {"family": family, "overrides": overrides, "methods": methods[family], "keeps": keeps, "layers": n_layers,
-            "image": image, "skipped_methods": skipped}
+            "image": image, "skipped_methods": skipped, "llada_settings": settings, "cache_variants": variants}
 
 
 def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
@@ -308,7 +317,7 @@ def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) 
     report["machine"] = {"memory_bandwidth": bw, "cpu_count": os.cpu_count(), "total_ram_bytes": _total_ram_bytes(),
                          "machine": platform.machine(), "python": platform.python_version(),
                          "loadavg_start": _loadavg()}  # 1/5/15-minute load: other jobs on the CPUs skew timings
-    report["roofline"] = roofline(config, bw["gb_per_s"])
+    report["roofline"] = roofline(config, bw["gb_per_s"], s["llada_settings"])
 
     cache_dir = args.cache_dir or fs.default_cache_dir()
     hf_dir, info = fs.cached_checkpoint(preset, args.layers, DTYPE, cache_dir, overrides=s["overrides"] or None,
@@ -335,7 +344,8 @@ def run_full_size(args: argparse.Namespace, log: Callable[[str], None] = print) 
                 "inputs": os.path.join(work, "inputs.npz"), "runs": args.runs, "warmup": args.warmup,
                 "max_new_tokens": args.max_new_tokens, "batch": args.batch, "fastv_layer": args.fastv_layer,
                 "methods": s["methods"], "keeps": s["keeps"], "image": s["image"], "quiet": args.quiet,
-                "torch_threads": args.torch_threads, "torch_attn": args.torch_attn}
+                "torch_threads": args.torch_threads, "torch_attn": args.torch_attn,
+                "llada_settings": [list(x) for x in s["llada_settings"]], "diffusion_cache": s["cache_variants"]}
         sides: dict[str, dict | None] = {}
         for side in ("jax", "torch"):
             if side == "torch" and args.no_torch:
@@ -417,7 +427,7 @@ def _merge_diffusion(jx: dict, tc_ok: dict | None, ratios: dict) -> dict:
             ratios[f"tokens_per_s_{sname}"] = rows["jax none"]["x_torch"]
             agree = greedy_agreement(np.asarray([tc_ok["sections"][sname]["tokens"]]), np.asarray([sec["tokens"]]))
             sections[sname]["torch_jax_greedy_agreement_tokens"] = agree
-    return {"sections": sections}
+    return {"sections": sections, "fast_dllm_targets": fast_dllm_targets(sections)}
 
 
 # The rows of a merged report, by the family's generator kind: (jax result, torch result or None, ratios) → keys.
@@ -488,12 +498,12 @@ def format_full_size(report: dict) -> str:
             lines.append(f"greedy tokens torch vs jax none: first {r['torch_jax_greedy_agreement_tokens']} identical "
                          "(bf16 on both sides: early divergence on random weights is expected)")
     else:
-        cols = [("setting", 8, "<"), ("variant", 20, "<"), ("keep %", 7, ">"), ("kept", 6, ">"), ("seq", 6, ">"),
+        cols = [("setting", 8, "<"), ("variant", 30, "<"), ("keep %", 7, ">"), ("kept", 6, ">"), ("seq", 6, ">"),
                 ("latency ms", 12, ">"), ("tokens/s", 10, ">"), ("of roofline", 12, ">"), ("gain", 8, ">"),
                 ("×torch", 8, ">"), ("encode ms", 10, ">"), ("compile s", 10, ">")]
         table = []
         for sname, sec in r["sections"].items():
-            bound = rf["tokens_per_s"][sname]
+            bound = rf["tokens_per_s"].get(sname)
             for name, row in sec["rows"].items():
                 table.append([sname, name, fmt_keep(row["keep_percent"]), row["visual_tokens_kept"],
                               row["seq_len_after_pruning"], f"{row['latency_ms']:.1f}",
@@ -508,6 +518,7 @@ def format_full_size(report: dict) -> str:
         st = r["settings"]
         lines.append(f"image {st['image'][0]}×{st['image'][1]} → {st['num_visual_tokens']} visual tokens "
                      f"({st['num_tiles']} tiles), prompt {st['prompt_len']} tokens")
+        lines += format_fast_dllm_targets(r.get("fast_dllm_targets", []))
     ratios = r["jax_over_torch"]
     if ratios:
         lines.append("jax / torch: " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios.items() if v is not None)
@@ -633,7 +644,7 @@ def _llada_settings(spec: dict) -> list[tuple[str, int, int, int, list[tuple[str
     """(name, gen_length, steps, block_length, variant specs) per setting: 32/16 every method × keep; 2/2 jax none
     and RedVTP at the first keep (when selected)."""
     out = []
-    for i, (g, st, bl) in enumerate(LLADA_V_SETTINGS):
+    for i, (g, st, bl) in enumerate(tuple(x) for x in spec.get("llada_settings", LLADA_V_SETTINGS)):
         if i == 0:
             specs = variant_specs(spec["methods"], spec["keeps"])
         else:
@@ -685,15 +696,22 @@ def _diffusion_child(spec: dict, side: str) -> dict:
             for name, m, pct in specs:
                 obj = build_variant_method(m, spec["family"], n_v, cfg.text.num_hidden_layers, pct)
                 runners[f"{sname} {name}"] = JaxDiffusionRunner(model, dcfg, obj, inputs)
-                meta[f"{sname} {name}"] = (sname, g, st, name, m, pct, obj)
+                meta[f"{sname} {name}"] = (sname, g, st, bl, name, m, pct, obj)
+                for label, mode, tau in spec.get("diffusion_cache", []):  # Fast-dLLM caching / parallel decoding
+                    cname = f"{name} [{label}]"
+                    runners[f"{sname} {cname}"] = JaxDiffusionRunner(
+                        model, dataclasses.replace(dcfg, cache=mode, threshold=tau), obj, inputs)
+                    meta[f"{sname} {cname}"] = (sname, g, st, bl, cname, m, pct, obj)
         raw = _rounds(runners, spec["warmup"], spec["runs"], spec["quiet"], "jax runs", True)
         sections: dict[str, dict] = {}
-        for key, (sname, g, st, name, m, pct, obj) in meta.items():
-            sec = sections.setdefault(sname, {"gen_length": g, "steps": st, "rows": {}})
+        for key, (sname, g, st, bl, name, m, pct, obj) in meta.items():
+            sec = sections.setdefault(sname, {"gen_length": g, "steps": st, "block_length": bl, "rows": {}})
             row = llada_row(raw[key], name=name, obj=obj, method=m, pct=pct, keep=getattr(obj, "keep", None),
                             compile_s=runners[key].compile_s, cfg=cfg, prompt_len=prompt_len, n_v=n_v,
                             n_tiles=n_tiles, gen_length=g, steps=st)
             _compile_only(row, "latency_ms")
+            if name.endswith("]"):  # cached / parallel: the analytic FLOP model counts the exact loop only
+                row["flops"] = None
             sec["rows"][name] = row
             if name == "jax none":
                 sec["tokens"] = runners[key].last_tokens[0].tolist()

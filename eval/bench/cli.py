@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLaDA-V, setting 32/16: pruning methods to time, comma-separated (default: every one "
                         f"registered for LLaDA-V: {', '.join(family_methods('llada_v'))}; \"\" = none); the 2/2 "
                         "setting always times none, redvtp-50 and redvtp-25")
-    p.add_argument("--diffusion-cache", default="none", metavar="MODE1,...",
-                   help="LLaDA-V: approximate KV cache modes to time besides the exact loop (prefix, dual; e.g. "
-                        "'prefix,dual'): every jax variant again with the cache, named '<variant> [prefix]'")
+    p.add_argument("--diffusion-cache", default="none", metavar="MODE[@TAU],...",
+                   help="LLaDA-V: Fast-dLLM variants to time besides the exact loop — cache modes (prefix, dual), "
+                        "each optionally with a parallel-decoding threshold (dual@0.9; none@0.9 = threshold alone): "
+                        "every jax variant again, named '<variant> [dual τ0.9]'")
+    p.add_argument("--llada-settings", default=None, metavar="G/S/B,...",
+                   help="LLaDA-V: gen_length/steps/block_length of each setting (default 32/16/32,2/2/2); the first "
+                        "times every method, the others jax none and RedVTP")
     p.add_argument("--keeps", default=DEFAULT_KEEPS, metavar="P1,P2,...",
                    help="percentages of the visual tokens kept, each a variant of every method that takes a keep "
                         f"count, both families (default {DEFAULT_KEEPS})")
@@ -97,9 +101,6 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     the JSON-able report: ``{"random_weights": true, "note", "families": [...], "llava": {...}, "llada_v": {...}}``
     (a section is absent when not run; each has its wall time ``section_wall_s``, seconds)."""
     if args.preset in FULL_SIZE_PRESETS:
-        if str(getattr(args, "diffusion_cache", "none") or "none") != "none":
-            raise BenchError("--diffusion-cache is not implemented for the full-size presets yet (the LLaDA-V "
-                             "section of the small presets has it)")
         return run_full_size_bench(args, log)
     if getattr(args, "layers", None) is not None or getattr(args, "llada_image", None) is not None:
         raise BenchError("--layers / --llada-image apply only to the full-size presets "

@@ -52,6 +52,85 @@ TARGET_REDVTP50_GAIN = 1.0  # token-throughput gain of RedVTP keep 50 % over jax
 BREAKDOWN_RUNS = 3  # extra runs per jax variant (in the first timed rounds) that time encode / first step / the rest
 
 
+def parse_llada_settings(text: str | None) -> tuple[tuple[int, int, int], ...]:
+    """``--llada-settings "32/16/32,128/128/32"`` (gen_length/steps/block_length each) → ((32, 16, 32), …); None
+    → :data:`LLADA_V_SETTINGS`. The first setting times every method, the others jax none and
+    :data:`SHORT_SETTING_VARIANTS`. Raises BenchError (lengths < 1, a block that does not divide the gen length,
+    steps not divisible by the number of blocks, one name twice)."""
+    if text is None:
+        return LLADA_V_SETTINGS
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        try:
+            g, st, bl = (int(v) for v in item.split("/"))
+        except ValueError:
+            raise BenchError(f"--llada-settings: {item!r} is not gen_length/steps/block_length (e.g. 32/16/32)") from None
+        if min(g, st, bl) < 1 or g % bl or st % (g // bl):
+            raise BenchError(f"--llada-settings: {item!r}: lengths ≥ 1, the block dividing the gen length and the "
+                             "steps divisible by the number of blocks")
+        out.append((g, st, bl))
+    if not out or len({setting_name(*x) for x in out}) != len(out):
+        raise BenchError(f"--llada-settings {text!r}: give distinct gen_length/steps pairs")
+    return tuple(out)
+
+
+def parse_cache_variants(text: str | None) -> list[tuple[str, str, float | None]]:
+    """``--diffusion-cache "prefix,dual,dual@0.9,none@0.9"`` → [(label, cache mode, threshold τ or None), …]; the
+    exact loop (``none`` without τ) is always timed and is not listed. Labels: ``prefix``, ``dual τ0.9``, ``τ0.9``.
+    Raises BenchError for an unknown mode or a τ outside (0, 1]."""
+    from vtp_jax.generation.diffusion import CACHE_MODES
+
+    out = []
+    for item in (x.strip() for x in str(text or "none").split(",")):
+        if not item or item == "none":
+            continue
+        mode, _, tau = item.partition("@")
+        if mode not in CACHE_MODES:
+            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} in {item!r} ({', '.join(CACHE_MODES)}, "
+                             "optionally @τ)")
+        threshold = None
+        if tau:
+            try:
+                threshold = float(tau)
+            except ValueError:
+                threshold = -1.0
+            if not 0.0 < threshold <= 1.0:
+                raise BenchError(f"--diffusion-cache: the threshold in {item!r} must be a number in (0, 1]")
+        label = " ".join(x for x in (None if mode == "none" else mode,
+                                     None if threshold is None else f"τ{threshold:g}") if x)
+        out.append((label, mode, threshold))
+    return out
+
+
+# Issue 19's Fast-dLLM targets: (variant, speed-up over the exact unpruned loop "jax none", which settings) — any
+# setting for the caching rows, gen_length 128 with block 32 for the combined one.
+FAST_DLLM_TARGETS = (("jax none [prefix]", 5.0, None), ("jax redvtp-50 [prefix]", 6.0, None),
+                     ("jax redvtp-50 [dual τ0.9]", 10.0, (128, 32)))
+
+
+def fast_dllm_targets(sections: dict[str, dict]) -> list[dict]:
+    """PASS / MISS of :data:`FAST_DLLM_TARGETS` for every section (``{"gen_length", "block_length", "rows"}``) that
+    holds the variant: ``[{"setting", "variant", "speedup", "target", "status"}]`` (speed-up = tokens/s over
+    ``jax none``, medians)."""
+    out = []
+    for sname, sec in sections.items():
+        for variant, target, where in FAST_DLLM_TARGETS:
+            row = sec["rows"].get(variant)
+            if row is None or (where is not None and (sec["gen_length"], sec.get("block_length")) != where):
+                continue
+            gain = row.get("throughput_gain_vs_jax_none")
+            speedup = None if gain is None else 1.0 + gain
+            out.append({"setting": sname, "variant": variant, "speedup": speedup, "target": target,
+                        "status": "SKIPPED" if speedup is None else ("PASS" if speedup >= target else "MISS")})
+    return out
+
+
+def format_fast_dllm_targets(targets: list[dict]) -> list[str]:
+    """One line per Fast-dLLM target (:func:`fast_dllm_targets`)."""
+    return [f"{t['setting']} {t['variant']}: {fmt(t['speedup'], '.2f', '×')} over jax none (target ≥ "
+            f"{t['target']:g}×)  {t['status']}" for t in targets]
+
+
 def setting_name(gen_length: int, steps: int, block_length: int) -> str:
     """A diffusion setting's name in the report: ``"<gen_length>/<steps>"`` (e.g. ``"32/16"``)."""
     return f"{gen_length}/{steps}"
@@ -61,13 +140,8 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
     """Runs the LLaDA-V section and returns its JSON-able report (see :mod:`eval.bench` for the units: ms, tokens/s,
     FLOPs, seconds). ``family`` (a masked-diffusion family) picks the pruning methods and builds them; the model is
     the random-weight LLaDA-V testbed (:mod:`vtp_jax.testbed.torch_llada_v` / :mod:`vtp_jax.testbed.hf_llada_v`)."""
-    cache_modes = [m.strip() for m in str(getattr(args, "diffusion_cache", "none") or "none").split(",")
-                   if m.strip() and m.strip() != "none"]
-    from vtp_jax.generation.diffusion import CACHE_MODES
-
-    for mode in cache_modes:  # checked before any work
-        if mode not in CACHE_MODES:
-            raise BenchError(f"--diffusion-cache: unknown mode {mode!r} ({', '.join(CACHE_MODES[1:])})")
+    cache_variants = parse_cache_variants(getattr(args, "diffusion_cache", None))  # checked before any work
+    settings = parse_llada_settings(getattr(args, "llada_settings", None))
     from convert import convert
     from vtp_jax.checkpoint import load
     from vtp_jax.generation.diffusion import DiffusionConfig
@@ -130,16 +204,16 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
 
     inputs = make_llada_inputs(model, image_hw)
     n_v, prompt_len, n_tiles = inputs["num_visual"], inputs["input_ids"].shape[1], inputs["num_tiles"]
-    max_gen = max(g for g, _, _ in LLADA_V_SETTINGS)
+    max_gen = max(g for g, _, _ in settings)
     if prompt_len + max_gen > cfg.text.max_position_embeddings:
         raise BenchError(f"prompt ({prompt_len}) + gen_length ({max_gen}) exceeds max positions")
     n_layers = cfg.text.num_hidden_layers
     # Variants per setting: (name, method name, keep %); the method objects and keep counts by variant name.
     specs_by_setting = {
-        setting_name(*LLADA_V_SETTINGS[0]): variant_specs(methods, keep_pcts),
+        setting_name(*settings[0]): variant_specs(methods, keep_pcts),
         **{setting_name(*st): [("jax none", None, None)] + [(variant_name(m, k), m, k)
                                                              for m, k in SHORT_SETTING_VARIANTS]
-           for st in LLADA_V_SETTINGS[1:]},
+           for st in settings[1:]},
     }
     method_objs: dict[str, Any] = {}
     spec_of: dict[str, tuple[str | None, float | None]] = {}
@@ -157,9 +231,9 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
     report["settings"] = {
         "runs": args.runs, "warmup": args.warmup, "batch": 1, "prompt_len": prompt_len, "num_visual_tokens": n_v,
         "num_tiles": n_tiles, "grid": list(inputs["grid"]), "tokens_per_tile": cfg.tokens_per_tile,
-        "visual_fraction": {setting_name(*s): n_v / (prompt_len + s[0]) for s in LLADA_V_SETTINGS},
+        "visual_fraction": {setting_name(*s): n_v / (prompt_len + s[0]) for s in settings},
         "diffusion": [{"gen_length": g, "steps": st, "block_length": bl, "remasking": "low_confidence",
-                       "temperature": 0.0} for g, st, bl in LLADA_V_SETTINGS],
+                       "temperature": 0.0} for g, st, bl in settings],
         "keep": {name: (n_v if k is None else k) for name, k in keeps.items()},
         "methods": methods, "keeps_percent": keep_pcts,
         "variants": {sname: [name for name, _, _ in specs] for sname, specs in specs_by_setting.items()},
@@ -169,14 +243,14 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
         f"{inputs['grid'][0]}×{inputs['grid'][1]} + base tile → {n_v} visual tokens; LLaDA {t.num_hidden_layers}L×"
         f"{t.hidden_size} ({t.num_attention_heads} heads, MLP {t.intermediate_size}, vocab {t.vocab_size})")
     log(f"prompt: {prompt_len} tokens ({n_v} visual), batch 1; settings gen_length/steps "
-        + ", ".join(f"{g}/{st} (block {bl})" for g, st, bl in LLADA_V_SETTINGS)
+        + ", ".join(f"{g}/{st} (block {bl})" for g, st, bl in settings)
         + f"; {args.warmup} warm-up + {args.runs} timed runs per variant")
 
-    report["settings"]["diffusion_cache"] = cache_modes
+    report["settings"]["diffusion_cache"] = [label for label, _, _ in cache_variants]
     # Runners per setting: torch first when present.
     runners: dict[str, dict[str, Any]] = {}
     dcfgs = {}
-    for g, st, bl in LLADA_V_SETTINGS:
+    for g, st, bl in settings:
         sname = setting_name(g, st, bl)
         dcfg = DiffusionConfig(gen_length=g, block_length=bl, steps=st, mask_id=int(cfg.mask_token_id),
                                suppress_ids=tuple(i for i in SUPPRESS_IDS if i != cfg.mask_token_id))
@@ -186,11 +260,12 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
             runners[sname]["torch"] = TorchDiffusionRunner(ref, dcfg, inputs)
         for name, _, _ in specs_by_setting[sname]:
             runners[sname][name] = JaxDiffusionRunner(model, dcfg, method_objs[name], inputs)
-        for mode in cache_modes:  # the same variants under approximate caching (Fast-dLLM)
+        for label, mode, tau in cache_variants:  # the same variants with Fast-dLLM's caching / parallel decoding
             for name, _, _ in specs_by_setting[sname]:
-                cname = f"{name} [{mode}]"
+                cname = f"{name} [{label}]"
                 method_objs[cname], spec_of[cname], keeps[cname] = method_objs[name], spec_of[name], keeps[name]
-                runners[sname][cname] = JaxDiffusionRunner(model, dataclasses.replace(dcfg, cache=mode),
+                runners[sname][cname] = JaxDiffusionRunner(model, dataclasses.replace(dcfg, cache=mode,
+                                                                                      threshold=tau),
                                                            method_objs[name], inputs)
 
     for sname, variants in runners.items():
@@ -235,7 +310,7 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
     # Aggregate per setting.
     sections: dict[str, dict] = {}
     flops_vision = llada_vision_flops(cfg, n_tiles)
-    for (g, st, bl), (sname, variants) in zip(LLADA_V_SETTINGS, runners.items()):
+    for (g, st, bl), (sname, variants) in zip(settings, runners.items()):
         rows: dict[str, dict] = {}
         for name, runs in raw[sname].items():
             method, pct = spec_of.get(name, (None, None))
@@ -257,7 +332,7 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
         }
     report["sections"] = sections
     report["torch_skipped"] = torch_skip
-    first = setting_name(*LLADA_V_SETTINGS[0])
+    first = setting_name(*settings[0])
     main_rows = sections[first]["rows"]
     r50 = main_rows.get("jax redvtp-50")  # absent when --llada-methods / --keeps leave it out
     reliable = foreign_runs is None or foreign_runs <= FOREIGN_LOAD_WARN
@@ -271,6 +346,7 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
             "status": "SKIPPED" if gain is None else ("PASS" if gain >= TARGET_REDVTP50_GAIN else "MISS"),
         },
         "torch_jax_agree": sections[first]["torch_jax_agree"],
+        "fast_dllm": fast_dllm_targets(sections),
     }
     return report
 
@@ -371,6 +447,6 @@ def format_llada_v(report: dict) -> str:
               f"(target ≥ {fmt_gain(t['target'])})  {t['status']}{mark if t['status'] != 'SKIPPED' else ''}   "
               f"[best of runs: "
               f"{fmt_gain(t['value_best_of_runs'])}; FLOP bound: "
-              f"{fmt_gain(None if t['flop_ratio'] is None else t['flop_ratio'] - 1.0)}]",
-              ""]
+              f"{fmt_gain(None if t['flop_ratio'] is None else t['flop_ratio'] - 1.0)}]"]
+    lines += format_fast_dllm_targets(report["targets"].get("fast_dllm", [])) + [""]
     return "\n".join(lines)
