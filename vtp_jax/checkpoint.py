@@ -769,30 +769,39 @@ def read_config(model_dir: str | os.PathLike) -> tuple[LlavaConfig, dict]:
     return cfg, meta
 
 
-def load(model_dir: str | os.PathLike, dtype: Any = None) -> tuple[nnx.Module, LlavaConfig, dict]:
+def load(model_dir: str | os.PathLike, dtype: Any = None, mesh=None) -> tuple[nnx.Module, LlavaConfig, dict]:
     """Loads a converted directory → (model, config, meta).
 
     Args:
       model_dir: a directory written by ``vtp-convert``.
       dtype: parameter and compute dtype ("float32" / "bfloat16" or a jnp dtype); None = the stored dtype.
         Parameters are cast on restore when it differs from the stored one.
+      mesh: a ``jax.sharding.Mesh`` (:func:`vtp_jax.sharding.make_mesh`): every parameter is restored straight
+        onto its ``NamedSharding`` under :data:`vtp_jax.sharding.RULES` (each device reads only its shard; the
+        whole model is never gathered on one device or host). None: every parameter on the first device.
 
     Raises:
       CheckpointError: not a converted directory, unsupported config / format, unreadable files, or a complete
         checkpoint whose parameters do not match the model config.json describes ("parameters do not match …").
       DamagedCheckpointError: files missing, truncated, corrupt or malformed ("checkpoint DIR is damaged: <file /
         field> — re-run vtp-convert …"), from :func:`read_meta` / :func:`read_config` / :func:`restore_params`.
+      MeshError (a ValueError, :mod:`vtp_jax.sharding`): a mesh axis that does not divide a dimension it shards.
       Out-of-memory errors pass unchanged (the front ends' ``memory.oom_guard`` reports them).
     """
     model_dir = os.path.abspath(os.fspath(model_dir))
     cfg, meta = read_config(model_dir)
     name = dtype_name(meta.get("dtype", "float32") if dtype is None else dtype)
     graphdef, state = abstract_model(cfg, name)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-        nnx.to_pure_dict(nnx.filter_state(state, nnx.Param)),
-    )
+    params = nnx.to_pure_dict(nnx.filter_state(state, nnx.Param))
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, params)
+    else:
+        from vtp_jax.modeling.axes import logical_axes
+        from vtp_jax.sharding import param_shardings
+
+        shardings = param_shardings(params, logical_axes(state), mesh)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), params, shardings)
     try:
         restored = restore_params(os.path.join(model_dir, PARAMS_DIR), target)
     except DamagedCheckpointError as e:

@@ -133,15 +133,26 @@ def run(args: argparse.Namespace) -> dict:
     from vtp_jax.processing import InputError, load_image
 
     check_flag_values(args)
+    mesh = None
+    if getattr(args, "mesh", None):  # checked before the image and the weights are read
+        from vtp_jax.sharding import make_mesh
+
+        mesh = make_mesh(args.mesh)
     image = load_image(args.image, max_pixels=getattr(args, "max_image_pixels", None))
     cfg, dtype, _ = memory.model_config(args.model)  # JSON only: the weights are loaded once the estimate fits
     family_flags(args, cfg.family)
     check_method_family(args.method, cfg.family)
     kind = family_record(cfg.family).kind
     prep = _PREPARE[kind](args, image, cfg)
+    if mesh is not None:
+        from vtp_jax.sharding import batch_sharding, check_divides
+
+        ids = prep["batch"].input_ids
+        check_divides(batch_sharding(mesh, ids.ndim).spec, ids.shape, mesh, "--mesh: the batch (one prompt)")
+    prep["mesh"] = mesh
     budget = memory_budget(args, cfg, dtype, **prep["lengths"])
     with memory.oom_guard(f"loading {args.model}", budget):
-        model, cfg, meta = load(args.model)
+        model, cfg, meta = load(args.model, mesh=mesh)
     with memory.oom_guard("generating (compiling and running)", budget):
         result = _generate(args, model, cfg, prep)
     result["random_weights"] = bool(meta.get("random_weights", False))
@@ -192,7 +203,7 @@ def _generate(args, model, cfg, prep) -> dict:
     from vtp_jax.generation import SamplerSettings, make_generator
 
     processor, batch, dcfg = prep["processor"], prep["batch"], prep.get("dcfg")
-    gen = make_generator(model, prep["method"], diffusion=dcfg)
+    gen = make_generator(model, prep["method"], diffusion=dcfg, mesh=prep.get("mesh"))
     settings = SamplerSettings(
         temperature=args.temperature, seed=args.seed, top_p=args.top_p or 1.0,
         max_new_tokens=args.max_new_tokens or 1, eos_token_ids=eos_token_ids(cfg, processor),

@@ -260,9 +260,14 @@ def add_sampler_arguments(p) -> None:
 
 def add_input_arguments(p) -> None:
     """The input flags ``vtp-generate`` and ``vtp-eval`` share: ``--max-image-pixels N`` (a whole number ≥ 1; the
-    pixel limit of :func:`vtp_jax.processing.load_image`, default PIL's 89,478,485)."""
+    pixel limit of :func:`vtp_jax.processing.load_image`, default PIL's 89,478,485) and ``--mesh`` (a device mesh,
+    :func:`vtp_jax.sharding.parse_mesh`)."""
     from vtp_jax import argtypes
 
+    p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
+                   help="shard the model over a device mesh (vtp_jax.sharding): the batch along data, the weights "
+                        "along embed (fsdp) and heads / MLP / vocabulary (tensor); axes left out are 1 and the "
+                        "product must equal the device count (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     p.add_argument("--max-image-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
                    help="refuse image files of more than N pixels, width × height, from their header (a guard "
                         "against decompression bombs; default PIL's limit, 89478485 ≈ 9459×9459)")

@@ -38,13 +38,15 @@ class SamplerSettings:
     pad_token_id: int = 0
 
 
-def make_generator(model, method=None, *, diffusion=None):
+def make_generator(model, method=None, *, diffusion=None, mesh=None):
     """The generator of ``model``'s family kind (``families.get(model.cfg.family).kind``).
 
     Args:
       model: a loaded model (``model.cfg.family`` names its family).
       method: None, one pruning method, or a tuple of methods (one per stage).
       diffusion: the :class:`~vtp_jax.generation.diffusion.DiffusionConfig` (masked-diffusion kinds only).
+      mesh: the ``jax.sharding.Mesh`` the model's parameters are sharded over (``checkpoint.load(..., mesh=)``), or
+        None: inputs are then split along its ``data`` axis (:func:`vtp_jax.sharding.shard_batch`).
 
     Raises:
       ValueError: an unknown family, or ``diffusion`` missing for a masked-diffusion family (or given for an
@@ -58,12 +60,12 @@ def make_generator(model, method=None, *, diffusion=None):
 
         if diffusion is None:
             raise ValueError(f"family {model.cfg.family!r} samples by masked diffusion: pass diffusion=DiffusionConfig")
-        return DiffusionGenerator(model, diffusion, method)
+        return DiffusionGenerator(model, diffusion, method, mesh=mesh)
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 
     if diffusion is not None:
         raise ValueError(f"family {model.cfg.family!r} is autoregressive: diffusion settings do not apply")
-    return AutoregressiveGenerator(model, method)
+    return AutoregressiveGenerator(model, method, mesh=mesh)
 
 
 __all__ = ["GenerationOutput", "SamplerSettings", "count_new_tokens", "make_generator"]

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vtp_jax.sharding import shard_batch, to_host
 from vtp_jax.families.base import AUTOREGRESSIVE
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings, sample_token
@@ -153,8 +154,9 @@ class AutoregressiveGenerator:
     two compiled ``prefill_tail`` continuations chosen on the host (see :mod:`vtp_jax.pruning.todre_relevance`).
     """
 
-    def __init__(self, model, method=None):
+    def __init__(self, model, method=None, *, mesh=None):
         self.cfg = model.cfg
+        self.mesh = mesh  # a jax.sharding.Mesh: inputs are split along its data axis (vtp_jax.sharding)
         methods = () if method is None else tuple(method) if isinstance(method, (tuple, list)) else (method,)
         self.method = method
         self.methods = methods
@@ -453,6 +455,8 @@ class AutoregressiveGenerator:
         key = jax.random.key(seed)
         temp, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
         args = (jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool), images)
+        if self.mesh is not None:  # the batch along the mesh's data axis; weights are already sharded
+            args = jax.tree.map(lambda x: shard_batch(x, self.mesh), args)
         image_kw = {}  # LLaVA's calls (no static image arguments, uniform rows) stay as they were
         if image_static:  # static image arguments (LLaVA-NeXT's image size and grid)
             image_kw["image_static"] = image_static
@@ -475,7 +479,8 @@ class AutoregressiveGenerator:
         else:
             seq, vmask, kept, head_caches, a_tv, a_vt = self.prefill_head(self.state, *args, max_new_tokens=max_new_tokens,
                                                                           **mask_kw, **image_kw)
-            a_tv, a_vt = np.asarray(a_tv), np.asarray(a_vt)  # host sync: the decision picks the compiled shape
+            # host sync: the decision picks the compiled shape; every process sees the same global ratios
+            a_tv, a_vt = to_host(a_tv), to_host(a_vt)
             dropped = self._relevance.fires(a_tv, a_vt)
             token, tail_caches, next_pos, key = self.prefill_tail(
                 self.state, seq, vmask, jnp.asarray(dropped), key, temp, top_p_,
@@ -490,10 +495,11 @@ class AutoregressiveGenerator:
                 "layer": self._rel_layer, "tau": self._relevance.tau,
             }
         t1 = time.perf_counter()
-        kept = unpad_kept(kept, n_visual) if rows is not None else np.asarray(kept)
+        kept, kept_pre = to_host(kept), to_host(kept_pre)
+        kept = unpad_kept(kept, n_visual) if rows is not None else kept
         for m in self.methods:
             if isinstance(m, PreLLMSelection):
-                stages[m.name] = unpad_kept(kept_pre, n_visual) if rows is not None else np.asarray(kept_pre)
+                stages[m.name] = unpad_kept(kept_pre, n_visual) if rows is not None else kept_pre
             elif m is self._in_llm:
                 stages[m.name] = kept
         eos = jnp.asarray(list(eos_token_ids) or [-1], jnp.int32)
@@ -502,14 +508,14 @@ class AutoregressiveGenerator:
             self.state, caches, token, next_pos, key, temp, top_p_, eos, jnp.int32(pad_token_id),
             max_new_tokens=max_new_tokens, **dy_args,
         )
-        tokens = np.asarray(jax.block_until_ready(result.tokens))
+        tokens = to_host(jax.block_until_ready(result.tokens))
         t2 = time.perf_counter()
         counts = [count_new_tokens(row, eos_token_ids) for row in tokens]
         out = GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=AUTOREGRESSIVE,
                                decode_s=t2 - t1, prefill_s=t1 - t0, stages=stages, stage2_dropped=dropped)
         if dy is not None:
-            out.kept_per_token = np.array(result.kept_per_token)
-            out.rate_per_token = np.array(result.rate_per_token)
+            out.kept_per_token = np.array(to_host(result.kept_per_token))
+            out.rate_per_token = np.array(to_host(result.rate_per_token))
             for b, n in enumerate(counts):  # rows that stopped early: nothing was generated after token n − 1
                 out.kept_per_token[b, n:] = 0
                 out.rate_per_token[b, n:] = 0

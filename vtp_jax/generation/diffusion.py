@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vtp_jax.sharding import shard_batch, to_host
 from vtp_jax.families.base import MASKED_DIFFUSION
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings
@@ -290,8 +291,9 @@ class DiffusionGenerator:
     compaction) and ``denoise`` (the other steps of every block in one ``while_loop``, up to a traced bound).
     """
 
-    def __init__(self, model, cfg: DiffusionConfig, method=None):
+    def __init__(self, model, cfg: DiffusionConfig, method=None, *, mesh=None):
         cfg.validate()
+        self.mesh = mesh  # a jax.sharding.Mesh: inputs are split along its data axis (vtp_jax.sharding)
         if model.cfg.text.causal:
             raise DiffusionError("diffusion sampling needs a bidirectional decoder (text config causal=False)")
         methods = tuple(method) if isinstance(method, (tuple, list)) else (() if method is None else (method,))
@@ -582,7 +584,10 @@ class DiffusionGenerator:
         temperature = float(temperature)
         key = jax.random.key(seed)
         t0 = time.perf_counter()
-        prompt = self.encode(self.state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask), arrays,
+        ids, mask = jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask)
+        if self.mesh is not None:  # the batch along the mesh's data axis; weights are already sharded
+            ids, mask, arrays = jax.tree.map(lambda x: shard_batch(x, self.mesh), (ids, mask, arrays))
+        prompt = self.encode(self.state, ids, mask, arrays,
                              static=static, **encode_kw)
         jax.block_until_ready(prompt.h)
         t1 = time.perf_counter()
@@ -594,16 +599,16 @@ class DiffusionGenerator:
         carry = self.denoise(self.state, prompt, carry, jnp.int32(self.cfg.steps if self.cfg.threshold is None
                                                                   else self.cfg.gen_length),
                              temperature=temperature, refresh_first=self.rebuilds_cache, **mask_kw)
-        tokens = np.asarray(jax.block_until_ready(carry.x_gen))
+        tokens = to_host(jax.block_until_ready(carry.x_gen))
         steps_run = carry.step
         t2 = time.perf_counter()
-        if kept is None:
-            kept = np.broadcast_to(np.arange(n_v), (tokens.shape[0], n_v))
+        kept = np.broadcast_to(np.arange(n_v), (tokens.shape[0], n_v)) if kept is None else to_host(kept)
         counts = [count_new_tokens(row, self.cfg.stop_ids) for row in tokens]
-        kept = unpad_kept(kept, n_visual) if rows is not None else np.asarray(kept)
+        kept = unpad_kept(kept, n_visual) if rows is not None else kept
         stages = {}
         if self._pre is not None:
-            stages[self._pre.name] = unpad_kept(kept_pre, n_visual) if rows is not None else np.asarray(kept_pre)
+            kept_pre = to_host(kept_pre)
+            stages[self._pre.name] = unpad_kept(kept_pre, n_visual) if rows is not None else kept_pre
         if self._during is not None:
             stages[self._during.name] = kept
         return GenerationOutput(tokens=tokens, kept=kept, num_new_tokens=counts, kind=MASKED_DIFFUSION,

@@ -1,0 +1,72 @@
+"""Device meshes (vtp_jax.sharding): sharded generation equals unsharded generation for both families and every
+method on 8 CPU devices (tests/sharding_check.py, its own process: the device count is fixed when JAX starts), and
+bad meshes fail with messages that name the problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from vtp_jax import sharding
+from vtp_jax.sharding import MeshError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_with_devices(module: str, n: int, timeout: int = 420) -> subprocess.CompletedProcess:
+    """``python -m module`` with ``n`` forced CPU devices, from the repository root."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_sharded_generation_equals_unsharded_on_8_devices():
+    """Mesh (data 2, fsdp 2, tensor 2): LLaVA with none, FastV, ToDRE 1+2 (stage 2 firing for one row), DivPrune,
+    random and DyRate; LLaDA-V with none, RedVTP, ToDRE + RedVTP and RedVTP under the dual cache with parallel
+    decoding. Meshes (fsdp 4, tensor 2) and (data 2, tensor 4, LLaVA only): unpruned. Tokens, kept indices (and stage-2 decisions, DyRate's per-token counts,
+    diffusion step counts) equal the unsharded run, full forwards within 1e-5, parameter shards of the expected
+    per-device shape (batch 2 with left padding)."""
+    done = run_with_devices("tests.sharding_check", 8)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8
+    assert len(report["llava"]) == 6 + 1 + 1 and len(report["llada_v"]) == 4 + 1
+    assert sorted(report["stage2_dropped"]) == [False, True]  # ToDRE stage 2 fires for one row of the two
+    assert max(report["llava_logits_max_abs_diff"].values()) <= 1e-5
+    assert max(report["llada_v_logits_max_abs_diff"].values()) <= 1e-5
+    # FSDP × tensor = 8 (and 4 on the data mesh): the shards of every device together are the model once per data
+    # replica; the vision tower stays whole on every device, so the per-device bytes shrink less than 8×
+    per_device = report["llava_param_bytes_per_device"]
+    assert max(per_device["fsdp=4,tensor=2"]) < max(per_device["data=2,fsdp=2,tensor=2"])
+
+
+def test_parse_mesh_and_errors():
+    assert sharding.parse_mesh("tensor=2, data=4") == {"data": 4, "fsdp": 1, "tensor": 2}
+    assert sharding.parse_mesh("") == {"data": 1, "fsdp": 1, "tensor": 1}
+    for text, needle in (("model=2", "is not AXIS=SIZE"), ("data=2,data=2", "given twice"),
+                         ("data=0", "whole number ≥ 1"), ("data=1.5", "whole number ≥ 1"), ("data", "AXIS=SIZE")):
+        with pytest.raises(MeshError, match=needle):
+            sharding.parse_mesh(text)
+    with pytest.raises(MeshError, match=r"mesh data=2 × fsdp=1 × tensor=1 has 2 devices, but 1 is available"):
+        sharding.make_mesh("data=2")
+
+
+def test_an_axis_that_does_not_divide_names_both():
+    mesh = sharding.make_mesh("")  # one device: sizes 1 divide everything
+    sharding.check_divides(P("data", None), (3, 5), mesh, "x")
+
+    class Fake:  # a mesh shape of tensor=3 without three devices: check_divides reads the sizes only
+        axis_names = ("data", "fsdp", "tensor")
+        devices = np.empty((1, 1, 3))
+
+    with pytest.raises(MeshError, match=r"parameter q: dimension 1 of shape \[64, 64\] \(64\) is split along mesh "
+                                        r"axis tensor of size 3"):
+        sharding.check_divides(P("fsdp", "tensor"), (64, 64), Fake, "parameter q")
+    with pytest.raises(MeshError, match="the batch: dimension 0 of shape \\[5\\]"):
+        sharding.check_divides(P("tensor"), (5,), Fake, "the batch")
