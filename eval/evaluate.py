@@ -322,10 +322,18 @@ class Evaluator:
         self._warm: set = set()
         self._cache: dict[int, Any] = {}
         self._cache_bytes = 0
+        self.mesh = None
+        if getattr(args, "mesh", None):  # batches are padded to a multiple of the data axis
+            from vtp_jax.sharding import MeshError, make_mesh, mesh_shape
+
+            self.mesh = make_mesh(args.mesh)
+            data = mesh_shape(self.mesh)["data"]
+            if args.batch_size % data:
+                raise MeshError(f"--mesh: data={data} does not divide --batch-size {args.batch_size}")
         self.chunks = self._plan()
         self.budget = runtime.memory_budget(args, self.cfg, dtype, **self._largest_batch())
         with memory.oom_guard(f"loading {args.model}", self.budget):
-            self.model, self.cfg, self.meta = load(args.model)
+            self.model, self.cfg, self.meta = load(args.model, mesh=self.mesh)
 
     @property
     def random_weights(self) -> bool:
@@ -401,6 +409,9 @@ class Evaluator:
             for s in range(0, len(idx), bs):
                 real = idx[s:s + bs]
                 size = min(1 << (len(real) - 1).bit_length(), bs)  # next power of two, at most the batch size
+                if self.mesh is not None:  # a multiple of the mesh's data axis (it divides the batch size)
+                    data = self.mesh.shape["data"]
+                    size = -(-size // data) * data
                 chunks.append(_Chunk(real + [real[-1]] * (size - len(real)), len(real), key))
         return chunks
 
@@ -457,7 +468,7 @@ class Evaluator:
         from vtp_jax.generation import make_generator
 
         if method not in self._generators:
-            self._generators[method] = make_generator(self.model, method, diffusion=self.dcfg)
+            self._generators[method] = make_generator(self.model, method, diffusion=self.dcfg, mesh=self.mesh)
         return self._generators[method]
 
     def _settings(self):
@@ -643,6 +654,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from eval.tasks import load_task
 
     _check_flags(args)
+    from vtp_jax.runtime import join_processes
+
+    several = join_processes(args)  # every process runs this; process 0 writes the outputs
     ratios = parse_ratios(args.ratios or DEFAULT_RATIOS) if args.sweep else None
     _check_outputs(args)
     records = load_task(args.task, split=args.split, n=args.limit, seed=args.task_seed)
@@ -693,6 +707,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "random_weights": ev.random_weights, "notes": notes, "settings": ev.generation_settings(), "rows": rows,
         "skipped": skipped, "predictions": predictions,
     }
+    if several:
+        import jax
+
+        if jax.process_index() != 0:
+            return result
     if args.out:
         write_results(args.out, result)
     if args.json:
@@ -816,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # writing the outputs failed after all
         print(f"vtp-eval: error: cannot write the results: {e}", file=sys.stderr)
         return 2
+    if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
+        return 0  # several processes: process 0 prints
     print(format_table(result))
     if args.out:
         print(f"wrote {', '.join(os.path.join(args.out, f) for f in RESULT_FILES)}")

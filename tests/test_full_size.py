@@ -159,7 +159,8 @@ def fs_bench():
 
 @pytest.mark.parametrize("preset, extra", [
     ("llava-1.5-7b", ["--layers", "2", "--fastv-layer", "1", "--max-new-tokens", "3", "--methods", "fastv,divprune"]),
-    ("llada-v-8b", ["--layers", "1", "--llada-image", "28x56", "--llada-methods", "redvtp"]),
+    ("llada-v-8b", ["--layers", "1", "--llada-image", "28x56", "--llada-methods", "redvtp", "--llada-settings",
+                    "4/2/4", "--diffusion-cache", "prefix"]),
 ])
 def test_preset_path_end_to_end_reduced(preset, extra, tmp_path, capsys):
     """Cache → vtp-convert subprocess → jax child → torch child (bf16) → merged report, on a reduced width."""
@@ -187,8 +188,10 @@ def test_preset_path_end_to_end_reduced(preset, extra, tmp_path, capsys):
         assert r["rows"]["jax fastv-50"]["visual_tokens_kept"] == 2  # 4 visual tokens at 28 px / 14
         assert all(row["decode_tokens_per_s"] > 0 for row in r["rows"].values())
     else:
-        assert set(r["sections"]) == {"32/16", "2/2"}
-        assert list(r["sections"]["32/16"]["rows"]) == ["torch", "jax none", "jax redvtp-50"]
-        assert list(r["sections"]["2/2"]["rows"]) == ["torch", "jax none", "jax redvtp-50"]
-        assert ratios["tokens_per_s_32/16"] > 0
+        assert set(r["sections"]) == {"4/2"}  # --llada-settings; every variant again under --diffusion-cache
+        assert list(r["sections"]["4/2"]["rows"]) == ["torch", "jax none", "jax none [prefix]", "jax redvtp-50",
+                                                      "jax redvtp-50 [prefix]"]
+        assert r["sections"]["4/2"]["rows"]["jax redvtp-50 [prefix]"]["flops"] is None
+        assert [t["variant"] for t in r["fast_dllm_targets"]] == ["jax none [prefix]", "jax redvtp-50 [prefix]"]
+        assert ratios["tokens_per_s_4/2"] > 0 and set(r["roofline"]["tokens_per_s"]) == {"4/2"}
     assert [n for n in os.listdir(tmp_path / "cache") if n.startswith(".bench-")] == []  # converted dir removed

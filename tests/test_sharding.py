@@ -55,6 +55,12 @@ def test_parse_mesh_and_errors():
             sharding.parse_mesh(text)
     with pytest.raises(MeshError, match=r"mesh data=2 × fsdp=1 × tensor=1 has 2 devices, but 1 is available"):
         sharding.make_mesh("data=2")
+    assert sharding.distributed_settings(None, None, None) is None or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    assert sharding.distributed_settings("10.0.0.1:1234", 4, 3) == ("10.0.0.1:1234", 4, 3)
+    for args, needle in ((("localhost", 2, 0), "give HOST:PORT"), (("h:1", 2, 2), "0 ≤ I < N"),
+                         (("h:1", None, None), "needs --num-processes N")):
+        with pytest.raises(sharding.DistributedError, match=needle):
+            sharding.distributed_settings(*args)
 
 
 def test_an_axis_that_does_not_divide_names_both():
@@ -70,3 +76,64 @@ def test_an_axis_that_does_not_divide_names_both():
         sharding.check_divides(P("fsdp", "tensor"), (64, 64), Fake, "parameter q")
     with pytest.raises(MeshError, match="the batch: dimension 0 of shape \\[5\\]"):
         sharding.check_divides(P("tensor"), (5,), Fake, "the batch")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_equal_one(tmp_path):
+    """jax.distributed on 127.0.0.1: two processes × 4 CPU devices form one (data 2, fsdp 2, tensor 2) mesh. LLaVA
+    with ToDRE 1+2 (stage 2 firing for one row of the two: both processes take the same compiled branch) and
+    DivPrune, and a converted LLaDA-V restored straight onto the mesh with RedVTP under the dual cache, give the
+    unsharded tokens and kept indices; process 0 alone writes the result. The test starts and stops both
+    processes, with a timeout."""
+    from convert import convert
+    from tests.sharding_check import LLADA
+    from vtp_jax.testbed import hf_llada_v
+
+    hf_dir = str(tmp_path / "hf")
+    hf_llada_v.write_random_llada_v(hf_dir, hf_llada_v.tiny_llada_v_config(**LLADA), seed=0)
+    llada_dir = convert(hf_dir, str(tmp_path / "converted"), dtype="float32", progress=False)
+    port, out = _free_port(), tmp_path / "out.json"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_check", str(port), str(i), llada_dir, str(out)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        logs = [p.communicate(timeout=420)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2 and report["devices"] == 8
+    assert sorted(report["stage2_dropped"]) == [False, True]
+    assert report["restored_up_proj_shard"] == [report["restored_up_proj_global"][0] // 2,
+                                                report["restored_up_proj_global"][1] // 2]  # fsdp 2 × tensor 2
+
+
+def test_unreachable_coordinator_exits_2(capsys):
+    """Process 1 of 2 with nobody serving the coordinator: a named error after --coordinator-timeout, exit 2."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "vtp_jax.cli", "--model", "/nonexistent", "--image", "x.png",
+                           "--prompt", "hi", "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+                           "--process-id", "1", "--coordinator-timeout", "3"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "process 1 of 2 could not join the coordinator at 127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_mesh_that_does_not_fit_exits_2(capsys):
+    """vtp-generate --mesh: checked before the image and the weights are read."""
+    from vtp_jax import cli
+
+    assert cli.main(["--model", "/nonexistent", "--image", "x.png", "--prompt", "hi", "--mesh", "data=2"]) == 2
+    assert "has 2 devices, but 1 is available" in capsys.readouterr().err
+    assert cli.main(["--model", "/nonexistent", "--image", "x.png", "--prompt", "hi", "--mesh", "pipeline=2"]) == 2
+    assert "is not AXIS=SIZE" in capsys.readouterr().err

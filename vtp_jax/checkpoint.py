@@ -778,7 +778,7 @@ def load(model_dir: str | os.PathLike, dtype: Any = None, mesh=None) -> tuple[nn
         Parameters are cast on restore when it differs from the stored one.
       mesh: a ``jax.sharding.Mesh`` (:func:`vtp_jax.sharding.make_mesh`): every parameter is restored straight
         onto its ``NamedSharding`` under :data:`vtp_jax.sharding.RULES` (each device reads only its shard; the
-        whole model is never gathered on one device or host). None: every parameter on the first device.
+        whole model is never gathered on one device or host). None: every parameter on this process's first device.
 
     Raises:
       CheckpointError: not a converted directory, unsupported config / format, unreadable files, or a complete
@@ -794,7 +794,7 @@ def load(model_dir: str | os.PathLike, dtype: Any = None, mesh=None) -> tuple[nn
     graphdef, state = abstract_model(cfg, name)
     params = nnx.to_pure_dict(nnx.filter_state(state, nnx.Param))
     if mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's first device
         shardings = jax.tree.map(lambda _: device, params)
     else:
         from vtp_jax.modeling.axes import logical_axes

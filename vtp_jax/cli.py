@@ -64,7 +64,8 @@ import numpy as np
 from vtp_jax import argtypes
 from vtp_jax.runtime import (  # noqa: F401  (family_flags, memory_budget, … re-exported for older callers)
     add_input_arguments, add_sampler_arguments, build_methods, check_flag_values, check_method_family,
-    check_positions, default_predictor, diffusion_config, eos_token_ids, family_flags, family_record, memory_budget,
+    check_positions, default_predictor, diffusion_config, eos_token_ids, family_flags, family_record, join_processes,
+    memory_budget,
 )
 
 from vtp_jax.families import AUTOREGRESSIVE, MASKED_DIFFUSION
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> dict:
     from vtp_jax.processing import InputError, load_image
 
     check_flag_values(args)
+    join_processes(args)  # several processes: every one runs this command, only process 0 prints
     mesh = None
     if getattr(args, "mesh", None):  # checked before the image and the weights are read
         from vtp_jax.sharding import make_mesh
@@ -156,6 +158,10 @@ def run(args: argparse.Namespace) -> dict:
     with memory.oom_guard("generating (compiling and running)", budget):
         result = _generate(args, model, cfg, prep)
     result["random_weights"] = bool(meta.get("random_weights", False))
+    if mesh is not None:
+        import jax
+
+        result["mesh"] = {**{k: int(v) for k, v in mesh.shape.items()}, "processes": jax.process_count()}
     return result
 
 
@@ -325,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # InputError, PruningError, CheckpointError, DiffusionError, MemoryCheckError…
         print(f"vtp-generate: error: {e}", file=sys.stderr)
         return 2
+    if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
+        return 0  # several processes: process 0 prints
     if args.json:
         print(json.dumps(result, allow_nan=False))
     else:

@@ -258,16 +258,34 @@ def add_sampler_arguments(p) -> None:
     p.add_argument("--temperature", type=argtypes.TEMPERATURE, default=0.0, help="≥ 0; 0 = greedy (default)")
 
 
+def join_processes(args) -> bool:
+    """``jax.distributed`` from ``--coordinator`` / ``--num-processes`` / ``--process-id`` (or the environment):
+    :func:`vtp_jax.sharding.initialize_distributed`, before any device is touched. Returns whether several
+    processes run. Raises DistributedError (a ValueError: exit 2)."""
+    from vtp_jax.sharding import initialize_distributed
+
+    return initialize_distributed(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                                  getattr(args, "process_id", None), getattr(args, "coordinator_timeout", 60))
+
+
 def add_input_arguments(p) -> None:
     """The input flags ``vtp-generate`` and ``vtp-eval`` share: ``--max-image-pixels N`` (a whole number ≥ 1; the
-    pixel limit of :func:`vtp_jax.processing.load_image`, default PIL's 89,478,485) and ``--mesh`` (a device mesh,
-    :func:`vtp_jax.sharding.parse_mesh`)."""
+    pixel limit of :func:`vtp_jax.processing.load_image`, default PIL's 89,478,485), ``--mesh`` (a device mesh,
+    :func:`vtp_jax.sharding.parse_mesh`) and the multi-process flags (:func:`join_processes`)."""
     from vtp_jax import argtypes
 
     p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                    help="shard the model over a device mesh (vtp_jax.sharding): the batch along data, the weights "
                         "along embed (fsdp) and heads / MLP / vocabulary (tensor); axes left out are 1 and the "
                         "product must equal the device count (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    m = p.add_argument_group("multi-process (jax.distributed; default: one process, or JAX_COORDINATOR_ADDRESS / "
+                             "JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+    m.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address; every process runs the same command with its own --process-id")
+    m.add_argument("--num-processes", type=argtypes.POSITIVE, default=None, metavar="N")
+    m.add_argument("--process-id", type=argtypes.NON_NEGATIVE, default=None, metavar="I")
+    m.add_argument("--coordinator-timeout", type=argtypes.POSITIVE, default=60, metavar="S",
+                   help="seconds to wait for the coordinator (default 60)")
     p.add_argument("--max-image-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
                    help="refuse image files of more than N pixels, width × height, from their header (a guard "
                         "against decompression bombs; default PIL's limit, 89478485 ≈ 9459×9459)")

@@ -139,6 +139,14 @@ def shard_batch(x, mesh: Mesh | None, what: str = "the batch"):
     return jax.make_array_from_callback(x.shape, spec, lambda idx: x[idx])
 
 
+def place(x, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same full value on every process) as a global array with ``sharding``: each process keeps the
+    shards of its own devices (works with one process or several, where ``jax.device_put`` would need every shard
+    to be addressable)."""
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
 def replicate(x, mesh: Mesh | None):
     """``x`` as a global array replicated over the mesh (every device holds all of it); unchanged without a mesh."""
     if mesh is None:
@@ -176,7 +184,93 @@ def shard_model(model, mesh: Mesh, rules: Mapping[str, Any] = RULES):
 
     state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state)
-    placed = jax.device_put(pure, param_shardings(pure, logical_axes(state), mesh, rules))
+    shardings = param_shardings(pure, logical_axes(state), mesh, rules)
+    placed = jax.tree.map(lambda x, sh: place(x, sh), pure, shardings)
     nnx.replace_by_pure_dict(state, placed)
     nnx.update(model, state)
     return model
+
+
+class DistributedError(ValueError):
+    """Bad multi-process settings, or a coordinator that cannot be reached in time."""
+
+
+def distributed_settings(coordinator: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None) -> tuple[str, int, int] | None:
+    """The multi-process settings from the flags, else from the environment (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``): (HOST:PORT, N, I), or None for a single process (no coordinator).
+    Raises DistributedError for an address that is not HOST:PORT, N < 1 or I outside [0, N)."""
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not coordinator:
+        return None
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"--coordinator {coordinator!r}: give HOST:PORT (e.g. 127.0.0.1:12345)")
+    try:
+        n = int(num_processes if num_processes is not None else os.environ.get("JAX_NUM_PROCESSES", ""))
+        i = int(process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID", ""))
+    except ValueError:
+        raise DistributedError("--coordinator needs --num-processes N and --process-id I (or JAX_NUM_PROCESSES / "
+                               "JAX_PROCESS_ID)") from None
+    if n < 1 or not 0 <= i < n:
+        raise DistributedError(f"--num-processes {n} / --process-id {i}: need N ≥ 1 and 0 ≤ I < N")
+    return coordinator, n, i
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, timeout_s: int = 60) -> bool:
+    """Joins a multi-process run (``jax.distributed.initialize``) when a coordinator is given (flags or
+    environment, :func:`distributed_settings`); must run before JAX touches a device. On CPU the processes talk
+    through gloo (``jax_cpu_collectives_implementation``). Returns whether a multi-process run was joined.
+
+    Process 0 serves the coordinator at HOST:PORT; the others connect to it. Raises DistributedError when the
+    coordinator is not reached within ``timeout_s`` seconds (or the settings are bad)."""
+    settings = distributed_settings(coordinator, num_processes, process_id)
+    if settings is None:
+        return False
+    address, n, i = settings
+    # XLA aborts the whole process (not an exception) when the coordinator cannot be reached: check first
+    _check_reachable(address, i, n, timeout_s)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(address, num_processes=n, process_id=i, initialization_timeout=int(timeout_s))
+    except Exception as e:  # noqa: BLE001 — XLA's runtime errors (DEADLINE_EXCEEDED, UNAVAILABLE…)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(f"process {i} of {n} could not join the coordinator at {address} within "
+                               f"{timeout_s} s ({first[:300]})") from None
+    return True
+
+
+def _check_reachable(address: str, process_id: int, num_processes: int, timeout_s: float) -> None:
+    """Process 0: the coordinator's port must be free to bind. Others: a TCP connection to it must open within
+    ``timeout_s`` seconds (retried every 0.2 s). Raises DistributedError."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if process_id == 0:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, int(port)))
+            except OSError as e:
+                raise DistributedError(f"process 0 cannot serve the coordinator at {address}: {e.strerror or e}") from None
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(1.0, timeout_s)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise DistributedError(f"process {process_id} of {num_processes} could not join the coordinator at "
+                                       f"{address} within {timeout_s} s ({e.strerror or e}); is process 0 running?"
+                                       ) from None
+            time.sleep(0.2)
+
+
+def is_primary() -> bool:
+    """Whether this is process 0 (the one that prints results and writes files)."""
+    return jax.process_index() == 0
