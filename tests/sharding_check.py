@@ -106,7 +106,7 @@ def check_llava(report: dict, predictor: str) -> None:
     st = probe.stages["todre-relevance"]
     tau = float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
     specs = {"none": {}, "fastv": {"layer": 2}, "todre+todre-relevance": {"tau": tau, "layer": 2},
-             "divprune": {}, "random": {}, "dyrate": {"predictor": predictor}}
+             "divprune": {}, "dyrate": {"predictor": predictor}}  # random: the pre-LLM path of DivPrune
     ref = {name: AutoregressiveGenerator(base, build_methods(name, "llava", n_v, n_layers, **o)).generate_arrays(
         ids, mask, pixels, **kw) for name, o in specs.items()}
     fwd = jax.jit(lambda m: m(ids, pixels, mask))

@@ -274,3 +274,31 @@ def _check_reachable(address: str, process_id: int, num_processes: int, timeout_
 def is_primary() -> bool:
     """Whether this is process 0 (the one that prints results and writes files)."""
     return jax.process_index() == 0
+
+
+def param_bytes_per_device(abstract: dict, names: Mapping[str, Any], sizes: Mapping[str, int],
+                           rules: Mapping[str, Any] = RULES) -> int:
+    """Bytes of parameters one device holds under a mesh of ``sizes`` ({axis: size}; no devices needed): each
+    parameter's shard (every split dimension divided by its mesh axes' sizes) summed over ``abstract`` (a pure dict
+    of ``ShapeDtypeStruct`` s, the restore target), ``names`` as :func:`param_shardings`. Raises MeshError for an
+    axis that does not divide the dimension it splits."""
+    total = 0
+    sizes = {a: int(sizes.get(a, 1)) for a in MESH_AXES}
+
+    def one(path, leaf):
+        nonlocal total
+        dotted = ".".join(str(getattr(k, "key", k)) for k in path)
+        spec = tuple(partition_spec(names.get(dotted), rules))
+        shape = list(leaf.shape)
+        for dim, axes in enumerate(spec):
+            if axes is None:
+                continue
+            parts = math.prod(sizes[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if shape[dim] % parts:
+                raise MeshError(f"parameter {dotted}: dimension {dim} ({shape[dim]}) is split along "
+                                f"{axes} of size {parts}, which does not divide it")
+            shape[dim] //= parts
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+
+    jax.tree_util.tree_map_with_path(one, abstract)
+    return total
