@@ -4,7 +4,7 @@ CPU devices; ``python -m tests.multihost_check PORT PROCESS_ID CONVERTED_LLADA_D
 The 8 devices of the two processes form one mesh (data 2, fsdp 2, tensor 2). Each process computes the unsharded
 answers on its own first device and the sharded ones on the global mesh: a tiny LLaVA (in memory, the same seed in
 both processes) with ToDRE stages 1 + 2 — a τ between the rows, so that stage 2 fires for one row only and both
-processes must take the same compiled branch — and DivPrune; a converted LLaDA-V checkpoint restored straight onto
+processes must take the same compiled branch; a converted LLaDA-V checkpoint restored straight onto
 the mesh (each process reads its shards) with RedVTP. Process 0 writes what it compared to OUT_JSON; a difference
 exits 1.
 """
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
                                                             layer=2)).generate_arrays(ids, mask, pixels, **kw)
         st = probe.stages["todre-relevance"]
         tau = float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
-        specs = {"todre+todre-relevance": {"tau": tau, "layer": 2}, "divprune": {}}
+        specs = {"todre+todre-relevance": {"tau": tau, "layer": 2}}
         ref = {n: AutoregressiveGenerator(base, build_methods(n, "llava", n_v, n_layers, **o)).generate_arrays(
             ids, mask, pixels, **kw) for n, o in specs.items()}
     model = shard_model(llava_model(), mesh)

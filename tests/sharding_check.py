@@ -105,8 +105,9 @@ def check_llava(report: dict, predictor: str) -> None:
                                                         layer=2)).generate_arrays(ids, mask, pixels, **kw)
     st = probe.stages["todre-relevance"]
     tau = float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
+    # ToDRE 1+2 covers the pre-LLM selection (DivPrune and random share its path) and the host-side decision
     specs = {"none": {}, "fastv": {"layer": 2}, "todre+todre-relevance": {"tau": tau, "layer": 2},
-             "divprune": {}, "dyrate": {"predictor": predictor}}  # random: the pre-LLM path of DivPrune
+             "dyrate": {"predictor": predictor}}
     ref = {name: AutoregressiveGenerator(base, build_methods(name, "llava", n_v, n_layers, **o)).generate_arrays(
         ids, mask, pixels, **kw) for name, o in specs.items()}
     fwd = jax.jit(lambda m: m(ids, pixels, mask))
@@ -126,8 +127,8 @@ def check_llava(report: dict, predictor: str) -> None:
             fail(f"up_proj shard shape on {text}", k[...].addressable_shards[0].data.shape, None)
         report["llava_param_bytes_per_device"][text] = sorted(set(per_device_bytes(nnx.state(model)).values()))
         for name, o in specs.items():
-            if text != MESHES[0] and name != "none":
-                continue  # every method on the first mesh; the others check the layouts
+            if text != MESHES[0]:
+                break  # every method on the first mesh; the others check the layouts (logits, shard shapes)
             method = build_methods(name, "llava", n_v, n_layers, **o)
             out = AutoregressiveGenerator(model, method, mesh=mesh).generate_arrays(ids, mask, pixels, **kw)
             same(f"llava {name} tokens on {text}", out.tokens, ref[name].tokens)
@@ -152,7 +153,7 @@ def check_llada(report: dict) -> None:
     dcfg = DiffusionConfig(gen_length=8, block_length=4, steps=8, mask_id=int(cfg.mask_token_id))
     # the pre-LLM selections (DivPrune, random) and the attention probe (LLaDA-FastV) share their code with the
     # LLaVA runs above and with RedVTP; ToDRE + RedVTP chains both diffusion stages
-    variants = {"none": (None, dcfg), "redvtp": ("redvtp", dcfg), "todre+redvtp": ("todre+redvtp", dcfg),
+    variants = {"todre+redvtp": ("todre+redvtp", dcfg),
                 "redvtp dual τ0.5": ("redvtp", dataclasses.replace(dcfg, cache="dual", threshold=0.5))}
 
     def run(m, mesh=None, only=None):
@@ -172,7 +173,7 @@ def check_llada(report: dict) -> None:
         if err > 1e-5:
             fail(f"llada-v logits on {text}: max |diff| {err}", err, 1e-5)
         report["llada_v_logits_max_abs_diff"][text] = err
-        for name, out in run(model, mesh, None if text == MESHES[0] else ("none",)).items():
+        for name, out in (run(model, mesh) if text == MESHES[0] else {}).items():
             same(f"llada-v {name} tokens on {text}", out.tokens, ref[name].tokens)
             same(f"llada-v {name} kept on {text}", out.kept, ref[name].kept)
             if out.steps != ref[name].steps:

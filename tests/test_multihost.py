@@ -21,8 +21,8 @@ def _free_port() -> int:
 
 def test_two_processes_of_four_devices_equal_one(tmp_path):
     """jax.distributed on 127.0.0.1: two processes × 4 CPU devices form one (data 2, fsdp 2, tensor 2) mesh. LLaVA
-    with ToDRE 1+2 (stage 2 firing for one row of the two: both processes take the same compiled branch) and
-    DivPrune, and a converted LLaDA-V restored straight onto the mesh with RedVTP under the dual cache, give the
+    with ToDRE 1+2 (stage 2 firing for one row of the two: both processes take the same compiled branch), and a
+    converted LLaDA-V restored straight onto the mesh with RedVTP under the dual cache, give the
     unsharded tokens and kept indices; process 0 alone writes the result. The test starts and stops both
     processes, with a timeout."""
     from convert import convert
