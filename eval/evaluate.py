@@ -324,10 +324,10 @@ class Evaluator:
         self._cache_bytes = 0
         self.mesh = None
         if getattr(args, "mesh", None):  # batches are padded to a multiple of the data axis
-            from vtp_jax.sharding import MeshError, make_mesh, mesh_shape
+            from vtp_jax.sharding import MeshError, make_mesh
 
             self.mesh = make_mesh(args.mesh)
-            data = mesh_shape(self.mesh)["data"]
+            data = self.mesh.shape["data"]
             if args.batch_size % data:
                 raise MeshError(f"--mesh: data={data} does not divide --batch-size {args.batch_size}")
         self.chunks = self._plan()
@@ -656,7 +656,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     _check_flags(args)
     from vtp_jax.runtime import join_processes
 
-    several = join_processes(args)  # every process runs this; process 0 writes the outputs
+    join_processes(args)  # every process runs this; process 0 writes the outputs
     ratios = parse_ratios(args.ratios or DEFAULT_RATIOS) if args.sweep else None
     _check_outputs(args)
     records = load_task(args.task, split=args.split, n=args.limit, seed=args.task_seed)
@@ -707,11 +707,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "random_weights": ev.random_weights, "notes": notes, "settings": ev.generation_settings(), "rows": rows,
         "skipped": skipped, "predictions": predictions,
     }
-    if several:
-        import jax
+    from vtp_jax.sharding import is_primary
 
-        if jax.process_index() != 0:
-            return result
+    if not is_primary():
+        return result
     if args.out:
         write_results(args.out, result)
     if args.json:
@@ -835,7 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # writing the outputs failed after all
         print(f"vtp-eval: error: cannot write the results: {e}", file=sys.stderr)
         return 2
-    if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
+    from vtp_jax.sharding import is_primary
+
+    if not is_primary():
         return 0  # several processes: process 0 prints
     print(format_table(result))
     if args.out:

@@ -710,8 +710,6 @@ def _diffusion_child(spec: dict, side: str) -> dict:
                             compile_s=runners[key].compile_s, cfg=cfg, prompt_len=prompt_len, n_v=n_v,
                             n_tiles=n_tiles, gen_length=g, steps=st)
             _compile_only(row, "latency_ms")
-            if name.endswith("]"):  # cached / parallel: the analytic FLOP model counts the exact loop only
-                row["flops"] = None
             sec["rows"][name] = row
             if name == "jax none":
                 sec["tokens"] = runners[key].last_tokens[0].tolist()

@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="converted masked-diffusion checkpoint (vtp-convert)")
     p.add_argument("--out", required=True, help="folder for threshold_sweep.json and accuracy_vs_throughput.png")
     p.add_argument("--thresholds", type=parse_thresholds, default=parse_thresholds("0.5,0.6,0.7,0.8,0.9,1.0"))
-    p.add_argument("--cache", choices=["none", "prefix", "dual"], default="dual")
+    from vtp_jax.generation.diffusion import CACHE_MODES
+
+    p.add_argument("--cache", choices=CACHE_MODES, default="dual")
     p.add_argument("--method", default="redvtp", help="the pruned row of every run (vtp-eval --method)")
     args, extra = p.parse_known_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
     from flax import nnx
 
-    from tests.sharding_check import llada_batch, llava_batch, llava_model
+    from tests.sharding_check import llada_batch, llava_batch, llava_model, one_row_tau, same
     from vtp_jax.checkpoint import load
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
     from vtp_jax.runtime import build_methods
@@ -36,11 +36,6 @@ def main(argv: list[str]) -> int:
     mesh = make_mesh("data=2,fsdp=2,tensor=2")
     report: dict = {"processes": jax.process_count(), "devices": jax.device_count()}
 
-    def same(what, a, b):
-        if np.asarray(a).shape != np.asarray(b).shape or not np.array_equal(a, b):
-            print(f"MISMATCH {what} (process {pid}):\n{a}\n{b}", flush=True)
-            sys.exit(1)
-
     # LLaVA in memory: unsharded on this process's first device, then sharded over both processes' devices
     with jax.default_device(jax.local_devices()[0]):
         base = llava_model()
@@ -48,19 +43,15 @@ def main(argv: list[str]) -> int:
         ids, mask, pixels = llava_batch(cfg)
         n_v, n_layers = cfg.num_visual_tokens, cfg.text.num_hidden_layers
         kw = dict(max_new_tokens=6, eos_token_ids=(), pad_token_id=0)
-        probe = AutoregressiveGenerator(base, build_methods("todre+todre-relevance", "llava", n_v, n_layers, tau=0.5,
-                                                            layer=2)).generate_arrays(ids, mask, pixels, **kw)
-        st = probe.stages["todre-relevance"]
-        tau = float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
-        specs = {"todre+todre-relevance": {"tau": tau, "layer": 2}}
+        specs = {"todre+todre-relevance": {"tau": one_row_tau(base, ids, mask, pixels, kw), "layer": 2}}
         ref = {n: AutoregressiveGenerator(base, build_methods(n, "llava", n_v, n_layers, **o)).generate_arrays(
             ids, mask, pixels, **kw) for n, o in specs.items()}
     model = shard_model(llava_model(), mesh)
     for name, o in specs.items():
         out = AutoregressiveGenerator(model, build_methods(name, "llava", n_v, n_layers, **o), mesh=mesh
                                       ).generate_arrays(ids, mask, pixels, **kw)
-        same(f"llava {name} tokens", out.tokens, ref[name].tokens)
-        same(f"llava {name} kept", out.kept, ref[name].kept)
+        same(f"llava {name} tokens (process {pid})", out.tokens, ref[name].tokens)
+        same(f"llava {name} kept (process {pid})", out.kept, ref[name].kept)
         report[f"llava {name}"] = np.asarray(out.tokens).tolist()
     report["stage2_dropped"] = np.asarray(ref["todre+todre-relevance"].stage2_dropped).tolist()
 

@@ -23,7 +23,7 @@ from vtp_jax.config import config_from_hf
 from vtp_jax.modeling.llada_v import LladaV
 from vtp_jax.modeling.llava import Llava
 from vtp_jax.runtime import build_methods
-from vtp_jax.sharding import make_mesh, mesh_shape, per_device_bytes, shard_model
+from vtp_jax.sharding import make_mesh, per_device_bytes, shard_model
 from vtp_jax.testbed import hf_llada_v, hf_llava
 
 LLAVA = dict(image_size=64, patch_size=16, vision_hidden=32, vision_layers=2, vision_heads=4, vision_mlp=64,
@@ -91,6 +91,19 @@ def same(what: str, a, b) -> None:
         fail(what, a, b)
 
 
+def one_row_tau(model, ids, mask, pixels, kw: dict) -> float:
+    """A ToDRE stage-2 τ (layer 2) for which exactly one row of the batch drops its visual tokens: a row fires when
+    both attention ratios are below τ, so τ is the mean of the two rows' larger ratio (the host-side decision then
+    differs between the rows)."""
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+
+    cfg = model.cfg
+    method = build_methods("todre+todre-relevance", "llava", cfg.num_visual_tokens, cfg.text.num_hidden_layers,
+                           tau=0.5, layer=2)
+    st = AutoregressiveGenerator(model, method).generate_arrays(ids, mask, pixels, **kw).stages["todre-relevance"]
+    return float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
+
+
 def check_llava(report: dict, predictor: str) -> None:
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 
@@ -99,12 +112,7 @@ def check_llava(report: dict, predictor: str) -> None:
     ids, mask, pixels = llava_batch(cfg)
     n_v, n_layers = cfg.num_visual_tokens, cfg.text.num_hidden_layers
     kw = dict(max_new_tokens=6, eos_token_ids=(), pad_token_id=0)
-    # ToDRE stage 2 fires for a row when both attention ratios are below τ: τ between the two rows' larger ratio,
-    # so that exactly one row drops its visual tokens (the host-side decision differs between the rows)
-    probe = AutoregressiveGenerator(base, build_methods("todre+todre-relevance", "llava", n_v, n_layers, tau=0.5,
-                                                        layer=2)).generate_arrays(ids, mask, pixels, **kw)
-    st = probe.stages["todre-relevance"]
-    tau = float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
+    tau = one_row_tau(base, ids, mask, pixels, kw)
     # ToDRE 1+2 covers the pre-LLM selection (DivPrune and random share its path) and the host-side decision
     specs = {"none": {}, "fastv": {"layer": 2}, "todre+todre-relevance": {"tau": tau, "layer": 2},
              "dyrate": {"predictor": predictor}}
@@ -121,7 +129,7 @@ def check_llava(report: dict, predictor: str) -> None:
         if err > 1e-5:
             fail(f"llava logits on {text}: max |diff| {err}", logits, logits_ref)
         report["llava_logits_max_abs_diff"][text] = err
-        sizes = mesh_shape(mesh)
+        sizes = mesh.shape
         k = model.language_model.layers[0].mlp.up_proj.kernel
         if k[...].addressable_shards[0].data.shape != (64 // sizes["fsdp"], 128 // sizes["tensor"]):
             fail(f"up_proj shard shape on {text}", k[...].addressable_shards[0].data.shape, None)

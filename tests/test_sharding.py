@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -67,17 +66,14 @@ def test_parse_mesh_and_errors():
 
 def test_an_axis_that_does_not_divide_names_both():
     mesh = sharding.make_mesh("")  # one device: sizes 1 divide everything
-    sharding.check_divides(P("data", None), (3, 5), mesh, "x")
-
-    class Fake:  # a mesh shape of tensor=3 without three devices: check_divides reads the sizes only
-        axis_names = ("data", "fsdp", "tensor")
-        devices = np.empty((1, 1, 3))
+    sharding.check_divides(P("data", None), (3, 5), mesh.shape, "x")
+    sizes = {"data": 1, "fsdp": 1, "tensor": 3}  # a tensor=3 mesh without three devices: only the sizes are read
 
     with pytest.raises(MeshError, match=r"parameter q: dimension 1 of shape \[64, 64\] \(64\) is split along mesh "
                                         r"axis tensor of size 3"):
-        sharding.check_divides(P("fsdp", "tensor"), (64, 64), Fake, "parameter q")
+        sharding.check_divides(P("fsdp", "tensor"), (64, 64), sizes, "parameter q")
     with pytest.raises(MeshError, match="the batch: dimension 0 of shape \\[5\\]"):
-        sharding.check_divides(P("tensor"), (5,), Fake, "the batch")
+        sharding.check_divides(P("tensor"), (5,), sizes, "the batch")
 
 
 def test_cli_mesh_that_does_not_fit_exits_2(capsys):

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         from vtp_jax.sharding import batch_sharding, check_divides
 
         ids = prep["batch"].input_ids
-        check_divides(batch_sharding(mesh, ids.ndim).spec, ids.shape, mesh, "--mesh: the batch (one prompt)")
+        check_divides(batch_sharding(mesh, ids.ndim).spec, ids.shape, mesh.shape, "--mesh: the batch (one prompt)")
     prep["mesh"] = mesh
     budget = memory_budget(args, cfg, dtype, **prep["lengths"])
     with memory.oom_guard(f"loading {args.model}", budget):
@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # InputError, PruningError, CheckpointError, DiffusionError, MemoryCheckError…
         print(f"vtp-generate: error: {e}", file=sys.stderr)
         return 2
-    if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
+    from vtp_jax.sharding import is_primary
+
+    if not is_primary():
         return 0  # several processes: process 0 prints
     if args.json:
         print(json.dumps(result, allow_nan=False))

@@ -87,20 +87,15 @@ def make_mesh(sizes: Mapping[str, int] | str, devices=None) -> Mesh:
     return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
 
 
-def mesh_shape(mesh: Mesh) -> dict[str, int]:
-    """{axis: size} of a mesh."""
-    return dict(zip(mesh.axis_names, mesh.devices.shape))
-
-
-def check_divides(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, what: str) -> None:
+def check_divides(spec: PartitionSpec | tuple, shape: tuple[int, ...], sizes: Mapping[str, int], what: str) -> None:
     """Raises MeshError naming ``what``, the dimension and the mesh axis when a mesh axis (or the product of the axes)
-    a dimension is split along does not divide it."""
-    sizes = mesh_shape(mesh)
+    a dimension is split along does not divide it. ``sizes``: {axis: size}, e.g. ``mesh.shape`` (no devices
+    needed)."""
     for dim, (n, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
         if axes is None:
             continue
         axes = (axes,) if isinstance(axes, str) else tuple(axes)
-        parts = math.prod(sizes[a] for a in axes)
+        parts = math.prod(int(sizes.get(a, 1)) for a in axes)
         if n % parts:
             raise MeshError(f"{what}: dimension {dim} of shape {list(shape)} ({n}) is split along mesh axis "
                             f"{'×'.join(axes)} of size {parts}, which does not divide it; pick a size that divides "
@@ -116,7 +111,7 @@ def param_shardings(abstract: dict, names: Mapping[str, Any], mesh: Mesh, rules:
     def one(path, leaf):
         dotted = ".".join(str(getattr(k, "key", k)) for k in path)
         spec = partition_spec(names.get(dotted), rules)
-        check_divides(spec, tuple(leaf.shape), mesh, f"parameter {dotted}")
+        check_divides(spec, tuple(leaf.shape), mesh.shape, f"parameter {dotted}")
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(one, abstract)
@@ -135,7 +130,7 @@ def shard_batch(x, mesh: Mesh | None, what: str = "the batch"):
         return x
     x = np.asarray(x)
     spec = batch_sharding(mesh, x.ndim)
-    check_divides(spec.spec, x.shape, mesh, what)
+    check_divides(spec.spec, x.shape, mesh.shape, what)
     return jax.make_array_from_callback(x.shape, spec, lambda idx: x[idx])
 
 
@@ -145,14 +140,6 @@ def place(x, sharding: NamedSharding) -> jax.Array:
     to be addressable)."""
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
-def replicate(x, mesh: Mesh | None):
-    """``x`` as a global array replicated over the mesh (every device holds all of it); unchanged without a mesh."""
-    if mesh is None:
-        return x
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, PartitionSpec()), lambda idx: x[idx])
 
 
 def to_host(x) -> np.ndarray:
@@ -256,7 +243,8 @@ def _check_reachable(address: str, process_id: int, num_processes: int, timeout_
             try:
                 s.bind((host, int(port)))
             except OSError as e:
-                raise DistributedError(f"process 0 cannot serve the coordinator at {address}: {e.strerror or e}") from None
+                raise DistributedError(f"process 0 cannot serve the coordinator at {address}: {e.strerror or e}"
+                                       ) from None
         return
     deadline = time.monotonic() + timeout_s
     while True:
@@ -283,22 +271,15 @@ def param_bytes_per_device(abstract: dict, names: Mapping[str, Any], sizes: Mapp
     of ``ShapeDtypeStruct`` s, the restore target), ``names`` as :func:`param_shardings`. Raises MeshError for an
     axis that does not divide the dimension it splits."""
     total = 0
-    sizes = {a: int(sizes.get(a, 1)) for a in MESH_AXES}
 
     def one(path, leaf):
         nonlocal total
         dotted = ".".join(str(getattr(k, "key", k)) for k in path)
         spec = tuple(partition_spec(names.get(dotted), rules))
-        shape = list(leaf.shape)
-        for dim, axes in enumerate(spec):
-            if axes is None:
-                continue
-            parts = math.prod(sizes[a] for a in ((axes,) if isinstance(axes, str) else axes))
-            if shape[dim] % parts:
-                raise MeshError(f"parameter {dotted}: dimension {dim} ({shape[dim]}) is split along "
-                                f"{axes} of size {parts}, which does not divide it")
-            shape[dim] //= parts
-        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+        check_divides(spec, tuple(leaf.shape), sizes, f"parameter {dotted}")
+        shard = [n // math.prod(int(sizes.get(a, 1)) for a in ((axes,) if isinstance(axes, str) else axes))
+                 if axes is not None else n for n, axes in zip(leaf.shape, spec)]
+        total += math.prod(shard) * np.dtype(leaf.dtype).itemsize
 
     jax.tree_util.tree_map_with_path(one, abstract)
     return total

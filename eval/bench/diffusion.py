@@ -64,7 +64,8 @@ def parse_llada_settings(text: str | None) -> tuple[tuple[int, int, int], ...]:
         try:
             g, st, bl = (int(v) for v in item.split("/"))
         except ValueError:
-            raise BenchError(f"--llada-settings: {item!r} is not gen_length/steps/block_length (e.g. 32/16/32)") from None
+            raise BenchError(f"--llada-settings: {item!r} is not gen_length/steps/block_length (e.g. 32/16/32)"
+                             ) from None
         if min(g, st, bl) < 1 or g % bl or st % (g // bl):
             raise BenchError(f"--llada-settings: {item!r}: lengths ≥ 1, the block dividing the gen length and the "
                              "steps divisible by the number of blocks")
@@ -317,8 +318,6 @@ def run_llada_v(args: argparse.Namespace, log: Callable[[str], None] = print, fa
             rows[name] = llada_row(runs, name=name, obj=method_objs.get(name), method=method, pct=pct,
                                    keep=keeps.get(name), compile_s=getattr(variants[name], "compile_s", None), cfg=cfg,
                                    prompt_len=prompt_len, n_v=n_v, n_tiles=n_tiles, gen_length=g, steps=st)
-            if name.endswith("]"):  # cached: the analytic FLOP model counts the exact loop only
-                rows[name]["flops"] = None
         add_llada_ratios(rows)
         torch_row = rows.get("torch")
         agree = greedy_agreement(variants["torch"].last_tokens, variants["jax none"].last_tokens) if torch_row else None
@@ -359,8 +358,10 @@ def llada_row(runs: list[dict], *, name: str, obj, method: str | None, pct: floa
     PyTorch loop computes). Ratios come from :func:`add_llada_ratios`."""
     g = gen_length
     lat = [x["latency_s"] for x in runs]
-    fl = diffusion_flops(cfg, prompt_len=prompt_len, num_visual=n_v, num_tiles=n_tiles, gen_length=g, steps=steps,
-                         keep=keep, reference=name == "torch", pre_llm=obj is not None and obj.stage == "pre_llm")
+    # a Fast-dLLM variant ("<variant> [prefix]", "[dual τ0.9]"): the analytic FLOP model counts the exact loop only
+    fl = None if name.endswith("]") else diffusion_flops(
+        cfg, prompt_len=prompt_len, num_visual=n_v, num_tiles=n_tiles, gen_length=g, steps=steps, keep=keep,
+        reference=name == "torch", pre_llm=obj is not None and obj.stage == "pre_llm")
     return {
         "method": "none" if method is None else method,
         "stage": None if obj is None else obj.stage,

@@ -291,7 +291,7 @@ class JaxDiffusionRunner:
                                            num_visual=self.num_left)
         jax.block_until_ready(carry.x_gen)
         t2 = time.perf_counter()
-        until = jnp.int32(self.dcfg.steps if self.dcfg.threshold is None else self.dcfg.gen_length)
+        until = jnp.int32(self.dcfg.max_steps)
         jax.block_until_ready(gen.denoise(gen.state, prompt, carry, until, temperature=0.0,
                                           refresh_first=gen.rebuilds_cache).x_gen)
         t3 = time.perf_counter()

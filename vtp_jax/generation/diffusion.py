@@ -157,6 +157,12 @@ class DiffusionConfig:
     def steps_per_block(self) -> int:
         return self.steps // self.num_blocks
 
+    @property
+    def max_steps(self) -> int:
+        """The most denoising steps a generation runs: ``steps`` on LLaDA's schedule, ``gen_length`` with parallel
+        decoding (at least one token per step)."""
+        return self.gen_length if self.threshold is not None else self.steps
+
 
 def num_transfer_tokens(masked_count: jax.Array, steps: int) -> jax.Array:
     """Tokens to unmask at each of ``steps`` steps: ``m // steps`` plus one for the first ``m % steps`` steps.
@@ -307,7 +313,7 @@ class DiffusionGenerator:
         self._pre = next((m for m in methods if isinstance(m, PreLLMSelection)), None)
         self._during = next((m for m in methods if isinstance(m, AfterFirstStep)), None)
         if self._during is not None:
-            limit = cfg.gen_length if cfg.threshold is not None else cfg.steps
+            limit = cfg.max_steps
             if not 0 <= self._during.score_step < limit:
                 what = "the most steps a threshold run takes (gen_length)" if cfg.threshold is not None else "steps"
                 raise DiffusionError(f"{self._during.name}: score_step {self._during.score_step} must be below "
@@ -518,7 +524,7 @@ class DiffusionGenerator:
         cached = cfg.cache != "none"
         parallel = cfg.threshold is not None
         start = carry.step
-        until = jnp.minimum(until, cfg.gen_length if parallel else cfg.steps)
+        until = jnp.minimum(until, cfg.max_steps)
 
         def cond(c: _DenoiseCarry):
             left = (c.step < until) & jnp.any(c.x_gen == cfg.mask_id)
@@ -596,9 +602,8 @@ class DiffusionGenerator:
         carry = self.initial_carry(int(input_ids.shape[0]), key)
         carry, prompt, kept = self.prune_steps(prompt, carry, temperature=temperature, num_visual=n_left,
                                                step_kw=step_kw, **mask_kw)
-        carry = self.denoise(self.state, prompt, carry, jnp.int32(self.cfg.steps if self.cfg.threshold is None
-                                                                  else self.cfg.gen_length),
-                             temperature=temperature, refresh_first=self.rebuilds_cache, **mask_kw)
+        carry = self.denoise(self.state, prompt, carry, jnp.int32(self.cfg.max_steps), temperature=temperature,
+                             refresh_first=self.rebuilds_cache, **mask_kw)
         tokens = to_host(jax.block_until_ready(carry.x_gen))
         steps_run = carry.step
         t2 = time.perf_counter()
