@@ -104,6 +104,20 @@ def one_row_tau(model, ids, mask, pixels, kw: dict) -> float:
     return float(np.mean(np.maximum(np.asarray(st["alpha_t2v"]), np.asarray(st["alpha_v2t"]))))
 
 
+def cache_spec(model, mesh, ids, mask, pixels) -> list:
+    """The PartitionSpec of the first layer's cached keys after a sharded prefill (as a list of axis names)."""
+    import jax.numpy as jnp
+
+    from vtp_jax.generation.autoregressive import AutoregressiveGenerator
+    from vtp_jax.sharding import mesh_context, shard_batch
+
+    gen = AutoregressiveGenerator(model, None, mesh=mesh)
+    args = [shard_batch(x, mesh) for x in (np.asarray(ids, np.int32), np.asarray(mask, bool), pixels)]
+    with mesh_context(mesh):
+        pre = gen.prefill(gen.state, *args, jax.random.key(0), jnp.float32(0), jnp.float32(1), max_new_tokens=2)
+    return [a if a is None or isinstance(a, str) else list(a) for a in pre.caches[0].k.sharding.spec]
+
+
 def check_llava(report: dict, predictor: str) -> None:
     from vtp_jax.generation.autoregressive import AutoregressiveGenerator
 
@@ -147,6 +161,7 @@ def check_llava(report: dict, predictor: str) -> None:
                 same(f"llava {name} kept per token on {text}", out.kept_per_token, ref[name].kept_per_token)
             report["llava"].append(f"{name} @ {text}")
         if text == MESHES[0]:
+            report["llava_cache_spec"] = cache_spec(model, mesh, ids, mask, pixels)
             report["stage2_dropped"] = np.asarray(ref["todre+todre-relevance"].stage2_dropped).tolist()
 
 

@@ -218,3 +218,24 @@ def test_converted_checkpoint_loads_keeps_names_and_generates_as_before(converte
     assert logical_axes(state) == names
     for x, y in zip(jax.tree.leaves(pure), jax.tree.leaves(nnx.to_pure_dict(state))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_constrain_under_a_mesh_context_only():
+    """``axes.constrain``: no constraint without a mesh context; under one, named dimensions take their rule's
+    mesh axis (``sequence``, no rule: whole on every device), a non-dividing axis and the trailing dimensions are
+    left to the partitioner ({?}), and the values are unchanged."""
+    from vtp_jax.sharding import make_mesh, mesh_context
+
+    x = jnp.arange(2 * 6 * 3 * 4, dtype=jnp.float32).reshape(2, 6, 3, 4)
+    f = jax.jit(lambda a: axes.constrain(a, axes.KV_CACHE_AXES) * 2)
+    g = jax.jit(lambda a: axes.constrain(a, (axes.BATCH, axes.SEQUENCE)) * 2)
+    assert "sharding_constraint" not in f.lower(x).as_text()
+    mesh = make_mesh("", devices=jax.devices()[:1])
+    with mesh_context(mesh):
+        assert '[{"data"}, {}, {"tensor"}, {}]' in f.lower(x).as_text()
+        assert '[{"data"}, {}, {?}, {?}]' in g.lower(x).as_text()
+        np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(x) * 2)
+        two = {"batch": ("data", "fsdp"), "kv_heads": "tensor"}  # a tuple of mesh axes splits one dimension
+        assert '[{"data", "fsdp"}, {}, {"tensor"}, {}]' in jax.jit(
+            lambda a: axes.constrain(a, axes.KV_CACHE_AXES, two)).lower(x).as_text()
+    assert "sharding_constraint" not in jax.jit(lambda a: axes.constrain(a, axes.KV_CACHE_AXES)).lower(x).as_text()

@@ -38,6 +38,8 @@ def test_sharded_generation_equals_unsharded_on_8_devices():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["devices"] == 8
     assert len(report["llava"]) == 4 and len(report["llada_v"]) == 2
+    # the KV cache [B, S, kv_heads, head_dim] along data and tensor, every slot of the sequence on each device
+    assert report["llava_cache_spec"][:3] == ["data", None, "tensor"]
     assert sorted(report["stage2_dropped"]) == [False, True]  # ToDRE stage 2 fires for one row of the two
     assert max(report["llava_logits_max_abs_diff"].values()) <= 1e-5
     assert max(report["llada_v_logits_max_abs_diff"].values()) <= 1e-5

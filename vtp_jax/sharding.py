@@ -31,12 +31,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vtp_jax.modeling.axes import BATCH, EMBED, HEADS, KV_HEADS, MLP, VOCAB, partition_spec
+from vtp_jax.modeling.axes import BATCH, RULES, partition_spec
 
 MESH_AXES = ("data", "fsdp", "tensor")
-# Logical name → mesh axis (names without a rule are replicated).
-RULES: dict[str, str] = {EMBED: "fsdp", HEADS: "tensor", KV_HEADS: "tensor", MLP: "tensor", VOCAB: "tensor",
-                         BATCH: "data"}
+# RULES (logical name → mesh axis; names without a rule are replicated) live in vtp_jax.modeling.axes, beside
+# the names, so that the model's caches and the pruning selections constrain activations with the same rules.
+__all__ = ["MESH_AXES", "RULES", "MeshError", "parse_mesh", "make_mesh", "check_divides", "param_shardings",
+           "batch_sharding", "shard_batch", "place", "to_host", "per_device_bytes", "shard_model",
+           "DistributedError", "distributed_settings", "initialize_distributed", "is_primary",
+           "param_bytes_per_device", "mesh_context", "within_mesh"]
 
 
 class MeshError(ValueError):
@@ -257,6 +260,28 @@ def _check_reachable(address: str, process_id: int, num_processes: int, timeout_
                                        f"{address} within {timeout_s} s ({e.strerror or e}); is process 0 running?"
                                        ) from None
             time.sleep(0.2)
+
+
+def mesh_context(mesh: Mesh | None):
+    """The context the generators trace and run their jitted steps in: ``jax.set_mesh(mesh)``, under which
+    :func:`vtp_jax.modeling.axes.constrain` lays out KV caches, the diffusion state and the pruning selections by
+    :data:`RULES`; a no-op context without a mesh."""
+    import contextlib
+
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def within_mesh(method):
+    """Decorator for a generator method: runs it inside :func:`mesh_context` of ``self.mesh`` (so that every
+    jitted step it calls is traced under the mesh)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with mesh_context(self.mesh):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def is_primary() -> bool:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vtp_jax.sharding import shard_batch, to_host
+from vtp_jax.sharding import shard_batch, to_host, within_mesh
 from vtp_jax.families.base import AUTOREGRESSIVE
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings, sample_token
@@ -314,7 +314,7 @@ class AutoregressiveGenerator:
         target = jnp.take_along_axis(dy.counts, k[:, None], axis=1)[:, 0]
         scores = jnp.take_along_axis(probs.mean(axis=1), dy.slots, axis=1)  # [B, N_v]
         kept = dyrate_lib.drop_visual(scores, dy.kept, target)
-        caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy.slots, kept)) for c in caches]
+        caches = [c._replace(valid=dyrate_lib.restrict_cache_valid(c.valid, dy.slots, kept)).laid_out() for c in caches]
         return caches, dy.replace(rate=k, kept=kept)
 
     def _dyrate_init(self, out, visual_mask, n_v, max_new_tokens, weights, rows=None):
@@ -416,6 +416,7 @@ class AutoregressiveGenerator:
         return DecodeResult(c.out, c.caches, c.kept_log, c.rate_log)
 
     # ---- host API ------------------------------------------------------------------------------------------
+    @within_mesh
     def generate_arrays(
         self,
         input_ids: np.ndarray,

@@ -40,12 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vtp_jax.sharding import shard_batch, to_host
+from vtp_jax.sharding import shard_batch, to_host, within_mesh
 from vtp_jax.families.base import MASKED_DIFFUSION
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings
 from vtp_jax.modeling.decoder import DecoderPlan, Probe, SequenceState
 from vtp_jax.modeling.attention import LayerCache, mask_free_kwargs
+from vtp_jax.modeling.axes import BATCH, SEQUENCE, constrain
 from vtp_jax.modeling.rope import apply_rope
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.generation.visual_spans import (
@@ -431,7 +432,8 @@ class DiffusionGenerator:
     def _advance(self, c: _DenoiseCarry, logits, block, counts, j, caches, *, temperature) -> _DenoiseCarry:
         """Unmasks with the step's logits float32 [B, G, V] and moves the carry to the next step."""
         key, sub = jax.random.split(c.key)
-        x_gen = unmask_step(c.x_gen, logits, c.step, counts[:, j], sub, self.cfg, temperature, c.stop, block)
+        x_gen = constrain(unmask_step(c.x_gen, logits, c.step, counts[:, j], sub, self.cfg, temperature, c.stop,
+                                      block), (BATCH, SEQUENCE))  # the response state along data, whole per row
         return _DenoiseCarry(c.step + 1, x_gen, counts, key, jnp.minimum(c.stop, first_stop(x_gen, self.cfg)),
                              caches, c.block if block is None else block)
 
@@ -507,7 +509,7 @@ class DiffusionGenerator:
         for cache in caches:
             take = lambda x: jnp.take_along_axis(x, slots.reshape(slots.shape + (1,) * (x.ndim - 2)), axis=1)
             k = apply_rope(take(cache.k).astype(jnp.float32), cos, sin).astype(cache.k.dtype)
-            out.append(LayerCache(k, take(cache.v), take(cache.valid), jnp.int32(slots.shape[1])))
+            out.append(LayerCache(k, take(cache.v), take(cache.valid), jnp.int32(slots.shape[1])).laid_out())
         return out
 
     def _denoise(self, state, prompt: _Prompt, carry: _DenoiseCarry, until, *, temperature, all_valid=False,
@@ -554,6 +556,7 @@ class DiffusionGenerator:
         return jax.lax.while_loop(cond, body, carry)
 
     # ---- host API ------------------------------------------------------------------------------------------
+    @within_mesh
     def generate_arrays(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, image_inputs: dict, *, temperature: float = 0.0,
         seed: int = 0,

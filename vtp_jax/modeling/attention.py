@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vtp_jax.modeling.axes import EMBED, HEADS, KV_HEADS
+from vtp_jax.modeling.axes import BATCH, EMBED, HEADS, KV_CACHE_AXES, KV_HEADS, SEQUENCE, constrain
 from vtp_jax.modeling.layers import linear
 from vtp_jax.modeling.rope import apply_rope
 
@@ -38,7 +38,14 @@ class LayerCache(NamedTuple):
         pad = [(0, 0), (0, extra), (0, 0), (0, 0)]
         return LayerCache(
             jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(key_valid, [(0, 0), (0, extra)]), jnp.int32(k.shape[1])
-        )
+        ).laid_out()
+
+    def laid_out(self) -> "LayerCache":
+        """The cache split along batch (``data``) and key / value heads (``tensor``), every slot of the sequence on
+        each device, under the generators' mesh context (:func:`vtp_jax.modeling.axes.constrain`; unchanged
+        without one)."""
+        return LayerCache(constrain(self.k, KV_CACHE_AXES), constrain(self.v, KV_CACHE_AXES),
+                          constrain(self.valid, (BATCH, SEQUENCE)), self.end)
 
     def append(self, k: jax.Array, v: jax.Array) -> "LayerCache":
         """Writes one step's keys/values [B, 1, K, D] at slot ``end``."""

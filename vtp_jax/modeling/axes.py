@@ -42,8 +42,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
+import math
+
+import jax
 from flax import nnx
-from jax.sharding import PartitionSpec
+from jax.sharding import AxisType, PartitionSpec
 
 # ---- language model -------------------------------------------------------------------------------------------
 EMBED = "embed"  # hidden size of the language model
@@ -72,10 +75,13 @@ Axes = tuple[Union[str, None], ...]
 # Logical name → mesh axis, tuple of mesh axes, or None (replicated).
 Rules = Mapping[str, Union[str, tuple[str, ...], None]]
 
-# What issue 20's rules may look like (an example, used by nothing here): FSDP along embed, tensor parallelism
-# along heads / MLP / vocab, data parallelism along batch.
-EXAMPLE_RULES: dict[str, Any] = {EMBED: "fsdp", HEADS: "tensor", KV_HEADS: "tensor", MLP: "tensor",
-                                 VOCAB: "tensor", BATCH: "data"}
+# The one set of rules (used by :mod:`vtp_jax.sharding` for parameters and by :func:`constrain` for activations):
+# FSDP along embed, tensor parallelism along heads / MLP / vocab, data parallelism along batch. Names without a
+# rule (the sequence, head_dim, the vision tower's) are never split.
+RULES: dict[str, Any] = {EMBED: "fsdp", HEADS: "tensor", KV_HEADS: "tensor", MLP: "tensor",
+                         VOCAB: "tensor", BATCH: "data"}
+# Keys / values of a KV cache [B, S, kv_heads, head_dim] (LayerCache.k / .v); its valid mask is [B, S].
+KV_CACHE_AXES = (BATCH, SEQUENCE, KV_HEADS, HEAD_DIM)
 
 
 def param_metadata(names: Axes | None) -> dict:
@@ -232,3 +238,32 @@ def logical_partition_specs(model_or_state, rules: Rules | Iterable[tuple[str, A
             node = node.setdefault(key, {})
         node[path[-1]] = partition_spec(_names_of(path, var), table)
     return out
+
+
+def constrain(x: jax.Array, names: Axes, rules: Rules = RULES) -> jax.Array:
+    """``x`` with a sharding constraint from logical ``names`` (one per leading dimension; dimensions after them
+    are left to the partitioner) under the mesh of the enclosing ``jax.set_mesh`` context — the generators set it
+    when given a mesh; ``x`` unchanged without one (or under a mesh with Explicit axes, whose arrays carry their
+    shardings in their types). A name without a rule keeps its dimension whole on every device (``sequence``: the
+    pruning selections — top-k, the greedy diversity loops, the compaction gathers — always see every token of a
+    row); a mesh axis that does not divide its dimension is left to the partitioner.
+
+    Used inside jitted functions (``jax.lax.with_sharding_constraint``): it changes where numbers live, never
+    their values."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or any(t != AxisType.Auto for t in mesh.axis_types):
+        return x
+    sizes = dict(mesh.shape)
+    spec = []
+    for n, dim in zip(tuple(names), x.shape):
+        axes = rules.get(n) if n is not None else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a in sizes)
+        if not axes:
+            spec.append(None)
+        elif dim % math.prod(sizes[a] for a in axes):
+            spec.append(PartitionSpec.UNCONSTRAINED)
+        else:
+            spec.append(axes[0] if len(axes) == 1 else axes)
+    spec += [PartitionSpec.UNCONSTRAINED] * (x.ndim - len(spec))
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))

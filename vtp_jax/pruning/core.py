@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vtp_jax.modeling.axes import BATCH, SEQUENCE, constrain
 from vtp_jax.modeling.decoder import SequenceState
 
 
@@ -60,6 +61,7 @@ def argbest(values: jax.Array, *, largest: bool, rtol: float = TIE_RTOL) -> jax.
     lower index wins, as ``torch.argmax`` / ``argmin`` do on exact ties, so the choice no longer depends on the
     batch. ±inf entries (excluded or selected tokens) are never within the tolerance of a finite best.
     """
+    values = constrain(values, (BATCH, SEQUENCE))  # every token of a row on each device (greedy diversity loops)
     best = jnp.max(values, axis=1, keepdims=True) if largest else jnp.min(values, axis=1, keepdims=True)
     tol = rtol * (1.0 + jnp.abs(jnp.where(jnp.isfinite(best), best, 0.0)))
     near = values >= best - tol if largest else values <= best + tol
@@ -77,6 +79,7 @@ def select_topk(scores: jax.Array, keep: int, valid: jax.Array | None = None,
     keeps; the result is then :func:`fill_selection` of the ``row_keep[b]`` best valid tokens (``keep`` is the
     static bucket). Both or neither must be given.
     """
+    scores = constrain(scores, (BATCH, SEQUENCE))  # the top-k runs along a whole sequence axis
     if valid is None:
         _, idx = jax.lax.top_k(scores, keep)
         return jnp.sort(idx, axis=-1).astype(jnp.int32)
@@ -118,7 +121,7 @@ def visual_valid(key_valid: jax.Array, visual_mask: jax.Array, num_visual: int) 
 
 def visual_positions(visual_mask: jax.Array, num_visual: int) -> jax.Array:
     """Sequence positions of the visual tokens, in order: bool [B, T] → int32 [B, N_v]."""
-    order = jnp.argsort(~visual_mask, axis=1, stable=True)
+    order = jnp.argsort(~constrain(visual_mask, (BATCH, SEQUENCE)), axis=1, stable=True)
     return order[:, :num_visual].astype(jnp.int32)
 
 
@@ -154,7 +157,10 @@ def compact(
     Returns: (state of length T − N_v + keep, visual_mask of that length).
     """
     order = compaction_order(visual_mask, kept, num_visual)
-    take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+    # the gathers run along a whole sequence axis (batch along data; the width as the partitioner likes)
+    take = lambda x: constrain(jnp.take_along_axis(constrain(x, (BATCH, SEQUENCE)),
+                                                   order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1),
+                               (BATCH, SEQUENCE))
     h, positions, key_valid, vmask = take(state.h), take(state.positions), take(state.key_valid), take(visual_mask)
     if reindex:
         positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(positions.dtype)
