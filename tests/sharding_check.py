@@ -204,6 +204,63 @@ def check_llada(report: dict) -> None:
             report["llada_v"].append(f"{name} @ {text}")
 
 
+def check_compiled_memory(report: dict) -> None:
+    """eval.mesh_memory on a reduced LLaVA-1.5 preset: the compiled prefill's per-device arguments are exactly the
+    parameter shards (sharding.param_bytes_per_device) plus the inputs' shards; the 3-layer figures extrapolated
+    from 1 and 2 layers equal the compiled 3-layer ones (arguments and outputs exactly)."""
+    from eval.bench.runners import make_inputs
+    import math
+
+    from eval.mesh_memory import abstract_sharded_model, compiled_steps, extrapolate
+    from vtp_jax.checkpoint import flatten
+    from vtp_jax.modeling.axes import logical_axes
+    from vtp_jax.sharding import param_bytes_per_device, parse_mesh
+    from vtp_jax.testbed import full_size as fs
+
+    small = dict(text_hidden=64, text_mlp=128, text_heads=4, text_kv_heads=4, vision_hidden=32, vision_layers=1,
+                 vision_mlp=64, vision_heads=2, image_size=56, patch_size=14)
+    mesh_text = "data=2,fsdp=2,tensor=2"
+    got = {n: compiled_steps("llava-1.5-7b", mesh_text, layers=n, overrides=small) for n in (1, 2, 3)}
+    cfg = config_from_hf(fs.preset_config("llava-1.5-7b", layers=1, overrides=small))
+    _, state = abstract_sharded_model(cfg, make_mesh(mesh_text))
+    params = param_bytes_per_device(nnx.to_pure_dict(state), logical_axes(state), parse_mesh(mesh_text))
+    ins = make_inputs(cfg, 2)
+    t = ins["input_ids"].shape[1]
+    # per device: 1 of 2 rows of ids (int32) and mask (bool), pixels (float32); the key (2 × uint32), temperature, top-p
+    inputs = t * 4 + t + ins["pixel_values"][0].size * 4 + 8 + 4 + 4
+    # jit drops the parameters a step never reads: the last CLIP layer and post-LayerNorm (feature layer −2;
+    # the tower is replicated, so every device would hold them whole)
+    last = f"vision_tower.layers.{cfg.vision.num_hidden_layers - 1}."
+    unused = sum(math.prod(x.shape) * x.dtype.itemsize for k, x in flatten(nnx.to_pure_dict(state)).items()
+                 if k.startswith((last, "vision_tower.post_layernorm.")))
+    arg = got[1]["steps"]["prefill"]["argument"]
+    if arg != params - unused + inputs:
+        fail("compiled prefill arguments vs parameter shards + inputs", arg, params - unused + inputs)
+    ext = extrapolate(got[1], got[2], 3)["steps"]
+    for step, v in got[3]["steps"].items():
+        for k in ("argument", "output"):
+            if ext[step][k] != v[k]:
+                fail(f"extrapolated {step} {k}", ext[step][k], v[k])
+    report["compiled_prefill_argument_bytes"] = arg
+
+
+def check_bench_mesh(report: dict) -> None:
+    """vtp-bench --mesh on the micro LLaVA (in this 8-device process): the sharded restore generates as the
+    unsharded one."""
+    from eval.bench.cli import main as bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rc = bench(["--mesh", "fsdp=2,tensor=2", "--preset", "micro", "--family", "llava", "--methods", "fastv",
+                    "--keeps", "50", "--max-new-tokens", "4", "--no-torch", "--quiet", "--json", f"{tmp}/m.json"])
+        if rc != 0:
+            fail("vtp-bench --mesh exit code", rc, 0)
+        with open(f"{tmp}/m.json", encoding="utf-8") as f:
+            section = json.load(f)["mesh"]["families"]["llava"]
+    if not section["all_equal"] or sorted(section["rows"]) != ["jax fastv-50", "jax none"]:
+        fail("vtp-bench --mesh rows", section["rows"], None)
+    report["bench_mesh_param_bytes"] = section["param_bytes_per_device"]
+
+
 def main() -> int:
     from vtp_jax.pruning.dyrate import RatePredictor
 
@@ -217,6 +274,8 @@ def main() -> int:
                       1, {"note": "test"}).save(predictor)
         check_llava(report, predictor)
     check_llada(report)
+    check_compiled_memory(report)
+    check_bench_mesh(report)
     print(json.dumps(report), flush=True)
     return 0
 

@@ -355,3 +355,18 @@ def test_bench_llada_v_cache_variants(tmp_path, capsys):
                           (["--llada-settings", "8x4"], "is not gen_length/steps/block_length")):
         assert bench.main(["--family", "llada_v", "--preset", "micro", "--quiet", "--no-torch", *flags]) == 2
         assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mesh", "model=2"], "is not AXIS=SIZE"),
+    (["--mesh", "data=2", "--mesh", "tensor=0"], "whole number ≥ 1"),
+    # two devices needed: vtp-bench starts itself again with 2 forced CPU devices; the child rejects --layers
+    (["--mesh", "data=2", "--preset", "llava-1.5-7b", "--layers", "99"], "--layers must be an integer in [1, 32]"),
+])
+def test_bad_mesh_exit_2(argv, message, capfd):
+    """vtp-bench --mesh: a bad mesh exits 2 before anything runs; with too few devices the child vtp-bench (forced
+    CPU devices) reports its own errors with exit 2."""
+    assert bench.main(["--no-torch", *argv]) == 2
+    captured = capfd.readouterr()
+    assert "vtp-bench: error:" in captured.err and message in captured.err
+    assert "RANDOM WEIGHTS" not in captured.out

@@ -4,6 +4,9 @@
 :func:`convert.convert` and loads it with :func:`vtp_jax.checkpoint.load`. It measures speed only; the generated text
 is meaningless. ``--family llava|llada_v|all`` (default all) picks the sections; ``--json`` holds one object per
 section under ``"llava"`` / ``"llada_v"``. ``--preset micro|tiny|small`` sizes both sections.
+``--mesh data=D,fsdp=F,tensor=T`` (repeatable) replaces the timed sections by a report of what device meshes cost
+and change — per-device memory of the compiled steps for a full-size preset, sharded == unsharded generation for a
+bench preset — correctness and memory only (:mod:`eval.bench.mesh`).
 
 Which variants (flags; bad values exit 2 with ``vtp-bench: error: ...`` before anything runs):
 

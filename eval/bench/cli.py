@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLaDA-V: attention of the PyTorch reference's decoder (default sdpa, as LLaDA's own code)")
     p.add_argument("--json", metavar="PATH", help="write every setting and measurement as JSON to PATH")
     p.add_argument("--quiet", action="store_true", help="print only the final report")
+    p.add_argument("--mesh", action="append", default=None, metavar="data=D,fsdp=F,tensor=T",
+                   help="device mesh (repeat for several): per-device memory of the compiled steps for a full-size "
+                        "preset; sharded == unsharded generation and per-device parameter bytes for a bench preset. "
+                        "Correctness and memory only (eval/bench/mesh.py); CPU devices are forced as needed")
     return p
 
 
@@ -100,6 +104,10 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     """Runs the sections that ``--family`` selects (each by the runner of its family's generator kind) and returns
     the JSON-able report: ``{"random_weights": true, "note", "families": [...], "llava": {...}, "llada_v": {...}}``
     (a section is absent when not run; each has its wall time ``section_wall_s``, seconds)."""
+    if getattr(args, "mesh", None):
+        from eval.bench.mesh import run_mesh_bench
+
+        return run_mesh_bench(args, log)
     if args.preset in FULL_SIZE_PRESETS:
         return run_full_size_bench(args, log)
     if getattr(args, "layers", None) is not None or getattr(args, "llada_image", None) is not None:
@@ -138,6 +146,10 @@ def run_full_size_bench(args: argparse.Namespace, log: Callable[[str], None] = p
 
 def format_report(report: dict) -> str:
     """The human-readable tables and target lines of every section that ran."""
+    if "mesh" in report:
+        from eval.bench.mesh import MESH_NOTE, format_mesh
+
+        return "\n".join(["", "#" * 100, f"# {MESH_NOTE.upper()}", "#" * 100, format_mesh(report["mesh"])])
     parts = ["", "#" * 100, f"# {RANDOM_WEIGHTS_NOTE.upper()}", "#" * 100]
     if any(report.get(f, {}).get("full_size") for f in report.get("families", [])):
         from eval.full_size_bench import format_full_size
@@ -167,6 +179,29 @@ def check_json_path(path: str | None) -> None:
     os.unlink(probe)
 
 
+def respawn_for_mesh(argv: list[str] | None, meshes: list[str]) -> int | None:
+    """When this CPU process has fewer devices than the largest mesh needs, runs ``vtp-bench`` again in a child with
+    ``--xla_force_host_platform_device_count`` set and returns its exit code; None when the devices suffice (or on
+    an accelerator, where the meshes must fit the devices there). Raises BenchError for a bad mesh."""
+    import subprocess
+
+    import jax
+
+    from eval.bench.mesh import devices_needed
+
+    need = devices_needed(meshes)
+    if need <= len(jax.devices()) or jax.default_backend() != "cpu" or os.environ.get(_CHILD_ENV):
+        return None
+    env = {**os.environ, _CHILD_ENV: "1", "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                                                        f" --xla_force_host_platform_device_count={need}").strip()}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = sys.argv[1:] if argv is None else list(argv)
+    return subprocess.run([sys.executable, "-m", "eval.bench", *args], cwd=root, env=env).returncode
+
+
+_CHILD_ENV = "VTP_BENCH_MESH_CHILD"  # set in the child respawn_for_mesh starts (it never respawns again)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Returns 0 (targets missed is not an error), 2 on bad arguments (argparse usage errors
     return 2 instead of raising SystemExit)."""
@@ -175,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage error (2) or --help (0); argparse has printed its message
         return int(e.code or 0)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    if args.mesh:  # CPU: force as many host devices as the largest mesh needs (fixed when JAX starts)
+        try:
+            rc = respawn_for_mesh(argv, args.mesh)
+        except BenchError as e:
+            print(f"vtp-bench: error: {e}", file=sys.stderr)
+            return 2
+        if rc is not None:
+            return rc
     from eval.full_size_bench import FullSizeError
 
     try:
