@@ -272,13 +272,13 @@ def mesh_context(mesh: Mesh | None):
 
 
 def within_mesh(method):
-    """Decorator for a generator method: runs it inside :func:`mesh_context` of ``self.mesh`` (so that every
-    jitted step it calls is traced under the mesh)."""
+    """Decorator for a generator method: runs it inside :func:`mesh_context` of ``self.mesh`` (no mesh when the
+    object has none), so that every jitted step it calls is traced under the mesh."""
     import functools
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with mesh_context(self.mesh):
+        with mesh_context(getattr(self, "mesh", None)):
             return method(self, *args, **kwargs)
 
     return wrapper
