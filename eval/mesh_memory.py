@@ -125,13 +125,15 @@ def _autoregressive_steps(gen, model, preset: str, batch: int, mesh) -> dict[str
     import numpy as np
 
     from eval.bench.runners import make_inputs, make_llava_next_inputs
+    from eval.full_size_bench import DEFAULT_IMAGE
     from vtp_jax.generation.autoregressive import split_image_inputs
     from vtp_jax.testbed import full_size as fs
 
     cfg = model.cfg
     text = fs.TEXT_ID_RANGE[preset]
     if cfg.family == "llava_next":
-        ins = make_llava_next_inputs(model, (672, 672), batch, bos_id=fs.LLAVA_BOS_ID, text_range=text)
+        ins = make_llava_next_inputs(model, DEFAULT_IMAGE["llava_next"], batch, bos_id=fs.LLAVA_BOS_ID,
+                                     text_range=text)
     else:
         ins = make_inputs(cfg, batch, bos_id=fs.LLAVA_BOS_ID, text_range=text)
     traced, static = split_image_inputs(ins.get("image_inputs", ins["pixel_values"]))
@@ -289,13 +291,29 @@ def format_compiled(t: dict) -> str:
     return "\n".join(lines)
 
 
-def _respawn_with_devices(argv: list[str], n: int) -> int:
-    """Runs this module again in a child with ``n`` forced CPU devices (the count is fixed when JAX starts)."""
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                       f" --xla_force_host_platform_device_count={n}").strip(),
-           "VTP_MESH_MEMORY_CHILD": "1"}
+CHILD_ENV = "VTP_FORCED_DEVICES_CHILD"  # set in the child rerun_with_cpu_devices starts (it never reruns again)
+
+
+def devices_needed(meshes) -> int:
+    """The largest device count among mesh texts. Raises MeshError for a bad mesh."""
+    from vtp_jax.sharding import parse_mesh
+
+    return max(math.prod(parse_mesh(m).values()) for m in meshes)
+
+
+def rerun_with_cpu_devices(module: str, argv: list[str], n: int) -> int | None:
+    """When this process runs on CPU with fewer than ``n`` devices (the count is fixed when JAX starts) and is not
+    such a child itself, runs ``python -m module argv`` again in a child with
+    ``--xla_force_host_platform_device_count=n`` and returns its exit code; None otherwise (the caller goes on and
+    reports devices that do not suffice)."""
+    import jax
+
+    if len(jax.devices()) >= n or jax.default_backend() != "cpu" or os.environ.get(CHILD_ENV):
+        return None
+    env = {**os.environ, CHILD_ENV: "1", "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                                                       f" --xla_force_host_platform_device_count={n}").strip()}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, "-m", "eval.mesh_memory", *argv], cwd=root, env=env).returncode
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=root, env=env).returncode
 
 
 def main(argv=None) -> int:
@@ -313,7 +331,7 @@ def main(argv=None) -> int:
                    help="also compile L layers directly and record how far the extrapolation from "
                         f"{FIT_LAYERS} is from it")
     args = p.parse_args(argv)
-    from vtp_jax.sharding import MeshError, parse_mesh
+    from vtp_jax.sharding import MeshError
     from vtp_jax.testbed import full_size as fs
 
     for preset in args.preset or ():
@@ -321,7 +339,7 @@ def main(argv=None) -> int:
             p.error(f"--preset {preset!r}: one of {', '.join(fs.PRESETS)}")
     try:
         meshes = tuple(args.mesh or (COMPILED_MESHES if args.compiled else MESHES))
-        need = max(math.prod(parse_mesh(m).values()) for m in meshes)
+        need = devices_needed(meshes)
     except MeshError as e:
         p.error(str(e))
     if args.layers is not None and not 1 <= args.layers <= fs.MAX_LAYERS:
@@ -335,10 +353,11 @@ def main(argv=None) -> int:
     else:
         import jax
 
+        rc = rerun_with_cpu_devices("eval.mesh_memory", argv, max(need, FORCED_DEVICES))
+        if rc is not None:
+            return rc
         if len(jax.devices()) < need:
-            if jax.default_backend() != "cpu" or os.environ.get("VTP_MESH_MEMORY_CHILD"):
-                p.error(f"the meshes need {need} devices, {len(jax.devices())} {jax.default_backend()} devices here")
-            return _respawn_with_devices(argv, max(need, FORCED_DEVICES))
+            p.error(f"the meshes need {need} devices, {len(jax.devices())} {jax.default_backend()} devices here")
         t = compiled_table(args.preset, meshes, layers=args.layers, log=lambda m: print(m, flush=True))
         if args.check:
             t["check"] = check_extrapolation(args.preset, meshes, args.check)

@@ -183,23 +183,11 @@ def respawn_for_mesh(argv: list[str] | None, meshes: list[str]) -> int | None:
     """When this CPU process has fewer devices than the largest mesh needs, runs ``vtp-bench`` again in a child with
     ``--xla_force_host_platform_device_count`` set and returns its exit code; None when the devices suffice (or on
     an accelerator, where the meshes must fit the devices there). Raises BenchError for a bad mesh."""
-    import subprocess
-
-    import jax
-
     from eval.bench.mesh import devices_needed
+    from eval.mesh_memory import rerun_with_cpu_devices
 
-    need = devices_needed(meshes)
-    if need <= len(jax.devices()) or jax.default_backend() != "cpu" or os.environ.get(_CHILD_ENV):
-        return None
-    env = {**os.environ, _CHILD_ENV: "1", "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                                        f" --xla_force_host_platform_device_count={need}").strip()}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    args = sys.argv[1:] if argv is None else list(argv)
-    return subprocess.run([sys.executable, "-m", "eval.bench", *args], cwd=root, env=env).returncode
-
-
-_CHILD_ENV = "VTP_BENCH_MESH_CHILD"  # set in the child respawn_for_mesh starts (it never respawns again)
+    return rerun_with_cpu_devices("eval.bench", sys.argv[1:] if argv is None else list(argv),
+                                  devices_needed(meshes))
 
 
 def main(argv: list[str] | None = None) -> int:

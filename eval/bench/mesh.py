@@ -26,6 +26,7 @@ from typing import Any, Callable
 from eval.bench.errors import BenchError
 from eval.bench.methods import build_variant_method, selection, variant_specs
 from eval.bench.report import text_table
+from vtp_jax import families
 
 MESH_NOTE = "random weights: per-device memory and sharded == unsharded only, no speed figures"
 
@@ -41,8 +42,15 @@ def mesh_sizes(meshes: list[str]) -> list[dict[str, int]]:
 
 
 def devices_needed(meshes: list[str]) -> int:
-    """The largest device count among the meshes. Raises BenchError for a bad mesh."""
-    return max(math.prod(s.values()) for s in mesh_sizes(meshes))
+    """The largest device count among the meshes (:func:`eval.mesh_memory.devices_needed`). Raises BenchError for
+    a bad mesh."""
+    from eval.mesh_memory import devices_needed as needed
+    from vtp_jax.sharding import MeshError
+
+    try:
+        return needed(meshes)
+    except MeshError as e:
+        raise BenchError(str(e)) from None
 
 
 def run_mesh_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
@@ -70,8 +78,6 @@ def run_mesh_bench(args: argparse.Namespace, log: Callable[[str], None] = print)
         report["mesh"] = {"kind": "compiled", "meshes": meshes, "devices": len(jax.devices()),
                           "platform": jax.default_backend(), **table}
         return report
-    from vtp_jax import families
-
     # --family all: one family per bench checkpoint (every autoregressive family is benched on the LLaVA-1.5 one)
     names = [args.family] if args.family in families.families() else list(
         {families.get(f).kind: f for f in reversed(list(families.families()))}.values())
@@ -90,7 +96,7 @@ def _checkpoint(workdir: str, family: str, preset: str) -> tuple[str, dict]:
     from convert import convert
 
     hf_dir, jax_dir = os.path.join(workdir, "hf"), os.path.join(workdir, "converted")
-    if families_kind(family) == "autoregressive":
+    if families.get(family).kind == families.AUTOREGRESSIVE:
         from eval.bench.autoregressive import PRESETS
         from vtp_jax.testbed.hf_llava import tiny_llava_config, write_random_llava
 
@@ -108,12 +114,6 @@ def _checkpoint(workdir: str, family: str, preset: str) -> tuple[str, dict]:
     return jax_dir, settings
 
 
-def families_kind(family: str) -> str:
-    from vtp_jax import families
-
-    return families.get(family).kind
-
-
 def _equality(args: argparse.Namespace, family: str, meshes: list[str], log) -> dict:
     """One family on the bench preset: every variant's tokens / kept indices on each mesh against the unsharded
     run, and the parameter bytes per device."""
@@ -123,9 +123,9 @@ def _equality(args: argparse.Namespace, family: str, meshes: list[str], log) -> 
     from eval.bench.runners import make_inputs, make_llada_inputs
     from vtp_jax.checkpoint import load
     from vtp_jax.generation import make_generator
-    from vtp_jax.sharding import MeshError, make_mesh, per_device_bytes
-
     import jax
+
+    from vtp_jax.sharding import MeshError, make_mesh, per_device_bytes
 
     methods, keeps = selection(args, family)
     specs = variant_specs(methods, keeps[:1])
@@ -142,7 +142,7 @@ def _equality(args: argparse.Namespace, family: str, meshes: list[str], log) -> 
     cfg = models["unsharded"].cfg
     n_layers = cfg.text.num_hidden_layers
     diffusion: dict[str, Any] = {"": None}
-    if families_kind(family) == "autoregressive":
+    if families.get(family).kind == families.AUTOREGRESSIVE:
         ins = make_inputs(cfg, batch)
         images, n_v = ins["pixel_values"], cfg.num_visual_tokens
         call = lambda gen: gen.generate_arrays(ins["input_ids"], ins["attention_mask"], images,

@@ -255,10 +255,8 @@ def constrain(x: jax.Array, names: Axes, rules: Rules = RULES) -> jax.Array:
         return x
     sizes = dict(mesh.shape)
     spec = []
-    for n, dim in zip(tuple(names), x.shape):
-        axes = rules.get(n) if n is not None else None
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        axes = tuple(a for a in axes if a in sizes)
+    for entry, dim in zip(partition_spec(names, rules), x.shape):  # the rules' lookup, as for parameters
+        axes = tuple(a for a in ((entry,) if isinstance(entry, str) else entry or ()) if a in sizes)
         if not axes:
             spec.append(None)
         elif dim % math.prod(sizes[a] for a in axes):
