@@ -184,7 +184,7 @@ def llava_dir(tmp_path_factory):
         (["--method", "fastv"], "pruning method 'fastv' (stage in_llm) does not apply to llada_v checkpoints"),
         (["--method", "nosuch"], "unknown pruning method"),
         (["--keep", "4"], "need a pruning --method"),
-        (["--max-new-tokens", "8"], "--max-new-tokens only apply to autoregressive (llava, llava_next) checkpoints"),
+        (["--max-new-tokens", "8"], "--max-new-tokens only apply to autoregressive (llava, llava_next, qwen2_5_vl) checkpoints"),
         (["--gen-length", "120"], "plus --gen-length 120 exceeds the model's 200 positions"),
         (["--cfg", "-1"], "argument --cfg: must be ≥ 0, got -1.0"),
         (["--temperature", "-1"], "argument --temperature: must be ≥ 0, got -1.0"),

@@ -371,7 +371,7 @@ def test_llada_v_redvtp_on_shapes(llada_dir, fake_shapes, tmp_path, capsys):
 
 def test_llada_v_wrong_family_flags(llada_dir, fake_shapes, capsys):
     for extra, needle in ((["--method", "fastv"], "does not apply to llada_v checkpoints"),
-                          (["--max-new-tokens", "4"], "only apply to autoregressive (llava, llava_next) checkpoints")):
+                          (["--max-new-tokens", "4"], "only apply to autoregressive (llava, llava_next, qwen2_5_vl) checkpoints")):
         code, out, err = run_eval(capsys, "--model", llada_dir, "--task", "shapes", "--limit", "2", *extra,
                                   "--no-progress")
         assert code == 2 and needle in err and "Traceback" not in err, err

@@ -10,7 +10,7 @@ def test_builtin_families_in_order_with_their_records():
     import vtp_jax.families.llada_v.names  # noqa: F401  (importing a family's module first must not reorder)
 
     fams = families.families()
-    assert list(fams) == ["llava", "llada_v", "llava_next"]
+    assert list(fams) == ["llava", "llada_v", "llava_next", "qwen2_5_vl"]
     assert fams["llava"].kind == AUTOREGRESSIVE and fams["llada_v"].kind == MASKED_DIFFUSION
     assert fams["llava"].stages == ("pre_llm", "in_llm", "decode")
     assert fams["llada_v"].stages == ("pre_llm", "during_generation")
@@ -26,10 +26,10 @@ def test_builtin_families_in_order_with_their_records():
 
 def test_unknown_family_and_model_type_are_one_clear_error():
     with pytest.raises(families.UnknownFamilyError, match=r"unknown model family 'gpt' \(supported: llava, llada_v, "
-                                                            r"llava_next\)"):
+                                                            r"llava_next, qwen2_5_vl\)"):
         families.get("gpt")
     with pytest.raises(families.UnknownFamilyError, match=r"unsupported model_type 'qwen2_vl' \(supported: llava, "
-                                                           r"llava_llada, llava_next\)"):
+                                                           r"llava_llada, llava_next, qwen2_5_vl\)"):
         families.for_model_type("qwen2_vl")
 
 

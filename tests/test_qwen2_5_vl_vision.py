@@ -18,7 +18,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (  # noqa: E402
     Qwen2_5_VisionTransformerPretrainedModel)
 
 from vtp_jax.modeling import axes as axes_lib  # noqa: E402
-from vtp_jax.modeling.qwen2_5_vl_vision import (Qwen25VisionConfig, Qwen25VisionTower,  # noqa: E402
+from vtp_jax.families.qwen2_5_vl.config import Qwen25VisionConfig  # noqa: E402
+from vtp_jax.modeling.qwen2_5_vl_vision import (Qwen25VisionTower,  # noqa: E402
                                                  load_hf_vision_weights, vision_layout, vision_params_from_torch)
 
 # head_dim 12 (2-D rope: 3 frequencies per axis), patch 4 → rows of 3·2·4·4 = 96 values, window 16 px = 2 × 2

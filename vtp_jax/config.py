@@ -44,7 +44,13 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
-    """Rotary position embedding parameters (``rope_type`` "default" or "llama3")."""
+    """Rotary position embedding parameters (``rope_type`` "default" or "llama3").
+
+    ``mrope_section``: multimodal RoPE (Qwen2-VL / Qwen2.5-VL, transformers ``Qwen2_5_VLRotaryEmbedding``): the
+    head_dim / 2 frequencies are split into three consecutive chunks of these sizes, rotated by the temporal, height
+    and width position of a token (positions int [B, T, 3]); None: 1-D RoPE. A token whose three positions are equal
+    (every text token) is rotated exactly as by 1-D RoPE.
+    """
 
     rope_type: str = "default"
     theta: float = 10000.0
@@ -52,6 +58,7 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    mrope_section: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +75,12 @@ class TextConfig:
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 4096
     rope: RopeConfig = RopeConfig()
-    attention_bias: bool = False
+    attention_bias: bool = False  # biases on q/k/v and o projections (Llama's flag)
     mlp_bias: bool = False
     hidden_act: str = "silu"
     tie_word_embeddings: bool = False
     causal: bool = True
+    qkv_bias: bool = False  # biases on q/k/v only, none on o_proj (Qwen2)
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None

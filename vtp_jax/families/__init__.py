@@ -16,7 +16,7 @@ from vtp_jax.families.base import (
 
 _FAMILIES: dict[str, Family] = {}
 _BUILTIN = {"llava": "vtp_jax.families.llava", "llada_v": "vtp_jax.families.llada_v",
-            "llava_next": "vtp_jax.families.llava_next"}  # name → module
+            "llava_next": "vtp_jax.families.llava_next", "qwen2_5_vl": "vtp_jax.families.qwen2_5_vl"}  # name → module
 _loaded = False
 
 

@@ -40,7 +40,7 @@ from vtp_jax.sharding import shard_batch, to_host, within_mesh
 from vtp_jax.families.base import AUTOREGRESSIVE
 from vtp_jax.generation.output import GenerationOutput, count_new_tokens
 from vtp_jax.generation.sampling import check_sampler_settings, sample_token
-from vtp_jax.modeling.decoder import Compaction, DecoderPlan, Probe, SequenceState
+from vtp_jax.modeling.decoder import Compaction, DecoderPlan, Probe, SequenceState, next_position
 from vtp_jax.modeling.attention import mask_free_kwargs
 from vtp_jax.modeling.layers import compiler_options, loop_invariant_weights, low_precision_weights
 from vtp_jax.generation.visual_spans import (
@@ -244,7 +244,7 @@ class AutoregressiveGenerator:
         n_v = visual.shape[1]
         h, visual_mask = model.embed(input_ids, visual)
         key_valid = attention_mask.astype(bool)
-        positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
+        positions = model.positions(key_valid, visual_mask, **kwargs)  # [B, T] (1-D RoPE) or [B, T, 3] (M-RoPE)
         seq = SequenceState(h, positions, key_valid)
         kept = jnp.broadcast_to(jnp.arange(n_v, dtype=jnp.int32), (h.shape[0], n_v))
         pre = self._pre
@@ -297,7 +297,7 @@ class AutoregressiveGenerator:
         logits = model.logits(out.h[:, -1])
         key, sub = jax.random.split(key)
         token = sample_token(logits, sub, temperature, top_p)
-        next_pos = jnp.max(out.state.positions, axis=1) + 1
+        next_pos = next_position(out.state.positions)
         caches, dy = out.caches, None
         if self._dyrate is not None:
             caches, dy = self._dyrate_init(out, visual_mask, n_v, max_new_tokens, dy_weights, rows)
@@ -375,7 +375,7 @@ class AutoregressiveGenerator:
         logits = model.logits(out.h[:, -1])
         key, sub = jax.random.split(key)
         token = sample_token(logits, sub, temperature, top_p)
-        next_pos = jnp.max(out.state.positions, axis=1) + 1
+        next_pos = next_position(out.state.positions)
         return token, out.caches, next_pos.astype(jnp.int32), key
 
     def _decode(self, state, caches, token, next_pos, key, temperature, top_p, eos_ids, pad_id, dy=None,

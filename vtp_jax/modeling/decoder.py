@@ -22,7 +22,7 @@ from vtp_jax.config import TextConfig
 from vtp_jax.modeling.attention import Attention, LayerCache, attention_rows
 from vtp_jax.modeling.axes import EMBED, MLP as MLP_AXIS, VOCAB
 from vtp_jax.modeling.layers import RMSNorm, embedding, linear, rms_norm  # noqa: F401 (RMSNorm: re-exported)
-from vtp_jax.modeling.rope import apply_rope, inv_frequencies, rope_angles
+from vtp_jax.modeling.rope import apply_rope, inv_frequencies, mrope_angles, rope_angles
 
 
 class MLP(nnx.Module):
@@ -48,7 +48,7 @@ class DecoderBlock(nnx.Module):
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
-            qkv_bias=cfg.attention_bias,
+            qkv_bias=cfg.attention_bias or cfg.qkv_bias,
             out_bias=cfg.attention_bias,
             dtype=dtype,
             rngs=rngs,
@@ -77,11 +77,19 @@ def attention_mask(key_valid: jax.Array, causal: bool) -> jax.Array:
 
 
 class SequenceState(NamedTuple):
-    """What flows between layers: hidden states [B, T, D], positions int32 [B, T], key_valid bool [B, T]."""
+    """What flows between layers: hidden states [B, T, D], positions int32 [B, T] (or [B, T, 3] for M-RoPE:
+    temporal, height, width), key_valid bool [B, T]."""
 
     h: jax.Array
     positions: jax.Array
     key_valid: jax.Array
+
+
+def next_position(positions: jax.Array) -> jax.Array:
+    """The position of the token after a prompt, int32 [B]: the largest position of each row + 1, over the tokens
+    and, for M-RoPE positions [B, T, 3], over the three axes (transformers Qwen2.5-VL's ``rope_deltas`` rule: decode
+    steps continue from ``max + 1`` on every axis). Positions [B, T] → the same as 1-D RoPE's ``max + 1``."""
+    return (jnp.max(positions.reshape(positions.shape[0], -1), axis=1) + 1).astype(jnp.int32)
 
 
 # (mean probe probabilities float32 [B, R, T], state) -> (shorter state, aux)
@@ -167,7 +175,12 @@ class Decoder(nnx.Module):
     def angles(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
         # Frequencies are recomputed from the (static) config rather than stored as an array attribute: an array
         # attribute would be module state, which ``nnx.eval_shape`` turns into a ShapeDtypeStruct (abstract load).
-        return rope_angles(positions, inv_frequencies(self.cfg.head_dim, self.cfg.rope), dtype)
+        # Positions [B, T] (1-D RoPE, also a M-RoPE model's text-only steps: all three axes equal) or [B, T, 3]
+        # (M-RoPE: temporal, height, width).
+        inv = inv_frequencies(self.cfg.head_dim, self.cfg.rope)
+        if positions.ndim == 3:
+            return mrope_angles(positions, inv, self.cfg.rope.mrope_section, dtype)
+        return rope_angles(positions, inv, dtype)
 
     def __call__(self, state: SequenceState, plan: DecoderPlan | None = None) -> DecoderOutput:
         """Runs the layers over the whole sequence (prefill, or one denoising step).

@@ -42,6 +42,14 @@ class VisionLanguageModel(nnx.Module):
         text = self.language_model.embed_tokens(jnp.where(visual_mask, 0, input_ids))
         return merge_visual_tokens(text, visual, visual_mask), visual_mask
 
+    def positions(self, key_valid: jax.Array, visual_mask: jax.Array, **image_inputs) -> jax.Array:
+        """RoPE positions int32 [B, T] of a prompt: ``cumsum(key_valid) − 1`` (0 at left padding), every token one
+        step, visual ones included. key_valid, visual_mask bool [B, T]; ``image_inputs`` (the keyword arguments of
+        ``image_features``) are not needed here. Families with other position rules override it (Qwen2.5-VL's
+        M-RoPE: [B, T, 3])."""
+        del visual_mask, image_inputs
+        return jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(jnp.int32)
+
     def logits(self, h: jax.Array) -> jax.Array:
         """Final hidden states [..., D] → logits float32 [..., V]."""
         return self.lm_head(h).astype(jnp.float32)

@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,102 +66,11 @@ VISION_RMS_EPS = 1e-6
 
 GridTHW = tuple[tuple[int, int, int], ...]
 
-
-# ---- configuration ---------------------------------------------------------------------------------------------
-
-
-def _as_int(name: str, value) -> int:
-    if isinstance(value, (list, tuple)):  # transformers allows [p, p] / (p, p); only square sizes are used
-        if len(set(value)) != 1:
-            raise ValueError(f"{name} must be one size, got {value!r}")
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
+if TYPE_CHECKING:  # the config lives with the family (loading a config needs no model code)
+    from vtp_jax.families.qwen2_5_vl.config import Qwen25VisionConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class Qwen25VisionConfig:
-    """The vision tower's configuration (transformers ``Qwen2_5_VLVisionConfig``; defaults are that class's).
-
-    Real checkpoints override several defaults (Qwen2.5-VL-3B/7B/72B: ``hidden_size=1280``, ``intermediate_size``
-    3420, ``num_heads=16``, ``depth=32``, ``window_size=112``, ``out_hidden_size`` = the LLM width).
-    ``rope_theta`` comes from ``rope_parameters["rope_theta"]`` (10000 when absent).
-    """
-
-    depth: int = 32
-    hidden_size: int = 3584
-    hidden_act: str = "silu"
-    intermediate_size: int = 3420
-    num_heads: int = 16
-    in_channels: int = 3
-    patch_size: int = 14
-    spatial_merge_size: int = 2
-    temporal_patch_size: int = 2
-    window_size: int = 112
-    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
-    out_hidden_size: int = 3584
-    rope_theta: float = 10000.0
-
-    def __post_init__(self):
-        object.__setattr__(self, "fullatt_block_indexes", tuple(int(i) for i in self.fullatt_block_indexes))
-        for name in ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
-                     "spatial_merge_size", "temporal_patch_size", "window_size", "out_hidden_size"):
-            v = _as_int(name, getattr(self, name))
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
-            object.__setattr__(self, name, v)
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {self.hidden_act!r} (known: {sorted(ACTIVATIONS)})")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.head_dim % 4:
-            raise ValueError(f"head_dim {self.head_dim} must be divisible by 4 (2-D axial rope over h and w)")
-        if self.merger_window < 1:
-            raise ValueError(f"window_size {self.window_size} is smaller than one merged unit "
-                             f"(spatial_merge_size · patch_size = {self.spatial_merge_size * self.patch_size})")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        """Length of one flattened patch row of ``pixel_values``: C · T · P · P."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
-
-    @property
-    def merge_unit(self) -> int:
-        """Patches per merged token: spatial_merge_size²."""
-        return self.spatial_merge_size ** 2
-
-    @property
-    def merger_window(self) -> int:
-        """Window side in merged units: ``window_size // spatial_merge_size // patch_size`` (transformers'
-        ``vit_merger_window_size``)."""
-        return self.window_size // self.spatial_merge_size // self.patch_size
-
-    @classmethod
-    def from_hf(cls, config: Mapping[str, Any] | Any) -> "Qwen25VisionConfig":
-        """From transformers' ``vision_config`` dict (``config.json["vision_config"]`` or
-        ``Qwen2_5_VLVisionConfig.to_dict()``; a whole Qwen2.5-VL config dict / config object is accepted too and
-        its ``vision_config`` read). Missing keys take transformers' defaults; unknown keys are ignored. Older
-        checkpoints spell ``in_channels`` as ``in_chans`` (and carry an unused ``spatial_patch_size``)."""
-        if not isinstance(config, Mapping):
-            config = config.to_dict() if hasattr(config, "to_dict") else vars(config)
-        if "vision_config" in config:
-            config = config["vision_config"]
-            if not isinstance(config, Mapping):
-                config = config.to_dict()
-        d = dict(config)
-        if "in_channels" not in d and "in_chans" in d:
-            d["in_channels"] = d["in_chans"]
-        rope = d.get("rope_parameters") or {}
-        if rope.get("rope_type", "axial") not in ("axial", "default"):
-            raise ValueError(f"the Qwen2.5-VL vision tower has axial rope only, got {rope!r}")
-        kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        kwargs["rope_theta"] = float(rope.get("rope_theta", d.get("rope_theta", cls.rope_theta)))
-        return cls(**kwargs)
+# ---- configuration: :class:`vtp_jax.families.qwen2_5_vl.config.Qwen25VisionConfig` ---------------------------
 
 
 # ---- static layout of a batch of grids (NumPy) -----------------------------------------------------------------

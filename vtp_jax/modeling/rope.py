@@ -41,6 +41,24 @@ def rope_angles(positions: jax.Array, inv_freq: np.ndarray, dtype) -> tuple[jax.
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
+def mrope_angles(positions: jax.Array, inv_freq: np.ndarray, section, dtype) -> tuple[jax.Array, jax.Array]:
+    """Multimodal RoPE (M-RoPE): cos, sin [B, T, head_dim] (``dtype``) for positions int [B, T, 3] (temporal,
+    height, width). Frequency j of the head_dim / 2 uses the axis of the chunk of ``section`` (sizes summing to
+    head_dim / 2) it falls in: the first ``section[0]`` frequencies the temporal position, the next ``section[1]``
+    the height, the last ``section[2]`` the width; then the half-split layout as in :func:`rope_angles`.
+
+    Source: transformers ``models/qwen2_5_vl/modeling_qwen2_5_vl.py``, ``Qwen2_5_VLRotaryEmbedding.forward`` and
+    ``recomposition_frequencies`` (chunk i of ``mrope_section`` takes axis ``i % 3``). Raises ValueError when
+    ``section`` is None or does not sum to head_dim / 2."""
+    if section is None or sum(section) != inv_freq.shape[0]:
+        raise ValueError(f"mrope_section {section} must sum to head_dim / 2 = {inv_freq.shape[0]}")
+    axis = np.concatenate([np.full(n, i % 3) for i, n in enumerate(section)])  # [head_dim / 2]
+    pos = jnp.take(positions.astype(jnp.float32), jnp.asarray(axis), axis=-1)  # [B, T, head_dim / 2]
+    freqs = pos * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotates x [B, T, heads, head_dim] by cos/sin [B, T, head_dim]: ``x·cos + rotate_half(x)·sin``."""
     half = x.shape[-1] // 2

@@ -148,7 +148,8 @@ def compact(
     """Drops the visual tokens not in ``kept`` from the sequence.
 
     Args:
-      state: h [B, T, D], positions int32 [B, T], key_valid bool [B, T].
+      state: h [B, T, D], positions int32 [B, T] or [B, T, 3] (M-RoPE; gathered with their tokens), key_valid
+        bool [B, T].
       visual_mask: bool [B, T] with exactly N_v True per row.
       kept: int32 [B, keep], ascending indices into the visual token sequence.
       num_visual: N_v (static).
@@ -162,6 +163,7 @@ def compact(
                                                    order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1),
                                (BATCH, SEQUENCE))
     h, positions, key_valid, vmask = take(state.h), take(state.positions), take(state.key_valid), take(visual_mask)
-    if reindex:
-        positions = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(positions.dtype)
+    if reindex:  # M-RoPE positions [B, T, 3]: one renumbered position on every axis
+        flat = jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0).astype(positions.dtype)
+        positions = jnp.broadcast_to(flat.reshape(flat.shape + (1,) * (positions.ndim - 2)), positions.shape)
     return SequenceState(h, positions, key_valid), vmask
