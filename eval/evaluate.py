@@ -100,7 +100,7 @@ from vtp_jax import argtypes
 from vtp_jax.families import MASKED_DIFFUSION
 from vtp_jax.runtime import (
     add_input_arguments, add_sampler_arguments, check_method_family, eos_token_ids, family_record, family_stages,
-    keep_ratio_used,
+    keep_ratio_used, processor_options,
 )
 
 RANDOM_WEIGHTS_NOTE = "this checkpoint has RANDOM weights: accuracies are meaningless by design (speed is real)"
@@ -315,7 +315,8 @@ class Evaluator:
         self.family = self.cfg.family
         self.kind = family_record(self.family).kind  # the generator kind decides the sampler and its outputs
         runtime.family_flags(args, self.family)
-        self.processor = load_processor(args.model, self.cfg, prompt_format=getattr(args, "prompt_format", None))
+        self.processor = load_processor(args.model, self.cfg, prompt_format=getattr(args, "prompt_format", None),
+                                        **processor_options(args))
         self.num_layers = self.cfg.text.num_hidden_layers
         self.dcfg = self._diffusion_config() if self.kind == MASKED_DIFFUSION else None
         self._generators: dict[Any, Any] = {}

@@ -65,7 +65,7 @@ from vtp_jax import argtypes
 from vtp_jax.runtime import (  # noqa: F401  (family_flags, memory_budget, … re-exported for older callers)
     add_input_arguments, add_sampler_arguments, build_methods, check_flag_values, check_method_family,
     check_positions, default_predictor, diffusion_config, eos_token_ids, family_flags, family_record, join_processes,
-    memory_budget,
+    memory_budget, processor_options,
 )
 
 from vtp_jax.families import AUTOREGRESSIVE, MASKED_DIFFUSION
@@ -169,15 +169,17 @@ def _prepare_autoregressive(args, image, cfg) -> dict:
     """Autoregressive (LLaVA) inputs that need no weights: method, processor, batch, and the lengths of the memory estimate."""
     from vtp_jax.processing import load_processor
 
-    processor = load_processor(args.model, cfg)
+    processor = load_processor(args.model, cfg, **processor_options(args))
     batch = processor([image], [args.prompt])
     # N_v from the processed prompt: a fixed count for LLaVA-1.5, the image's anyres layout for LLaVA-NeXT
     method = _method(args, cfg.family, batch.num_visual_tokens, cfg.text.num_hidden_layers)
     check_positions(cfg, batch.input_ids.shape[1], args.max_new_tokens, "--max-new-tokens")
     rows, length = (int(n) for n in batch.input_ids.shape)
-    px = batch.pixel_values  # [B, 3, H, W], or [B, tiles, 3, S, S] with anyres tiles
+    px = batch.pixel_values  # [B, 3, H, W]; [B, tiles, 3, S, S] with anyres tiles; [B, P, C·T·p·p] flat patches
     lengths = dict(batch_size=rows, seq_len=length + args.max_new_tokens, logit_rows=1,
                    vision_images=int(px.shape[0]) * (int(px.shape[1]) if px.ndim == 5 else 1))
+    if px.ndim == 3:  # Qwen2.5-VL: one image of P patches per row, at its own resolution
+        lengths["vision_tokens"] = int(px.shape[1])
     return {"method": method, "processor": processor, "batch": batch, "lengths": lengths}
 
 
@@ -186,7 +188,7 @@ def _prepare_diffusion(args, image, cfg) -> dict:
     memory estimate."""
     from vtp_jax.processing import load_processor
 
-    processor = load_processor(args.model, cfg, prompt_format=args.prompt_format)
+    processor = load_processor(args.model, cfg, prompt_format=args.prompt_format, **processor_options(args))
     dcfg = diffusion_config(
         cfg, processor, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
         remasking=args.remasking, cfg_scale=args.cfg, source=args.model, early_stop=args.early_stop, cache=args.cache,

@@ -139,20 +139,25 @@ def kv_cache_bytes(cfg, dtype: Any, *, batch_size: int, seq_len: int) -> int:
 
 
 def activation_bytes(cfg, dtype: Any, *, batch_size: int, seq_len: int, logit_rows: int = 1,
-                     vision_images: int | None = None) -> int:
+                     vision_images: int | None = None, vision_tokens: int | None = None) -> int:
     """Bytes of one layer's working set (see the module docstring): decoder ``B · T · (4·D + 3·F) · itemsize +
     B · H · T² · 4``, logits ``B · logit_rows · V · 4``, and the vision tower's per-layer terms over
-    ``vision_images`` images / tiles (default ``batch_size``) of its patches (+ class token for CLIP).
-    Raises ValueError for negative sizes."""
-    if min(batch_size, seq_len, logit_rows) < 0 or (vision_images is not None and vision_images < 0):
-        raise ValueError("batch_size, seq_len, logit_rows and vision_images must be ≥ 0")
+    ``vision_images`` images / tiles (default ``batch_size``) of ``vision_tokens`` tokens each (default the
+    tower's fixed count: its patches, + class token for CLIP; Qwen2.5-VL's dynamic resolution gives each image its
+    own patch count, which the caller passes). Raises ValueError for negative sizes, or a tower without a fixed
+    token count and no ``vision_tokens``."""
+    if min(batch_size, seq_len, logit_rows) < 0 or any(v is not None and v < 0 for v in (vision_images,
+                                                                                          vision_tokens)):
+        raise ValueError("batch_size, seq_len, logit_rows, vision_images and vision_tokens must be ≥ 0")
     size = _itemsize(dtype)
     t, v = cfg.text, cfg.vision
     images = batch_size if vision_images is None else vision_images
     text = batch_size * seq_len * (4 * t.hidden_size + 3 * t.intermediate_size) * size
     text += batch_size * t.num_attention_heads * seq_len * seq_len * SCORE_BYTES
     logits = batch_size * logit_rows * t.vocab_size * SCORE_BYTES
-    p = v.num_positions
+    if vision_tokens is None and not hasattr(v, "num_positions"):
+        raise ValueError(f"the {getattr(v, 'kind', '?')} vision tower has no fixed token count: give vision_tokens")
+    p = v.num_positions if vision_tokens is None else vision_tokens
     vision = images * p * (4 * v.hidden_size + 3 * v.intermediate_size) * size
     vision += images * v.num_attention_heads * p * p * SCORE_BYTES
     return text + logits + vision
@@ -185,12 +190,14 @@ class MemoryEstimate:
 
 
 def estimate(cfg, dtype: Any = "float32", *, batch_size: int = 1, seq_len: int, logit_rows: int = 1,
-             vision_images: int | None = None, overhead_bytes: int = RUNTIME_OVERHEAD_BYTES) -> MemoryEstimate:
+             vision_images: int | None = None, vision_tokens: int | None = None,
+             overhead_bytes: int = RUNTIME_OVERHEAD_BYTES) -> MemoryEstimate:
     """The memory needed to run the model ``cfg`` in ``dtype`` on ``batch_size`` rows of ``seq_len`` tokens (prompt,
     visual tokens included, plus the tokens to generate), bytes by term.
 
     ``logit_rows``: rows of float32 logits per batch row (LLaVA 1, LLaDA-V ``gen_length``); ``vision_images``:
-    images or anyres tiles through the vision tower (default ``batch_size``); ``overhead_bytes``: the fixed runtime
+    images or anyres tiles through the vision tower (default ``batch_size``); ``vision_tokens``: tokens per image in
+    the tower (default its fixed count; Qwen2.5-VL: the image's patch count); ``overhead_bytes``: the fixed runtime
     allowance. Raises CheckpointError (unsupported dtype / family) or ValueError (negative sizes).
     """
     from vtp_jax.checkpoint import dtype_name
@@ -199,7 +206,7 @@ def estimate(cfg, dtype: Any = "float32", *, batch_size: int = 1, seq_len: int, 
         params=param_bytes(cfg, dtype),
         kv_cache=kv_cache_bytes(cfg, dtype, batch_size=batch_size, seq_len=seq_len),
         activations=activation_bytes(cfg, dtype, batch_size=batch_size, seq_len=seq_len, logit_rows=logit_rows,
-                                     vision_images=vision_images),
+                                     vision_images=vision_images, vision_tokens=vision_tokens),
         overhead=int(overhead_bytes),
         dtype=dtype_name(dtype),
     )

@@ -551,13 +551,14 @@ class LladaVProcessor(BaseProcessor):
         return Batch(input_ids, mask, pixel_values, rows, image_inputs, max(lay.num_tokens for lay in layouts))
 
 
-def load_processor(model_dir: str, cfg, *, prompt_format: str | None = None) -> BaseProcessor:
+def load_processor(model_dir: str, cfg, *, prompt_format: str | None = None, **options) -> BaseProcessor:
     """The processor of ``cfg.family`` (``Family.processor``: "llava" → :class:`Processor`, "llada_v" →
-    :class:`LladaVProcessor`). ``prompt_format``: LLaDA-V's prompt format (:class:`LladaVProcessor`; None = the
-    checkpoint's).
+    :class:`LladaVProcessor`, …). ``prompt_format``: LLaDA-V's prompt format (:class:`LladaVProcessor`; None = the
+    checkpoint's). ``options``: the family's processor options (``Family.processor_options``, e.g. Qwen2.5-VL's
+    ``min_pixels`` / ``max_pixels``); None values are left out.
 
-    Raises InputError for an unknown family, unloadable processor files, or a prompt format for a family that has
-    none.
+    Raises InputError for an unknown family, unloadable processor files, a prompt format for a family that has
+    none, or an option the family's processor does not take (named as its flag, ``--min-pixels``).
     """
     from vtp_jax import families
 
@@ -565,6 +566,16 @@ def load_processor(model_dir: str, cfg, *, prompt_format: str | None = None) -> 
         family = families.get(cfg.family)
     except families.UnknownFamilyError as e:
         raise InputError(str(e)) from None
+    options = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(k for k in options if k not in family.processor_options)
+    if foreign:
+        owners = [f.name for f in families.families().values() if set(foreign) <= set(f.processor_options)]
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise InputError(f"{flags} apply to {' / '.join(owners) or 'no'} checkpoints, not to {family.name}")
+    if options:
+        if prompt_format is not None:
+            raise InputError(f"prompt format {prompt_format!r} does not apply to {family.name} checkpoints")
+        return family.processor(model_dir, cfg, **options)
     if prompt_format is None:
         return family.processor(model_dir, cfg)
     if prompt_format not in family.prompt_formats:

@@ -268,6 +268,12 @@ def join_processes(args) -> bool:
                                   getattr(args, "process_id", None), getattr(args, "coordinator_timeout", 60))
 
 
+def processor_options(args: argparse.Namespace) -> dict:
+    """The family processor options given on the command line (``--min-pixels``, ``--max-pixels``), for
+    :func:`vtp_jax.processing.load_processor` (which refuses them for a family that takes none)."""
+    return {k: getattr(args, k, None) for k in ("min_pixels", "max_pixels")}
+
+
 def add_input_arguments(p) -> None:
     """The input flags ``vtp-generate`` and ``vtp-eval`` share: ``--max-image-pixels N`` (a whole number ≥ 1; the
     pixel limit of :func:`vtp_jax.processing.load_image`, default PIL's 89,478,485), ``--mesh`` (a device mesh,
@@ -286,6 +292,13 @@ def add_input_arguments(p) -> None:
     m.add_argument("--process-id", type=argtypes.NON_NEGATIVE, default=None, metavar="I")
     m.add_argument("--coordinator-timeout", type=argtypes.POSITIVE, default=60, metavar="S",
                    help="seconds to wait for the coordinator (default 60)")
+    q = p.add_argument_group("dynamic resolution (qwen2_5_vl)")
+    q.add_argument("--min-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
+                   help="resize the image to at least N pixels, height × width (default the checkpoint's image "
+                        "processor: 3136 for Qwen2.5-VL)")
+    q.add_argument("--max-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
+                   help="resize the image to at most N pixels, height × width (default the checkpoint's: 12845056 "
+                        "for Qwen2.5-VL); fewer pixels, fewer visual tokens (one per 28 × 28)")
     p.add_argument("--max-image-pixels", type=argtypes.POSITIVE, default=None, metavar="N",
                    help="refuse image files of more than N pixels, width × height, from their header (a guard "
                         "against decompression bombs; default PIL's limit, 89478485 ≈ 9459×9459)")
@@ -317,7 +330,8 @@ def family_flags(args: argparse.Namespace, family: str) -> None:
 MEMORY_HINT = "--skip-memory-check to try anyway"
 
 
-def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit_rows: int, vision_images: int):
+def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit_rows: int, vision_images: int,
+                  vision_tokens: int | None = None):
     """Estimates the memory of ``cfg`` in ``dtype`` for these lengths and, unless ``args.skip_memory_check``,
     refuses it when it exceeds the memory available (:func:`vtp_jax.memory.check_fits`, message naming
     ``args.model``). Returns the :class:`vtp_jax.memory.Budget` (for ``oom_guard``). Raises MemoryCheckError.
@@ -325,7 +339,7 @@ def memory_budget(args, cfg, dtype: str, *, batch_size: int, seq_len: int, logit
     from vtp_jax import memory
 
     est = memory.estimate(cfg, dtype, batch_size=batch_size, seq_len=seq_len, logit_rows=logit_rows,
-                          vision_images=vision_images)
+                          vision_images=vision_images, vision_tokens=vision_tokens)
     if getattr(args, "skip_memory_check", False):
         try:
             available = memory.available_bytes()
@@ -344,7 +358,8 @@ def check_flag_values(args: argparse.Namespace) -> None:
              "top_p": argtypes.TOP_P, "gen_length": argtypes.POSITIVE, "steps": argtypes.POSITIVE,
              "block_length": argtypes.POSITIVE, "cfg": argtypes.GUIDANCE, "temperature": argtypes.TEMPERATURE,
              "max_image_pixels": argtypes.POSITIVE, "task_seed": argtypes.SEED, "limit": argtypes.POSITIVE,
-             "batch_size": argtypes.POSITIVE, "score_step": argtypes.NON_NEGATIVE}
+             "batch_size": argtypes.POSITIVE, "score_step": argtypes.NON_NEGATIVE, "min_pixels": argtypes.POSITIVE,
+             "max_pixels": argtypes.POSITIVE}
     for name, rule in rules.items():
         value = getattr(args, name, None)
         if value is not None:

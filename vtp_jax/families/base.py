@@ -49,6 +49,8 @@ class Family:
         checkpoints ship only a ``preprocessor_config.json``). None: the family's processor needs no such file.
       prompt_formats: the prompt formats its processor takes (``processor(..., prompt_format=…)``; LLaDA-V's
         "official" / "plain"); empty: one fixed format.
+      processor_options: keyword options its processor takes (``processor(..., name=value)``), each a front-end
+        flag ``--name`` (Qwen2.5-VL's ``min_pixels`` / ``max_pixels``: the dynamic-resolution bounds); empty: none.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Family:
     description: str = ""
     processor_fields: Callable[[Any], tuple[str, dict]] | None = None
     prompt_formats: tuple[str, ...] = ()
+    processor_options: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in GENERATOR_KINDS:

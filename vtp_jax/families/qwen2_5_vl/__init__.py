@@ -58,4 +58,5 @@ FAMILY = register(Family(
     tensor_names=_tensor_names,
     description="Qwen2.5-VL: window-attention ViT at dynamic resolution, 2×2 patch merger, Qwen2 decoder with "
                 "M-RoPE (autoregressive)",
+    processor_options=("min_pixels", "max_pixels"),
 ))
