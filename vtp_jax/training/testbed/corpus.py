@@ -29,9 +29,18 @@ def normalise(text: str) -> str:
     return text.strip().lower().rstrip(".!?").strip()
 
 
+# Qwen2.5-VL has no fixed input size (dynamic resolution): images of this many merged units per side (8 × 8 = 64
+# visual tokens), a multiple of patch · merge, which the processor keeps as they are inside its pixel bounds.
+DYNAMIC_RESOLUTION_UNITS = 8
+
+
 def shapes_image_size(cfg) -> int:
-    """The rendered image size: the model's input size (LLaVA) / tile size (LLaDA-V), so preprocessing is 1:1."""
-    return int(cfg.vision.image_size)
+    """The rendered image size: the model's input size (LLaVA) / tile size (LLaDA-V), so preprocessing is 1:1; for a
+    dynamic-resolution tower (Qwen2.5-VL: no ``image_size``) ``patch · merge · DYNAMIC_RESOLUTION_UNITS`` pixels."""
+    v = cfg.vision
+    if getattr(v, "image_size", None) is None:
+        return int(v.patch_size * v.spatial_merge_size * DYNAMIC_RESOLUTION_UNITS)
+    return int(v.image_size)
 
 
 def shapes_image_marker() -> str:
