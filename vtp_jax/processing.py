@@ -51,6 +51,9 @@ def default_max_image_pixels() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpeg", ".mpg", ".wmv", ".flv")
+
+
 def load_image(path: str, *, max_pixels: int | None = None) -> Image.Image:
     """Opens an image file as an 8-bit RGB ``PIL.Image`` (mode "RGB"; every mode PIL opens, see :func:`to_rgb`).
 
@@ -60,11 +63,14 @@ def load_image(path: str, *, max_pixels: int | None = None) -> Image.Image:
     (GIF, ICO) are held to the same limit.
 
     Raises:
-      InputError: the file is missing, is not a readable image, or is over the pixel limit (the message names the
-        file, its size, the limit and the flag that raises it).
+      InputError: the file is missing, is a video (by its extension, :data:`VIDEO_EXTENSIONS`: not supported), is
+        not a readable image, or is over the pixel limit (the message names the file, its size, the limit and the
+        flag that raises it).
     """
     if not os.path.isfile(path):
         raise InputError(f"image not found: {path}")
+    if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+        raise InputError(f"{path} is a video: video input is not supported (one still image per prompt)")
     limit = default_max_image_pixels() if max_pixels is None else int(max_pixels)
     if limit is not None and limit < 1:
         raise InputError(f"the image pixel limit must be ≥ 1, got {limit}")
