@@ -229,7 +229,7 @@ def _set(key, value):
     [
         ("vtp_jax.json", _set("dtype", 5), "vtp_jax.json field 'dtype' must be 'float32' or 'bfloat16', got 5"),
         ("vtp_jax.json", _set("random_weights", "yes"), "field 'random_weights' must be true or false, got 'yes'"),
-        ("vtp_jax.json", _set("family", "gpt"), "field 'family' must be 'llava' or 'llada_v' or 'llava_next', got 'gpt'"),
+        ("vtp_jax.json", _set("family", "gpt"), "field 'family' must be 'llava' or 'llada_v' or 'llava_next' or 'qwen2_5_vl', got 'gpt'"),
         ("vtp_jax.json", _set("family", "llada_v"), "vtp_jax.json says family 'llada_v' but config.json describes"),
         ("vtp_jax.json", _set("converted_from", 3), "field 'converted_from' must be a path (string), got 3"),
         ("vtp_jax.json", _set("format_version", "1"), "field 'format_version' must be an integer (1), got '1'"),
