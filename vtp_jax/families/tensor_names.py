@@ -27,6 +27,16 @@ class Target(NamedTuple):
     transform: str
 
 
+def with_canonical_prefix(name: str, prefixes) -> str | None:
+    """``name`` with the first matching HF prefix of ``prefixes`` ((HF prefix, canonical prefix) pairs, longest
+    first) replaced by its canonical one (``vision.`` / ``text.`` …), or None when no prefix matches — the first
+    step of every family's name map."""
+    for prefix, part in prefixes:
+        if name.startswith(prefix):
+            return part + name[len(prefix):]
+    return None
+
+
 def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
     """Applies a layout transform (see module docstring); returns a C-contiguous array.
 

@@ -74,9 +74,8 @@ class Qwen25VL(VisionLanguageModel):
         return grids
 
     def num_visual_tokens(self, grid) -> int:
-        """N_v of an image of patch grid (t, h, w): t · h · w / spatial_merge_size²."""
-        t, h, w = (int(v) for v in grid)
-        return t * h * w // self.cfg.vision.merge_unit
+        """N_v of an image of patch grid (t, h, w): t · h · w / spatial_merge_size² (the config's rule)."""
+        return self.cfg.num_visual_tokens_of(grid)
 
     # ---- forward pieces ----------------------------------------------------------------------------------------
     def image_features(self, pixel_values: jax.Array, *, grid_thw) -> jax.Array:

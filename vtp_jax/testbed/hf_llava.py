@@ -365,6 +365,38 @@ def _shards(items: list[tuple[str, np.ndarray]], max_bytes: int | None) -> list[
     return shards
 
 
+class TorchSized:
+    """A torch tensor with the ``nbytes`` attribute :func:`_shards` reads."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.nbytes = tensor.numel() * tensor.element_size()
+
+
+def save_torch_safetensors(items: list, out_dir: str, max_shard_bytes: int | None = None) -> None:
+    """Writes (name, torch tensor) pairs with ``safetensors.torch``: one ``model.safetensors``, or, when
+    ``max_shard_bytes`` is given, ``model-0000i-of-0000n.safetensors`` shards split by :func:`_shards` plus
+    ``model.safetensors.index.json`` (``metadata.total_parameters`` / ``total_size``, sorted ``weight_map``), the
+    layout of Hugging Face's sharded files. Metadata ``{"format": "pt"}``."""
+    from safetensors.torch import save_file
+
+    if max_shard_bytes is None:
+        save_file(dict(items), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        return
+    shards = _shards([(k, TorchSized(v)) for k, v in items], max_shard_bytes)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: s.tensor for k, s in shard}, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k, _ in shard})
+    index = {"metadata": {"total_parameters": int(sum(v.numel() for _, v in items)),
+                          "total_size": int(sum(v.numel() * v.element_size() for _, v in items))},
+             "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def write_random_llava(out_dir: str | os.PathLike, config: transformers.LlavaConfig, *, seed: int = 0,
                        dtype: str = "float32", names: str = "transformers",
                        max_shard_bytes: int | None = None, std: float = 0.02) -> None:

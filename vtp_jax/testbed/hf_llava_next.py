@@ -23,13 +23,13 @@ Processor files: the byte-level BPE tokenizer of :func:`vtp_jax.testbed.hf_llava
 
 from __future__ import annotations
 
-import json
 import os
 
 import transformers
 
 from vtp_jax.testbed.hf_llava import (
-    BOS_ID, EOS_ID, IMAGE_TOKEN, IMAGE_TOKEN_ID, LLAVA_CHAT_TEMPLATE, PAD_ID, _shards, train_tokenizer, widen_weights,
+    BOS_ID, EOS_ID, IMAGE_TOKEN, IMAGE_TOKEN_ID, LLAVA_CHAT_TEMPLATE, PAD_ID, save_torch_safetensors, train_tokenizer,
+    widen_weights,
 )
 
 # Odd sizes on purpose: head_dim 10, GQA 4 → 2, an MLP width that is no power of two, 3 pinpoint shapes.
@@ -128,8 +128,6 @@ def write_llava_next(model, out_dir: str | os.PathLike, *, names: str = "hub",
 
     Raises ValueError for an unknown scheme, or ``max_shard_bytes`` with "memory".
     """
-    from safetensors.torch import save_file
-
     if names not in ("hub", "transformers", "memory"):
         raise ValueError(f"names must be 'hub', 'transformers' or 'memory', got {names!r}")
     if names == "memory" and max_shard_bytes is not None:
@@ -144,32 +142,12 @@ def write_llava_next(model, out_dir: str | os.PathLike, *, names: str = "hub",
     else:
         rename = hub_name if names == "hub" else (lambda n: n)
         items = [(rename(k), v.detach().clone().contiguous()) for k, v in model.state_dict().items()]
-        if max_shard_bytes is None:
-            save_file(dict(items), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        else:
-            shards = _shards([(k, _Sized(v)) for k, v in items], max_shard_bytes)
-            weight_map = {}
-            for i, shard in enumerate(shards):
-                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file({k: s.tensor for k, s in shard}, os.path.join(out_dir, fname), metadata={"format": "pt"})
-                weight_map.update({k: fname for k, _ in shard})
-            index = {"metadata": {"total_size": int(sum(v.numel() * v.element_size() for _, v in items))},
-                     "weight_map": dict(sorted(weight_map.items()))}
-            with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-                json.dump(index, f, indent=2, sort_keys=True)
-                f.write("\n")
+        save_torch_safetensors(items, out_dir, max_shard_bytes)
         config.save_pretrained(out_dir)
     transformers.GenerationConfig.from_model_config(config).save_pretrained(out_dir)
     save_processor(out_dir, config)
     return out_dir
 
-
-class _Sized:
-    """A torch tensor with the ``nbytes`` attribute :func:`vtp_jax.testbed.hf_llava._shards` reads."""
-
-    def __init__(self, tensor):
-        self.tensor = tensor
-        self.nbytes = tensor.numel() * tensor.element_size()
 
 
 def build_tiny_llava_next(out_dir: str | os.PathLike, *, names: str = "hub", max_shard_bytes: int | None = None,

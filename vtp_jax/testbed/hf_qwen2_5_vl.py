@@ -58,7 +58,7 @@ import os
 
 import transformers
 
-from vtp_jax.testbed.hf_llava import _corpus, _shards
+from vtp_jax.testbed.hf_llava import _corpus, save_torch_safetensors
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")
@@ -293,13 +293,6 @@ def save_processor(out_dir: str | os.PathLike, config: transformers.Qwen2_5_VLCo
                 f.write("\n")
 
 
-class _Sized:
-    """A torch tensor with the ``nbytes`` attribute :func:`vtp_jax.testbed.hf_llava._shards` reads."""
-
-    def __init__(self, tensor):
-        self.tensor = tensor
-        self.nbytes = tensor.numel() * tensor.element_size()
-
 
 def write_qwen2_5_vl(model, out_dir: str | os.PathLike, *, names: str = "hub",
                      max_shard_bytes: int | None = None) -> str:
@@ -310,8 +303,6 @@ def write_qwen2_5_vl(model, out_dir: str | os.PathLike, *, names: str = "hub",
 
     Raises ValueError for an unknown scheme, or ``max_shard_bytes`` with "memory".
     """
-    from safetensors.torch import save_file
-
     if names not in ("hub", "transformers", "memory"):
         raise ValueError(f"names must be 'hub', 'transformers' or 'memory', got {names!r}")
     if names == "memory" and max_shard_bytes is not None:
@@ -331,21 +322,7 @@ def write_qwen2_5_vl(model, out_dir: str | os.PathLike, *, names: str = "hub",
         else:
             items = list(state.items())
         items = [(k, v.detach().clone().contiguous()) for k, v in items]
-        if max_shard_bytes is None:
-            save_file(dict(items), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        else:
-            shards = _shards([(k, _Sized(v)) for k, v in items], max_shard_bytes)
-            weight_map = {}
-            for i, shard in enumerate(shards):
-                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file({k: s.tensor for k, s in shard}, os.path.join(out_dir, fname), metadata={"format": "pt"})
-                weight_map.update({k: fname for k, _ in shard})
-            index = {"metadata": {"total_parameters": int(sum(v.numel() for _, v in items)),
-                                  "total_size": int(sum(v.numel() * v.element_size() for _, v in items))},
-                     "weight_map": dict(sorted(weight_map.items()))}
-            with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-                json.dump(index, f, indent=2, sort_keys=True)
-                f.write("\n")
+        save_torch_safetensors(items, out_dir, max_shard_bytes)
         config.save_pretrained(out_dir)
     transformers.GenerationConfig.from_model_config(config).save_pretrained(out_dir)
     save_processor(out_dir, config)

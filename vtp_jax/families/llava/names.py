@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from vtp_jax.families.tensor_names import Target
+from vtp_jax.families.tensor_names import Target, with_canonical_prefix
 
 # (HF prefix, canonical prefix), longest prefixes first so ``vision_tower.vision_model.`` wins over
 # ``vision_tower.``.
@@ -87,10 +87,7 @@ _IGNORED = re.compile(
 
 def canonical(name: str) -> str | None:
     """``vision.X`` / ``projector.X`` / ``text.X`` / ``lm_head.X`` for a known scheme prefix, else None."""
-    for prefix, part in _PREFIXES:
-        if name.startswith(prefix):
-            return part + name[len(prefix):]
-    return None
+    return with_canonical_prefix(name, _PREFIXES)
 
 
 def is_ignored(name: str) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from vtp_jax.families.tensor_names import Target
+from vtp_jax.families.tensor_names import Target, with_canonical_prefix
 
 # (HF prefix, canonical prefix), longest first: "model.visual." and "model.language_model." before "model.".
 _PREFIXES = (
@@ -63,10 +63,7 @@ _IGNORED = re.compile(r"(text\.rotary_emb\.inv_freq|text\.layers\.\d+\.self_attn
 
 def canonical(name: str) -> str | None:
     """``vision.X`` / ``text.X`` / ``lm_head.X`` for a known scheme prefix, else None."""
-    for prefix, part in _PREFIXES:
-        if name.startswith(prefix):
-            return part + name[len(prefix):]
-    return None
+    return with_canonical_prefix(name, _PREFIXES)
 
 
 def is_ignored(name: str) -> bool:

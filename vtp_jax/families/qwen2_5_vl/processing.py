@@ -173,7 +173,7 @@ class Qwen25VLProcessor(BaseProcessor):
             got = tuple(int(g) for g in np.asarray(enc["image_grid_thw"]).reshape(-1)[:3])
             ids = [int(i) for i in np.asarray(enc["input_ids"])[0]]
             n_img = sum(1 for i in ids if i == self.image_token_id)
-            n_v = got[0] * got[1] * got[2] // v.merge_unit
+            n_v = self.cfg.num_visual_tokens_of(got)
             if got != grid or n_img != n_v:
                 raise InputError(f"the processor gave grid {got} and {n_img} image placeholders; the model expects "
                                  f"grid {grid} and {n_v} — processor files that do not match config.json?")
@@ -187,5 +187,5 @@ class Qwen25VLProcessor(BaseProcessor):
         input_ids, mask = self._pad(rows, bucket)
         p = max(px.shape[0] for px in pixels)
         pixel_values = np.stack([np.pad(px, ((0, p - px.shape[0]), (0, 0))) for px in pixels])
-        n_v = max(t * h * w // v.merge_unit for t, h, w in grids)
+        n_v = max(self.cfg.num_visual_tokens_of(g) for g in grids)
         return Batch(input_ids, mask, pixel_values, rows, {"pixel_values": pixel_values, "grid_thw": tuple(grids)}, n_v)
