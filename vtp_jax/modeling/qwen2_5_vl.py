@@ -118,7 +118,7 @@ class Qwen25VL(VisionLanguageModel):
         image = key_valid & visual_mask
         text_before = jnp.cumsum(text, axis=1, dtype=jnp.int32) - text  # valid text tokens before each slot
         k = jnp.cumsum(image, axis=1, dtype=jnp.int32) - image  # index of a visual token in its image
-        after_image = (jnp.cumsum(image, axis=1, dtype=jnp.int32) - image) > 0
+        after_image = k > 0  # a visual token comes before this slot
         text_pos = text_before + jnp.where(after_image, jnp.maximum(gh, gw), 0)
         frame = k // (gh * gw)
         row = (k // gw) % gh
